@@ -1,0 +1,37 @@
+# The two commands: `make run` (the study, headless) and `make test` (the whole test suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODE   ?= full
+
+.PHONY: run test notebook data bench clean help
+
+help:
+	@echo "make run      set up .venv, get the data, execute notebook.ipynb headless into runs/<timestamp>/, print the metrics"
+	@echo "make test     set up .venv and run the whole test suite (TensorFlow, then the backend tests under JAX)"
+	@echo "make notebook re-execute notebook.ipynb in place (MODE=full) and refresh doc/figures"
+	@echo "make bench    run the benchmarks in bench/ and update doc/performance.md"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m cxr notebook --mode $(MODE)
+
+notebook: $(STAMP)
+	$(PY) -m cxr notebook --mode $(MODE) --in-place
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backend
+
+bench: $(STAMP)
+	$(PY) bench/prepare.py
+	$(PY) bench/train.py
+
+clean:
+	rm -rf runs .pytest_cache
