@@ -1,0 +1,398 @@
+"""Honest evaluation: a threshold chosen on validation, test metrics with bootstrap intervals, `metrics.json`.
+
+Every metric comes from scikit-learn except the expected calibration error (10 equal-width bins), and every
+interval from `scipy.stats.bootstrap` (percentile method, resampling **within each class**: a stratified
+bootstrap, as in pROC, so that every resample holds both classes and AUROC is always defined). The schema of
+`metrics.json` is described in `doc/metrics_schema.md`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn import metrics as skm
+
+SCHEMA_VERSION = 1
+METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy",
+           "brier", "ece")
+METRIC_LABELS = {
+    "auroc": "AUROC", "auprc": "AUPRC (average precision)", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
+    "specificity": "Specificity", "precision": "Precision (PPV)", "f1": "F1", "balanced_accuracy": "Balanced accuracy",
+    "brier": "Brier score", "ece": "Expected calibration error",
+}
+CI_METHOD = "percentile bootstrap (scipy.stats.bootstrap), resampling within each class (stratified)"
+
+REFERENCES: dict[str, dict[str, Any]] = {
+    "Kermany et al. 2018": {
+        "citation": "Kermany D.S. et al., Identifying medical diagnoses and treatable diseases by image-based deep "
+                    "learning, Cell 172(5):1122-1131, 2018. doi:10.1016/j.cell.2018.02.010",
+        "metrics": {"auroc": 0.968, "accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901},
+        "protocol": "Pneumonia vs normal on the same 624 official test images; ImageNet Inception V3 transfer "
+                    "learning; no separate validation set: the model was selected on the test partition, so the "
+                    "numbers are optimistic.",
+    },
+    "MedMNIST+ (Doerrich et al. 2024)": {
+        "citation": "Doerrich S. et al., Rethinking model prototyping through the MedMNIST+ dataset collection, "
+                    "2024. arXiv:2404.15786",
+        "metrics": {"auroc": 0.989, "accuracy": 0.916},
+        "protocol": "PneumoniaMNIST at 224 px (same 624 test images); model selection on a held-out validation "
+                    "split, test scored once; best AUC and best ACC over the benchmarked models and training "
+                    "schemes (not necessarily the same model), threshold 0.5.",
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and threshold
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 integer labels and float64 probabilities of equal length, or a clear error."""
+    y = np.asarray(y).reshape(-1)
+    p = np.asarray(p, dtype="float64").reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"labels and probabilities differ in length: {y.shape[0]} vs {p.shape[0]}")
+    if y.size == 0:
+        raise ValueError("no samples to evaluate")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1; got values {np.unique(y)[:5].tolist()}")
+    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError("probabilities must be finite and lie in [0, 1]")
+    return y.astype(int), p
+
+
+def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden", target_sensitivity: float = 0.95) -> float:
+    """The decision threshold (predict positive when p >= threshold), chosen on VALIDATION data only.
+
+    - "youden": the ROC point maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold).
+    - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
+
+    The threshold is one of the validation scores (as `sklearn.metrics.roc_curve` gives them), kept inside the open
+    interval (0, 1) so that it stays a usable probability.
+    """
+    y, p = _check(y_val, p_val)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    if policy == "youden":
+        i = int(np.argmax(tpr - fpr))
+    elif policy == "sensitivity":
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError("target_sensitivity must lie in (0, 1]")
+        i = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])  # tpr ends at 1, so one always exists
+    else:
+        raise ValueError(f"unknown threshold policy {policy!r}; choose 'youden' or 'sensitivity'")
+    eps = 1e-6
+    return float(np.clip(thresholds[i], eps, 1.0 - eps))  # thresholds[0] is +inf in scikit-learn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Point metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
+    """ECE: the sample-weighted mean |observed positive rate - mean predicted probability| over equal-width bins."""
+    y, p = _check(y, p)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)  # p = 1.0 goes to the last bin
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins))
+    return float(gap.sum() / count.sum())  # sum_b n_b/N * |mean_y_b - mean_p_b|
+
+
+def metric_values(y: Any, p: Any, threshold: float) -> dict[str, float]:
+    """All metrics at one threshold (positive when p >= threshold); NaN where a metric is undefined
+    (e.g. AUROC with a single class, precision with no positive prediction)."""
+    y, p = _check(y, p)
+    return _metric_values(y, p, threshold)
+
+
+def _metric_values(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    yhat = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined cases are reported as NaN below
+        out = {
+            "auroc": skm.roc_auc_score(y, p) if both else math.nan,
+            "auprc": skm.average_precision_score(y, p) if both else math.nan,
+            "accuracy": skm.accuracy_score(y, yhat),
+            "sensitivity": skm.recall_score(y, yhat, pos_label=1, zero_division=np.nan),
+            "specificity": skm.recall_score(y, yhat, pos_label=0, zero_division=np.nan),
+            "precision": skm.precision_score(y, yhat, zero_division=np.nan),
+            "f1": skm.f1_score(y, yhat, zero_division=np.nan),
+            "balanced_accuracy": skm.balanced_accuracy_score(y, yhat) if both else math.nan,
+            "brier": skm.brier_score_loss(y, p, pos_label=1),
+            "ece": expected_calibration_error(y, p),
+        }
+    return {k: float(v) for k, v in out.items()}
+
+
+def confusion(y: Any, p: Any, threshold: float) -> list[list[int]]:
+    """[[tn, fp], [fn, tp]] at `threshold` (rows: true class 0/1, columns: predicted class 0/1)."""
+    y, p = _check(y, p)
+    return skm.confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bootstrap intervals
+# ---------------------------------------------------------------------------------------------------------------
+
+def _class_metrics(p_neg: np.ndarray, p_pos: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """The METRICS of many resamples at once: (len(thresholds) * len(METRICS), ...) for scores (..., n0), (..., n1).
+
+    The bootstrap needs this 2 x 2,000 times per task; scikit-learn's per-call overhead would make that take
+    minutes, so these are the same definitions in vectorised NumPy (the tests check them against scikit-learn:
+    AUROC as the Mann-Whitney statistic with tied scores counted half, AUPRC as scikit-learn's step-wise average
+    precision, ECE with the bins of `expected_calibration_error`).
+    """
+    n0, n1 = p_neg.shape[-1], p_pos.shape[-1]
+    n = n0 + n1
+    scores = np.concatenate([p_neg, p_pos], axis=-1)
+    labels = np.r_[np.zeros(n0), np.ones(n1)]
+    ranks = stats.rankdata(scores, axis=-1)  # average ranks for ties
+    auroc = (ranks[..., n0:].sum(-1) - n1 * (n1 + 1) / 2) / (n0 * n1)
+    # average precision: each positive adds 1/n1 recall at the end of its group of tied scores
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=-1)
+    lab = labels[order]
+    tp = np.cumsum(lab, axis=-1)
+    pos = np.arange(n)
+    group_end = np.ones(s.shape, bool)
+    group_end[..., :-1] = s[..., 1:] != s[..., :-1]
+    end = np.where(group_end, pos, n - 1)
+    end = np.flip(np.minimum.accumulate(np.flip(end, -1), axis=-1), -1)  # index of each sample's group end
+    precision_at_end = np.take_along_axis(tp, end, axis=-1) / (end + 1)
+    auprc = (lab * precision_at_end).sum(-1) / n1
+    brier = ((p_neg ** 2).sum(-1) + ((1 - p_pos) ** 2).sum(-1)) / n
+    bins = np.minimum((scores * 10).astype(int), 9)
+    gap = np.zeros(scores.shape[:-1])
+    for b in range(10):
+        inside = bins == b
+        gap += np.abs((inside * labels).sum(-1) - (inside * scores).sum(-1))
+    ece = gap / n
+    out = []
+    for t in thresholds:
+        tp_t = (p_pos >= t).sum(-1)
+        fp = (p_neg >= t).sum(-1)
+        fn, tn = n1 - tp_t, n0 - fp
+        sens, spec = tp_t / n1, tn / n0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prec = np.where(tp_t + fp > 0, tp_t / np.maximum(tp_t + fp, 1), np.nan)
+            f1 = np.where(2 * tp_t + fp + fn > 0, 2 * tp_t / np.maximum(2 * tp_t + fp + fn, 1), np.nan)
+        out += [auroc, auprc, (tp_t + tn) / n, sens, spec, prec, f1, (sens + spec) / 2, brier, ece]
+    return np.stack([np.broadcast_to(np.asarray(o, float), scores.shape[:-1]) for o in out], axis=0)
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int, ci_level: float,
+               seed: int) -> list[dict[str, dict[str, float]]]:
+    """{metric: {value, ci_low, ci_high}} for each threshold, from one stratified bootstrap.
+
+    Values are scikit-learn's on the full sample. For the intervals the positives' and the negatives' scores
+    are resampled separately (two samples, `paired=False`): every resample keeps the class counts, so AUROC is
+    always defined and the interval reflects the test set's own prevalence (the stratified bootstrap of pROC).
+    A metric that is still undefined in some resamples (precision with no positive prediction) gets its
+    interval from the defined ones (`np.nanpercentile`).
+    """
+    values = [_metric_values(y, p, t) for t in thresholds]
+    results = [{m: {"value": v[m], "ci_low": math.nan, "ci_high": math.nan} for m in METRICS} for v in values]
+    neg, pos = p[y == 0], p[y == 1]
+    if n_bootstrap <= 0 or len(neg) < 2 or len(pos) < 2:
+        return results  # no interval without resamples or with (almost) a single class
+
+    def statistic(p_neg: np.ndarray, p_pos: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _class_metrics(np.moveaxis(p_neg, axis, -1), np.moveaxis(p_pos, axis, -1), thresholds)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on NaN in the distribution; handled below
+        res = stats.bootstrap((neg, pos), statistic, paired=False, vectorized=True, batch=250,
+                              n_resamples=n_bootstrap, confidence_level=ci_level, method="percentile",
+                              random_state=seed)
+    low, high = np.array(res.confidence_interval.low), np.array(res.confidence_interval.high)
+    dist = res.bootstrap_distribution
+    alpha = (1.0 - ci_level) / 2.0
+    for k in range(len(low)):
+        if not (np.isfinite(low[k]) and np.isfinite(high[k])) and np.isfinite(dist[k]).any():
+            low[k], high[k] = np.nanpercentile(dist[k], [100 * alpha, 100 * (1 - alpha)])
+    for j, r in enumerate(results):
+        for i, m in enumerate(METRICS):
+            r[m]["ci_low"], r[m]["ci_high"] = float(low[j * len(METRICS) + i]), float(high[j * len(METRICS) + i])
+    return results
+
+
+def evaluate(y: Any, p: Any, threshold: float, n_bootstrap: int = 2000, ci_level: float = 0.95,
+             seed: int = 0) -> dict[str, Any]:
+    """Each metric at `threshold` as {"value", "ci_low", "ci_high"}, plus "confusion_matrix" [[tn, fp], [fn, tp]],
+    "n", "n_positive" and "threshold"."""
+    y, p = _check(y, p)
+    out: dict[str, Any] = _bootstrap(y, p, [float(threshold)], n_bootstrap, ci_level, seed)[0]
+    out.update(confusion_matrix=confusion(y, p, threshold), n=int(y.size), n_positive=int(y.sum()),
+               threshold=float(threshold))
+    return out
+
+
+def task_report(y: Any, p: Any, threshold: float, config: Any = None, n_bootstrap: int | None = None,
+                ci_level: float | None = None, seed: int | None = None) -> dict[str, Any]:
+    """One task's entry of `metrics.json`: metrics at the validation threshold and at 0.5, with intervals.
+
+    Bootstrap settings come from `config` (n_bootstrap, ci_level, seed) unless given explicitly.
+    """
+    n_bootstrap = n_bootstrap if n_bootstrap is not None else getattr(config, "n_bootstrap", 2000)
+    ci_level = ci_level if ci_level is not None else getattr(config, "ci_level", 0.95)
+    seed = seed if seed is not None else getattr(config, "seed", 0)
+    y, p = _check(y, p)
+    at_t, at_half = _bootstrap(y, p, [float(threshold), 0.5], n_bootstrap, ci_level, seed)
+    return {
+        "threshold": float(threshold),
+        "n": int(y.size),
+        "n_positive": int(y.sum()),
+        "at_threshold": at_t,
+        "at_0.5": at_half,
+        "confusion_matrix": confusion(y, p, threshold),
+        "confusion_matrix_at_0.5": confusion(y, p, 0.5),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics.json
+# ---------------------------------------------------------------------------------------------------------------
+
+def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The evaluation protocol of a run, from its `Config` (and the split counts from the index)."""
+    out: dict[str, Any] = {
+        "split": "official test split scored once; training patients re-split into train/val by patient",
+        "split_seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "threshold_source": "validation split",
+        "threshold_policy": config.threshold_policy,
+        "target_sensitivity": config.target_sensitivity if config.threshold_policy == "sensitivity" else None,
+        "n_bootstrap": config.n_bootstrap,
+        "ci_level": config.ci_level,
+        "ci_method": CI_METHOD,
+        "ece_bins": 10,
+        "image_size": config.image_size,
+        "resize_policy": config.resize_policy,
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "mode": config.mode,
+    }
+    if index is not None and "split" in index:
+        out["images_per_split"] = {str(k): int(v) for k, v in index["split"].value_counts().sort_index().items()}
+        if "patient_id" in index:
+            out["patients_per_split"] = {str(k): int(v) for k, v in
+                                         index.groupby("split")["patient_id"].nunique().sort_index().items()}
+    return out
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (null = undefined)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return x.as_posix()
+    return x
+
+
+REQUIRED_TASK_KEYS = ("threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix")
+
+
+def metrics_document(protocol: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The `metrics.json` document: schema_version, created, protocol (with each task's threshold), tasks.
+
+    `tasks` maps a task name ("pneumonia", "subtype") to a `task_report`. See doc/metrics_schema.md.
+    """
+    for name, t in tasks.items():
+        missing = [k for k in REQUIRED_TASK_KEYS if k not in t]
+        if missing:
+            raise ValueError(f"task {name!r} lacks {missing}; build it with task_report()")
+    proto = {**protocol, "thresholds": {name: t["threshold"] for name, t in tasks.items()}}
+    main = "pneumonia" if "pneumonia" in tasks else (next(iter(tasks)) if len(tasks) == 1 else None)
+    proto["threshold"] = tasks[main]["threshold"] if main else None  # the main task's, for quick reading
+    doc = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "protocol": proto, "tasks": tasks}
+    return _clean(doc)
+
+
+def write_metrics(path: str | Path, doc: dict[str, Any]) -> Path:
+    """Write the document as strict JSON (no NaN), atomically (temporary file in the same folder, os.replace)."""
+    from cxr.data import atomic_write_text
+
+    return atomic_write_text(Path(path), json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Read a `metrics.json`, checking its schema version."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables for display
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
+    if not m or m.get("value") is None or not math.isfinite(m["value"]):
+        return "n/a"
+    lo, hi = m.get("ci_low"), m.get("ci_high")
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{m['value']:.{digits}f}"
+    return f"{m['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def report_table(task: dict[str, Any]) -> pd.DataFrame:
+    """One task's metrics as value [CI] at the validation threshold and at 0.5 (one row per metric)."""
+    level = "95%"
+    rows = {METRIC_LABELS[m]: {f"at threshold {task['threshold']:.3f} ({level} CI)": _fmt(task["at_threshold"][m]),
+                               f"at 0.5 ({level} CI)": _fmt(task["at_0.5"][m])} for m in METRICS}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = f"n = {task['n']} ({task['n_positive']} positive)"
+    return table
+
+
+def results_table(doc: dict[str, Any]) -> pd.DataFrame:
+    """Every task of a metrics document: rows (task, metric), columns value [CI] at the threshold and at 0.5."""
+    frames = []
+    for name, t in doc["tasks"].items():
+        frames.append(pd.DataFrame({
+            "task": name, "metric": list(METRICS),
+            "threshold": t["threshold"],
+            "at_threshold": [_fmt(t["at_threshold"][m]) for m in METRICS],
+            "at_0.5": [_fmt(t["at_0.5"][m]) for m in METRICS],
+        }))
+    if not frames:
+        return pd.DataFrame(columns=["threshold", "at_threshold", "at_0.5"])
+    return pd.concat(frames, ignore_index=True).set_index(["task", "metric"])
+
+
+def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFrame:
+    """Our pneumonia-vs-normal test metrics beside Kermany et al. 2018 and MedMNIST+, each with its protocol."""
+    cols = ("auroc", "accuracy", "sensitivity", "specificity")
+    rows = []
+    t = doc["tasks"].get(task)
+    if t is not None:
+        policy = doc.get("protocol", {}).get("threshold_policy", "?")
+        for key, label, note in (
+            ("at_threshold", f"This study (threshold {t['threshold']:.3f})",
+             f"patient-level split; threshold ({policy}) and epochs chosen on validation; test scored once; 95% CI"),
+            ("at_0.5", "This study (threshold 0.5)", "same model, fixed threshold 0.5 as most papers report"),
+        ):
+            rows.append({"model": label, **{c: _fmt(t[key][c]) for c in cols}, "protocol": note})
+    for name, ref in REFERENCES.items():
+        rows.append({"model": name, **{c: (f"{ref['metrics'][c]:.3f}" if c in ref["metrics"] else "n/a") for c in cols},
+                     "protocol": ref["protocol"]})
+    return pd.DataFrame(rows).set_index("model").rename(columns={"auroc": "AUROC", "accuracy": "accuracy",
+                                                                 "sensitivity": "sensitivity",
+                                                                 "specificity": "specificity"})

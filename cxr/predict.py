@@ -1,0 +1,50 @@
+"""Score new images with a saved model: one result per file, unreadable files reported, the rest still scored."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: str | Path | None = None,
+                  batch_size: int = 32) -> list[dict[str, Any]]:
+    """Probability, label and threshold for each image; `{"path", "error"}` for a file that cannot be read.
+
+    Images go through the same decoding and resize policy as training (`cxr.data.load_image`). With
+    `gradcam_dir`, a Grad-CAM overlay PNG per image is written there and its path added to the result.
+    """
+    from cxr import data, model as cxr_model
+
+    model, meta = cxr_model.load_model(model_dir)
+    size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
+    threshold, names = float(meta["threshold"]), list(meta["class_names"])
+    results: list[dict[str, Any]] = []
+    images, ok = [], []
+    for path in paths:
+        try:
+            images.append(data.load_image(path, size, policy))
+            ok.append(len(results))
+            results.append({"path": str(path)})
+        except Exception as exc:  # reported per file; the others are still scored
+            results.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}"})
+    if not images:
+        return results
+    batch = np.stack(images)[..., None]
+    probs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype="float64").reshape(-1)
+    for i, p in zip(ok, probs):
+        results[i].update(probability=round(float(p), 6), label=names[int(p >= threshold)],
+                          threshold=round(threshold, 6), positive_class=names[1])
+    if gradcam_dir is not None:
+        from cxr import gradcam, plots
+
+        out = Path(gradcam_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cams = gradcam.grad_cam(model, batch, target_class=1, batch_size=batch_size)
+        for i, image, cam in zip(ok, batch[..., 0], cams):
+            r = results[i]
+            fig = gradcam.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]})={r['probability']:.3f}")
+            target = out / (Path(r["path"]).stem + "_gradcam.png")
+            plots.save_figure(fig, target)
+            r["gradcam"] = str(target)
+    return results

@@ -1,0 +1,267 @@
+"""Two-stage fine-tuning: a head on cached frozen-backbone features, then the top blocks with augmentation.
+
+Only the rows of the `train` and `val` splits are ever read here: the test split is scored once, later,
+by `cxr.evaluate`, with the threshold chosen on validation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
+
+from cxr.config import Config
+from cxr import model as cxr_model
+
+TASKS = {
+    # task name: (which rows take part, the positive class, class names)
+    "pneumonia": ("all", "PNEUMONIA", ("NORMAL", "PNEUMONIA")),
+    "subtype": ("PNEUMONIA", "virus", ("bacteria", "virus")),
+}
+
+
+@dataclass
+class TrainResult:
+    """A trained model with its history (one row per epoch, both stages) and timings."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    task: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    kept_stage: str = "finetune"
+
+
+def task_rows(index: pd.DataFrame, task: str, split: str) -> np.ndarray:
+    """Positions (into `index` and the image array) of the rows of `split` that take part in `task`."""
+    rows, _, _ = TASKS[task]
+    mask = index["split"].to_numpy() == split
+    if rows == "PNEUMONIA":
+        mask &= index["label"].to_numpy() == "PNEUMONIA"
+    return np.flatnonzero(mask)
+
+
+def task_labels(index: pd.DataFrame, task: str, positions: np.ndarray) -> np.ndarray:
+    """0/1 labels of `task` for the given rows (1 = PNEUMONIA, or virus for the subtype task)."""
+    _, positive, _ = TASKS[task]
+    column = "label" if task == "pneumonia" else "subtype"
+    return (index[column].to_numpy()[positions] == positive).astype("float32")
+
+
+def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
+    """scikit-learn's 'balanced' class weights, as the dict `model.fit` takes."""
+    classes = np.unique(y.astype(int))
+    if len(classes) < 2:
+        raise ValueError("training labels hold a single class; both classes are needed")
+    weights = compute_class_weight("balanced", classes=classes, y=y.astype(int))
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def setup_precision(config: Config) -> str:
+    """Set Keras' global dtype policy: mixed precision on a GPU when `config.mixed_precision` is 'auto'."""
+    wanted = config.mixed_precision
+    if wanted == "auto":
+        wanted = "on" if accelerator() != "cpu" else "off"
+    policy = "float32"
+    if wanted == "on":
+        policy = "mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def accelerator() -> str:
+    """'gpu' or 'cpu': what the active Keras backend computes on."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "cpu"
+
+
+def _compile(m: keras.Model, lr: float) -> None:
+    m.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.AUC(name="auroc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+
+
+def _callbacks(config: Config) -> list[keras.callbacks.Callback]:
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_auroc", mode="max", patience=config.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_auroc", mode="max", factor=0.3, patience=max(1, config.patience // 2), min_lr=1e-6
+        ),
+    ]
+
+
+def _as_batch(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n, S, S, 1) uint8 copy of the selected rows (reads a memory map once)."""
+    return np.ascontiguousarray(images[positions])[..., None]
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities of the positive class for (n, S, S) or (n, S, S, 1) uint8 images."""
+    x = images if images.ndim == 4 else images[..., None]
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64").reshape(-1)
+
+
+def fit(
+    config: Config,
+    index: pd.DataFrame,
+    images: np.ndarray,
+    task: str = "pneumonia",
+    verbose: int = 0,
+) -> TrainResult:
+    """Train `task` ('pneumonia' or 'subtype') on the train split, selecting on the val split only.
+
+    Stage 1 trains the head on backbone features computed once (no augmentation), which keeps CPU runs
+    practical. Stage 2 unfreezes the top `config.finetune_blocks` blocks (BatchNorm stays in inference mode)
+    and trains end to end with augmentation at `config.finetune_lr`. Early stopping and learning-rate
+    reduction follow validation AUROC; the best weights are kept, and stage 2 is rolled back if it did not
+    beat stage 1 on validation.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    keras.utils.set_random_seed(config.seed)
+    setup_precision(config)
+    tr, va = task_rows(index, task, "train"), task_rows(index, task, "val")
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(f"task {task!r} needs train and val rows; got {len(tr)} and {len(va)}")
+    y_tr, y_va = task_labels(index, task, tr), task_labels(index, task, va)
+    if len(np.unique(y_va)) < 2:
+        raise ValueError(f"task {task!r}: the validation split holds a single class; AUROC is undefined")
+    weights = balanced_class_weight(y_tr)
+    x_tr, x_va = _as_batch(images, tr), _as_batch(images, va)
+    model = cxr_model.build_model(config, name=task)
+    seconds: dict[str, float] = {}
+
+    # Stage 1: head on frozen features, computed once.
+    t0 = time.perf_counter()
+    features = cxr_model.feature_model(model)
+    f_tr = features.predict(x_tr, batch_size=config.batch_size, verbose=0)
+    f_va = features.predict(x_va, batch_size=config.batch_size, verbose=0)
+    seconds["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    head = cxr_model.head_model(model)
+    _compile(head, config.head_lr)
+    h1 = head.fit(
+        f_tr, y_tr, validation_data=(f_va, y_va), epochs=config.head_epochs, batch_size=config.batch_size,
+        class_weight=weights, callbacks=_callbacks(config), verbose=verbose,
+    )
+    seconds["head"] = time.perf_counter() - t0
+    history = pd.DataFrame(h1.history).assign(stage="head")
+    stage1_auroc = float(max(h1.history["val_auroc"]))
+    kept = "head"
+
+    # Stage 2: fine-tune the top blocks with augmentation.
+    if config.finetune_epochs > 0 and config.finetune_blocks > 0:
+        stage1_weights = model.get_weights()
+        cxr_model.set_trainable(model, config.finetune_blocks)
+        _compile(model, config.finetune_lr)
+        t0 = time.perf_counter()
+        h2 = model.fit(
+            x_tr, y_tr, validation_data=(x_va, y_va), epochs=config.finetune_epochs,
+            batch_size=config.batch_size, class_weight=weights, callbacks=_callbacks(config), verbose=verbose,
+        )
+        seconds["finetune"] = time.perf_counter() - t0
+        history = pd.concat([history, pd.DataFrame(h2.history).assign(stage="finetune")], ignore_index=True)
+        if max(h2.history["val_auroc"]) >= stage1_auroc:
+            kept = "finetune"
+        else:
+            model.set_weights(stage1_weights)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    return TrainResult(model=model, history=history, task=task, seconds=seconds, kept_stage=kept)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware of this run, for the record."""
+    import sys
+
+    import PIL
+    import scipy
+    import sklearn
+
+    versions = {
+        "python": sys.version.split()[0], "keras": keras.__version__, "numpy": np.__version__,
+        "pandas": pd.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__,
+        "pillow": PIL.__version__,
+    }
+    backend = keras.backend.backend()
+    for name in {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(backend, []):
+        versions[name] = __import__(name).__version__
+    return {
+        "backend": backend, "accelerator": accelerator(), "gpu": _gpu_name(),
+        "platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+def _gpu_name() -> str | None:
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return gpus[0].device_kind if gpus else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None
+    except Exception:  # a record, not a requirement
+        return None
+    return None
+
+
+def record(result: TrainResult, config: Config, path: str | os.PathLike) -> dict[str, Any]:
+    """Write the run record (configuration, environment, history, timings) as JSON, atomically."""
+    from cxr.data import atomic_write_text
+
+    doc = {
+        "task": result.task, "config": config.to_dict(), "environment": environment(),
+        "seconds": result.seconds, "kept_stage": result.kept_stage,
+        "history": json.loads(result.history.to_json(orient="records")),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2))
+    return doc
+
+
+def predict_split(model: keras.Model, index: pd.DataFrame, images: np.ndarray, task: str, split: str,
+                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, labels, probabilities) of `task` on one split."""
+    positions = task_rows(index, task, split)
+    probs = predict_proba(model, _as_batch(images, positions), batch_size=batch_size)
+    return positions, task_labels(index, task, positions), probs
+
+
+def validation_threshold(model: keras.Model, config: Config, index: pd.DataFrame, images: np.ndarray,
+                         task: str) -> float:
+    """The decision threshold of `task`, chosen on the validation split by `config.threshold_policy`."""
+    from cxr.evaluate import choose_threshold
+
+    _, y_val, p_val = predict_split(model, index, images, task, "val", config.batch_size)
+    return choose_threshold(y_val, p_val, policy=config.threshold_policy,
+                            target_sensitivity=config.target_sensitivity)

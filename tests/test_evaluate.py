@@ -1,0 +1,232 @@
+"""cxr.evaluate: thresholds, metrics against scikit-learn, bootstrap intervals, metrics.json."""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cxr import evaluate as E
+from cxr.config import Config
+
+# 10 samples: 4 negatives, 6 positives; at threshold 0.5: tn=3, fp=1, fn=2, tp=4
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+P = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.45, 0.55, 0.7, 0.8, 0.9])
+
+
+def synthetic(n: int, seed: int = 0, shift: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = 1 / (1 + np.exp(-(rng.normal(size=n) + shift * (2 * y - 1))))
+    return y, p
+
+
+def test_metric_values_hand_checked():
+    m = E.metric_values(Y, P, 0.5)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["sensitivity"] == pytest.approx(4 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    assert m["balanced_accuracy"] == pytest.approx((4 / 6 + 3 / 4) / 2)
+    # AUROC: 24 (pos, neg) pairs, the positive scores higher in all but 0.4<0.6, 0.45<0.6, 0.55<0.6
+    assert m["auroc"] == pytest.approx(21 / 24)
+    assert m["brier"] == pytest.approx(np.mean((P - Y) ** 2))
+    assert E.confusion(Y, P, 0.5) == [[3, 1], [2, 4]]
+
+
+def test_metric_values_match_sklearn():
+    y, p = synthetic(300, seed=1)
+    t = 0.37
+    m = E.metric_values(y, p, t)
+    yhat = (p >= t).astype(int)
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["auprc"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, yhat))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, yhat))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, yhat))
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    assert set(m) == set(E.METRICS)
+
+
+def test_vectorised_resample_metrics_match_sklearn():
+    """The bootstrap's fast NumPy metrics equal scikit-learn's, ties and two thresholds included."""
+    rng = np.random.default_rng(3)
+    y, p = synthetic(200, seed=3)
+    p = np.round(p, 2)  # many ties
+    for _ in range(3):
+        idx = rng.integers(0, len(y), len(y))
+        yy, pp = y[idx], p[idx]
+        neg, pos = pp[yy == 0], pp[yy == 1]
+        fast = E._class_metrics(neg, pos, [0.5, 0.3])
+        ordered_y = np.r_[np.zeros(len(neg), int), np.ones(len(pos), int)]
+        ref = [v for t in (0.5, 0.3) for v in E.metric_values(ordered_y, np.r_[neg, pos], t).values()]
+        np.testing.assert_allclose(fast, ref, atol=1e-12)
+
+
+def test_undefined_metrics_are_nan_not_errors():
+    m = E.metric_values([1, 1, 1], [0.2, 0.6, 0.9], 0.5)
+    assert np.isnan(m["auroc"]) and np.isnan(m["specificity"])
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    m = E.metric_values([0, 1, 1], [0.1, 0.2, 0.3], 0.5)  # no positive prediction
+    assert np.isnan(m["precision"]) and m["f1"] == 0.0
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="length"):
+        E.metric_values([0, 1], [0.5], 0.5)
+    with pytest.raises(ValueError, match="0/1"):
+        E.metric_values([0, 2], [0.5, 0.5], 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        E.metric_values([0, 1], [0.5, 1.5], 0.5)
+    with pytest.raises(ValueError, match="both classes"):
+        E.choose_threshold([1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="policy"):
+        E.choose_threshold(Y, P, policy="f1")
+
+
+def test_youden_threshold_on_constructed_example():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.6, 0.7, 0.8])
+    # candidates: t=0.6 -> sens 3/4, spec 1 (J=.75); t=0.35 -> sens 1, spec 3/4 (J=.75); t=0.4 -> J=.5
+    # ties go to the highest threshold
+    assert E.choose_threshold(y, p) == pytest.approx(0.6)
+    # separable data: the threshold is the lowest positive score, and it classifies perfectly
+    y2 = np.array([0, 0, 1, 1])
+    t = E.choose_threshold(y2, np.array([0.1, 0.3, 0.7, 0.9]))
+    assert t == pytest.approx(0.7)
+    assert E.metric_values(y2, [0.1, 0.3, 0.7, 0.9], t)["accuracy"] == 1.0
+
+
+def test_youden_maximises_j_against_brute_force():
+    y, p = synthetic(400, seed=5, shift=0.8)
+    t = E.choose_threshold(y, p)
+    def j(thr):
+        yhat = p >= thr
+        return yhat[y == 1].mean() + (~yhat[y == 0]).mean() - 1
+
+    best = max(j(c) for c in np.unique(p))
+    assert j(t) == pytest.approx(best)
+    assert 0.0 < t < 1.0
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_sensitivity_policy_reaches_target_with_highest_threshold(target):
+    y, p = synthetic(500, seed=7, shift=0.8)
+    t = E.choose_threshold(y, p, policy="sensitivity", target_sensitivity=target)
+    assert E.metric_values(y, p, t)["sensitivity"] >= target
+    higher = np.unique(p[p > t])
+    if len(higher):  # the next score up no longer reaches the target
+        assert E.metric_values(y, p, higher[0])["sensitivity"] < target
+    assert 0.0 < t < 1.0
+
+
+def test_threshold_is_finite_probability_when_scores_saturate():
+    t = E.choose_threshold([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0])
+    assert np.isfinite(t) and 0.0 < t < 1.0
+    assert E.metric_values([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0], t)["accuracy"] == 1.0
+
+
+def test_ece_calibrated_vs_miscalibrated():
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = (rng.random(20000) < p).astype(int)  # calibrated by construction
+    assert E.expected_calibration_error(y, p) < 0.02
+    assert E.expected_calibration_error(y, p ** 3) > 0.1  # overconfident toward 0
+    # constant 0.9 on a 50% prevalence: ECE = |0.5 - 0.9| exactly
+    assert E.expected_calibration_error([0, 1] * 50, [0.9] * 100) == pytest.approx(0.4)
+    assert E.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0  # p = 1 lands in the last bin
+
+
+def test_evaluate_structure_and_ci_contains_value():
+    y, p = synthetic(300, seed=2)
+    r = E.evaluate(y, p, 0.5, n_bootstrap=300, seed=0)
+    assert r["n"] == 300 and r["n_positive"] == int(y.sum()) and r["threshold"] == 0.5
+    (tn, fp), (fn, tp) = r["confusion_matrix"]
+    assert tn + fp + fn + tp == 300 and fn + tp == y.sum()
+    for m in E.METRICS:
+        v = r[m]
+        assert v["ci_low"] <= v["value"] <= v["ci_high"], m
+        assert v["ci_low"] < v["ci_high"], m
+
+
+def test_ci_narrows_with_more_samples_and_is_reproducible():
+    small = E.evaluate(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
+    large = E.evaluate(*synthetic(2000, seed=4), 0.5, n_bootstrap=300, seed=1)
+    for m in ("auroc", "accuracy", "sensitivity"):
+        assert (large[m]["ci_high"] - large[m]["ci_low"]) < (small[m]["ci_high"] - small[m]["ci_low"]) / 2
+    again = E.evaluate(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
+    assert again["auroc"] == small["auroc"]
+
+
+def test_degenerate_resamples_do_not_crash():
+    # a single negative: unstratified resamples would often hold one class; here no interval is possible
+    r = E.evaluate([0, 1, 1, 1, 1], [0.2, 0.6, 0.7, 0.4, 0.9], 0.5, n_bootstrap=200)
+    assert r["auroc"]["value"] == pytest.approx(1.0) and np.isnan(r["auroc"]["ci_low"])
+    # two of each, and resamples with no positive prediction: precision's interval from defined resamples
+    r = E.evaluate([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9], 0.5, n_bootstrap=200)
+    assert np.isfinite(r["auroc"]["ci_low"]) and np.isfinite(r["precision"]["ci_high"])
+    # one class only: values that exist are reported, the rest NaN
+    r = E.evaluate([1, 1, 1], [0.2, 0.6, 0.9], 0.5, n_bootstrap=100)
+    assert np.isnan(r["auroc"]["value"]) and r["sensitivity"]["value"] == pytest.approx(2 / 3)
+
+
+def _document():
+    cfg = Config.preset("smoke")
+    y, p = synthetic(120, seed=8)
+    tasks = {"pneumonia": E.task_report(y, p, 0.42, cfg), "subtype": E.task_report(*synthetic(60, seed=9), 0.5, cfg)}
+    return E.metrics_document(E.protocol(cfg), tasks), cfg
+
+
+def test_metrics_json_round_trip_and_schema(tmp_path):
+    doc, cfg = _document()
+    path = E.write_metrics(tmp_path / "run" / "metrics.json", doc)
+    back = E.read_metrics(path)
+    assert back == json.loads(json.dumps(doc))
+    assert back["schema_version"] == E.SCHEMA_VERSION
+    proto = back["protocol"]
+    for key in ("split_seed", "val_fraction", "threshold_policy", "thresholds", "n_bootstrap", "ci_level",
+                "image_size", "backbone"):
+        assert key in proto, key
+    assert proto["split_seed"] == cfg.seed and proto["thresholds"]["pneumonia"] == 0.42
+    for name in ("pneumonia", "subtype"):
+        task = back["tasks"][name]
+        for key in ("threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix"):
+            assert key in task, key
+        for block in ("at_threshold", "at_0.5"):
+            assert set(task[block]) == set(E.METRICS)
+            assert set(task[block]["auroc"]) == {"value", "ci_low", "ci_high"}
+    assert sorted(os.listdir(path.parent)) == ["metrics.json"]  # atomic write leaves no temporary file
+
+
+def test_nan_is_written_as_null(tmp_path):
+    cfg = Config.preset("smoke")
+    doc = E.metrics_document(E.protocol(cfg), {"pneumonia": E.task_report([1, 1, 1], [0.2, 0.6, 0.9], 0.5, cfg)})
+    text = E.write_metrics(tmp_path / "m.json", doc).read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["tasks"]["pneumonia"]["at_threshold"]["auroc"]["value"] is None
+    assert "n/a" in E.results_table(doc).loc[("pneumonia", "auroc"), "at_threshold"]
+
+
+def test_metrics_document_rejects_incomplete_task():
+    with pytest.raises(ValueError, match="task_report"):
+        E.metrics_document({}, {"pneumonia": {"threshold": 0.5}})
+
+
+def test_tables():
+    doc, _ = _document()
+    table = E.results_table(doc)
+    assert len(table) == 2 * len(E.METRICS)
+    assert list(table.columns) == ["threshold", "at_threshold", "at_0.5"]
+    assert len(E.report_table(doc["tasks"]["pneumonia"])) == len(E.METRICS)
+    comp = E.comparison_table(doc)
+    assert "Kermany et al. 2018" in comp.index and "MedMNIST+ (Doerrich et al. 2024)" in comp.index
+    assert comp.loc["Kermany et al. 2018", "AUROC"] == "0.968"
+    assert comp.loc["MedMNIST+ (Doerrich et al. 2024)", "sensitivity"] == "n/a"
+    assert "test partition" in comp.loc["Kermany et al. 2018", "protocol"]
+    ours = doc["tasks"]["pneumonia"]["at_threshold"]["auroc"]["value"]
+    assert comp.iloc[0]["AUROC"].startswith(f"{ours:.3f}")
