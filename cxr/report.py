@@ -1,0 +1,145 @@
+"""The notebook's run log (environment, wall time, output paths, conclusions) and its headless runner."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER_ID = "cxr-run-header"
+
+
+class RunLog:
+    """What the notebook prints about its own run; `finish()` updates the first cell's output with the wall time."""
+
+    def __init__(self, config: Config) -> None:
+        from cxr.train import environment, setup_precision
+
+        self.config = config
+        self.start = time.perf_counter()
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.precision = setup_precision(config)
+        self.env = environment()
+        self._display(self._header(wall=None), update=False)
+
+    def _header(self, wall: float | None) -> str:
+        e, c = self.env, self.config
+        hardware = e["gpu"] or f"CPU only ({e['cpu_count']} cores, {e['processor']})"
+        versions = ", ".join(f"{k} {v}" for k, v in e["versions"].items())
+        lines = [
+            f"mode: {c.mode} | backbone: {c.backbone} ({c.weights or 'random'} weights) | image size: {c.image_size} px",
+            f"Keras backend: {e['backend']} | hardware: {hardware} | dtype policy: {self.precision}",
+            f"versions: {versions}",
+            f"outputs: {self.out.as_posix()}/",
+            f"wall time: {_minutes(wall)}" if wall is not None else "wall time: (running; filled in by the last cell)",
+        ]
+        return "\n".join(lines)
+
+    def _display(self, text: str, update: bool) -> None:
+        try:
+            from IPython.display import Pretty, display, update_display
+
+            if update:
+                update_display(Pretty(text), display_id=HEADER_ID)
+                return
+            display(Pretty(text), display_id=HEADER_ID)
+        except ImportError:
+            print(text)
+
+    def path(self, name: str) -> Path:
+        """A path inside this run's output folder."""
+        return self.out / name
+
+    def figure(self, name: str) -> Path:
+        """Where a figure goes: `doc/figures/` in full mode (the README shows them), the run folder otherwise."""
+        folder = REPO / "doc" / "figures" if self.config.mode == "full" else self.out / "figures"
+        return folder / name
+
+    def training(self, result: Any) -> None:
+        """One line per stage: epochs run, best validation AUROC, seconds."""
+        h = result.history
+        for stage, rows in h.groupby("stage", sort=False):
+            print(f"{result.task} / {stage}: {len(rows)} epochs, best val AUROC {rows['val_auroc'].max():.4f}, "
+                  f"{result.seconds.get(stage, 0.0):.0f} s")
+        if "features" in result.seconds:
+            print(f"backbone features computed once in {result.seconds['features']:.0f} s; kept stage: {result.kept_stage}")
+
+    def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None) -> None:
+        """The headline numbers, written from the metrics document (never typed by hand)."""
+        from IPython.display import Markdown, display
+
+        lines = []
+        for task, title in (("pneumonia", "Pneumonia vs normal"), ("subtype", "Bacterial vs viral")):
+            if task not in doc["tasks"]:
+                continue
+            t = doc["tasks"][task]
+            m = t["at_threshold"]
+            lines.append(
+                f"* **{title}** (test, n = {t['n']}, threshold {t['threshold']:.3f} from validation): "
+                + ", ".join(f"{k} {_fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                + "."
+            )
+        if audit is not None and len(audit):
+            border = audit["border_share"].mean() if "border_share" in audit else float("nan")
+            lines.append(f"* Grad-CAM: on average {border:.0%} of the heat falls in the outer 10% border of the image.")
+        display(Markdown("\n".join(lines)))
+
+    def finish(self) -> float:
+        """Print the wall time and write it into the first cell's output; save the run summary."""
+        wall = time.perf_counter() - self.start
+        self._display(self._header(wall), update=True)
+        from cxr.data import atomic_write_text
+
+        atomic_write_text(self.out / "run_env.json",
+                          json.dumps({"environment": self.env, "wall_seconds": wall, "config": self.config.to_dict()}, indent=2))
+        print(f"wall time: {_minutes(wall)}")
+        return wall
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def run_notebook(mode: str = "full", in_place: bool = False, source: str | None = None,
+                 notebook: str | Path = REPO / "notebook.ipynb") -> int:
+    """Execute the notebook headless with papermill and print the headline metrics.
+
+    The executed copy goes to `runs/<timestamp>/notebook.ipynb` (or over `notebook.ipynb` with `in_place`).
+    """
+    import papermill as pm
+
+    from cxr.data import resolve_source
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path("runs") / (f"{mode}" if in_place else stamp)
+    target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_source(source, Path(REPO / "data"))
+    print(f"data: {resolved}")
+    params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source}
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    pm.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(REPO), progress_bar=True,
+                        log_output=False)
+    metrics = REPO / out_dir / "metrics.json"
+    print(f"executed notebook: {target.relative_to(REPO) if target.is_relative_to(REPO) else target}")
+    if metrics.is_file():
+        from cxr.evaluate import results_table
+
+        print(results_table(json.loads(metrics.read_text())).to_string())
+    if "sample" in Path(str(resolved)).name:
+        print("\nThis ran on the small bundled sample. For the full dataset, set up Kaggle credentials "
+              "(see README, 'Getting the data') or download the archive and set CXR_DATA=/path/to/archive.zip.")
+    return 0

@@ -1,0 +1,127 @@
+"""cxr.plots: every function returns a Figure with the expected panels, and saves as PNG."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cxr import plots
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _index(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    subtype = rng.choice(["normal", "bacteria", "virus"], n)
+    return pd.DataFrame({
+        "path": [f"train/x{i}.jpeg" for i in range(n)],
+        "official_split": rng.choice(["train", "test"], n),
+        "split": rng.choice(["train", "val", "test"], n),
+        "label": np.where(subtype == "normal", "NORMAL", "PNEUMONIA"),
+        "subtype": subtype,
+        "patient_id": [f"p{i // 3}" for i in range(n)],
+        "width": rng.integers(900, 2000, n),
+        "height": rng.integers(700, 1800, n),
+        "mode": rng.choice(["L", "RGB"], n, p=[0.9, 0.1]),
+        "sha1": [f"{i:040x}" for i in range(n)],
+    })
+
+
+def _visible_axes(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_roc_pr_calibration_has_three_panels(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.5 * y + 0.5 * rng.random(200), 0, 1)
+    fig = plots.roc_pr_calibration(y, p, 0.5, title="test")
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert {"ROC", "Precision-recall", "Reliability"} <= set(titles)
+    assert len(fig.axes) == 4  # three panels + the histogram twin of the reliability panel
+    out = plots.save_figure(fig, tmp_path / "a" / "b" / "roc.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(out.parent) == ["roc.png"]  # no temporary file left
+
+
+def test_confusion_heatmap_shows_counts():
+    fig = plots.confusion([[50, 10], [5, 100]], ["NORMAL", "PNEUMONIA"])
+    (ax,) = fig.axes
+    texts = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("100") for t in texts) and any(t.startswith("5\n") for t in texts)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["NORMAL", "PNEUMONIA"]
+
+
+def test_learning_curves_from_frame_with_stages():
+    history = pd.DataFrame({
+        "epoch": range(1, 6), "loss": [0.7, 0.5, 0.4, 0.35, 0.3], "val_loss": [0.6, 0.5, 0.45, 0.44, 0.43],
+        "auroc": [0.7, 0.8, 0.85, 0.9, 0.92], "val_auroc": [0.75, 0.8, 0.84, 0.86, 0.87],
+        "stage": ["head"] * 3 + ["finetune"] * 2,
+    })
+    fig = plots.learning_curves(history)
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3  # train, validation, stage boundary
+    assert {"train", "validation"} == {t.get_text() for t in ax.get_legend().get_texts()}
+    assert any("finetune" in t.get_text() for t in ax.texts)
+
+
+def test_learning_curves_from_two_dicts_and_missing_metric():
+    h1 = {"loss": [0.7, 0.6], "val_loss": [0.65, 0.6]}
+    h2 = {"loss": [0.5], "val_loss": [0.55]}
+    fig = plots.learning_curves([h1, h2])
+    assert len(fig.axes) == 1  # no auroc in these histories
+    assert len(fig.axes[0].lines[0].get_xdata()) == 3
+    with pytest.raises(ValueError, match="metrics"):
+        plots.learning_curves({"accuracy": [0.5]})
+
+
+def test_data_figures(tmp_path):
+    index = _index()
+    fig = plots.class_balance(index)
+    assert len(fig.axes) == 2
+    assert any("pneumonia" in t.get_text() for t in fig.axes[0].get_xticklabels())
+    assert len(plots.images_per_patient(index).axes) == 1
+    assert len(plots.image_sizes(index).axes) == 2
+    plots.save_figure(plots.class_balance(index.drop(columns="split")), tmp_path / "balance.png")
+    assert (tmp_path / "balance.png").stat().st_size > 1000
+
+
+def test_example_grid_and_class_examples():
+    images = [np.full((16, 16), v, np.uint8) for v in (0, 128, 255)]
+    fig = plots.example_grid(images, ["a", "b", "c"], ncols=2)
+    assert len(fig.axes) == 4 and sum(ax.get_title() != "" for ax in fig.axes) == 3
+    with pytest.raises(ValueError, match="titles"):
+        plots.example_grid(images, ["a"])
+    index = _index()
+    prepared = SimpleNamespace(index=index, images=np.zeros((len(index), 16, 16), np.uint8))
+    fig = plots.class_examples(prepared, per_class=2, seed=0)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 6 and sum(t.startswith("virus") for t in titles) == 2
+
+
+def test_augmentation_grid_uses_the_models_augment_layer():
+    from cxr import model
+    from cxr.config import Config
+
+    cfg = Config.preset("smoke", backbone="tiny_cnn", image_size=32)
+    net = model.build_model(cfg)
+    image = (np.random.default_rng(0).random((1, 32, 32)) * 255).astype(np.uint8)
+    fig = plots.augmentation_grid(net, image, n=4, seed=0)
+    shown = [im.get_array() for ax in fig.axes for im in ax.images]
+    assert len(shown) == 4
+    np.testing.assert_array_equal(shown[0], image[0])
+    assert all(np.abs(s.astype(float) - image[0]).mean() > 1 for s in shown[1:])  # augmented copies differ
