@@ -24,6 +24,9 @@ class Config:
     resize_policy: str = "squash"  # "squash" (stretch to a square) or "letterbox" (pad to a square)
     val_fraction: float = 0.15  # share of training patients held out for validation
     seed: int = 42
+    # Kaggle file names reuse patient ids in train and test: drop training images whose id is also in the official
+    # test (the test is never changed), so that no patient id appears in two splits.
+    exclude_test_patients: bool = True
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
     # model
     backbone: str = "efficientnet_lite0"  # or any keras.applications name, e.g. "EfficientNetB0"
@@ -51,6 +54,7 @@ class Config:
     ci_level: float = 0.95
     # explanation
     gradcam_examples: int = 2  # per confusion cell (TP, TN, FP, FN)
+    explain_images: int = 32  # test images for the randomisation and deletion/insertion checks
     output_dir: str = "runs/latest"
 
     @staticmethod
@@ -99,6 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         patience=2,
         n_bootstrap=200,
         gradcam_examples=1,
+        explain_images=4,
         output_dir="runs/smoke",
     ),
 }

@@ -216,6 +216,14 @@ def _shared_candidates() -> list[Path]:
     return [base / "shared" / "data" / SHARED_ZIP_NAME for base in bases]
 
 
+def _display_path(path: Path) -> str:
+    """`path` relative to the working directory when it can be, so logs and notebooks show no local absolute paths."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
 def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
     """Where the data comes from: `source` > $CXR_DATA > ../shared/data copy > earlier or new Kaggle download
     > the bundled sample (with a message on how to get the full data). Returns a zip or a folder."""
@@ -228,7 +236,7 @@ def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
             return path
     for candidate in _shared_candidates():
         if candidate.is_file():
-            print(f"Data: {candidate.resolve()} (shared 224-px copy)")
+            print(f"Data: {_display_path(candidate)} (shared 224-px copy)")
             return candidate.resolve()
     earlier = Path(data_dir) / KAGGLE_ZIP_NAME
     if _verified_download(earlier):
@@ -524,6 +532,19 @@ def check_counts(index: pd.DataFrame) -> list[str]:
     return lines
 
 
+def split_summary(index: pd.DataFrame, by: str = "split") -> pd.DataFrame:
+    """Images and patients per split (`by`: "split" or "official_split") and label, with each split's pneumonia share."""
+    images = pd.crosstab(index[by], index["label"]).reindex(columns=list(CLASS_NAMES), fill_value=0)
+    patients = index.groupby([by, "label"])["patient_id"].nunique().unstack(fill_value=0)
+    patients = patients.reindex(columns=list(CLASS_NAMES), fill_value=0)
+    table = pd.concat({"images": images, "patients": patients}, axis=1)
+    table[("images", "total")] = images.sum(axis=1)
+    table[("patients", "total")] = index.groupby(by)["patient_id"].nunique()
+    table[("pneumonia share", "")] = (images["PNEUMONIA"] / images.sum(axis=1)).round(3)
+    order = [s for s in SPLITS if s in table.index]
+    return table.reindex(order)[["images", "patients", "pneumonia share"]]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Split
 # ---------------------------------------------------------------------------------------------------------------
@@ -591,7 +612,7 @@ def split_by_patient(index: pd.DataFrame, val_fraction: float = 0.15, seed: int 
                    f"({index.loc[shared_patients, 'patient_id'].nunique()} ids) that also appears in the official test")
         if drop_test_patients:
             drop |= shared_patients
-            warnings.warn(message + "; dropped", stacklevel=2)
+            print(f"Note: {message}; left out of train/val so that no patient id is in two splits.")
         else:
             print(f"Note: {message} (Kaggle numbering; test kept unchanged, images kept).")
     index = index[~drop].reset_index(drop=True)
@@ -860,7 +881,7 @@ def prepare(config: Config, workers: int | None = None, verbose: bool = True) ->
         raise DataUnavailable(f"No decodable images under {root}.")
     full = index
     index = cap_per_class(index, config.max_per_class, config.seed)
-    index = split_by_patient(index, config.val_fraction, config.seed)
+    index = split_by_patient(index, config.val_fraction, config.seed, drop_test_patients=config.exclude_test_patients)
     _atomic_write_csv(data_dir / "skipped.csv", skipped)
     _atomic_write_csv(data_dir / "index.csv", index)
     if verbose:
@@ -881,6 +902,8 @@ def index_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=Config.val_fraction)
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--keep-test-patients", action="store_true",
+                        help="keep training images whose patient id also appears in the official test")
     args = parser.parse_args(argv)
     try:
         source = Path(args.source).expanduser()
@@ -891,7 +914,8 @@ def index_cli(argv: list[str] | None = None) -> int:
         index, skipped = build_index(root, workers=args.workers)
         if index.empty:
             raise DataUnavailable(f"No decodable images under {root}.")
-        index = split_by_patient(index, args.val_fraction, args.seed)
+        index = split_by_patient(index, args.val_fraction, args.seed,
+                                 drop_test_patients=not args.keep_test_patients)
     except DataUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

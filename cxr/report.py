@@ -128,7 +128,7 @@ def run_notebook(mode: str = "full", in_place: bool = False, source: str | None 
     target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     resolved = resolve_source(source, Path(REPO / "data"))
-    print(f"data: {resolved}")
+    print(f"data: {os.path.relpath(resolved)}")
     params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source}
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     pm.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(REPO), progress_bar=True,
