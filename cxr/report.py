@@ -114,17 +114,18 @@ def _fmt(m: dict[str, float]) -> str:
 
 
 def run_notebook(mode: str = "full", in_place: bool = False, source: str | None = None,
-                 notebook: str | Path = REPO / "notebook.ipynb") -> int:
+                 notebook: str | Path = REPO / "notebook.ipynb", output_dir: str | Path | None = None) -> int:
     """Execute the notebook headless with papermill and print the headline metrics.
 
-    The executed copy goes to `runs/<timestamp>/notebook.ipynb` (or over `notebook.ipynb` with `in_place`).
+    The executed copy and the run's outputs go to `runs/<timestamp>/` (or `output_dir`); with `in_place` the
+    executed notebook replaces `notebook.ipynb` and the outputs go to `runs/<mode>/`.
     """
     import papermill as pm
 
     from cxr.data import resolve_source
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path("runs") / (f"{mode}" if in_place else stamp)
+    out_dir = Path(output_dir) if output_dir is not None else Path("runs") / (f"{mode}" if in_place else stamp)
     target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     resolved = resolve_source(source, Path(REPO / "data"))
