@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars everywhere (no ipywidgets needed); TQDM_DISABLE=1 turns them off
 
 from cxr.config import CLASS_NAMES, KAGGLE_DATASET, Config
 

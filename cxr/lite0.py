@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import keras
-from keras import layers
+from cxr import quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
+    from keras import layers
 
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import keras
-from keras import layers
+from cxr import quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
+    from keras import layers
 
 from cxr import lite0
 

@@ -62,6 +62,12 @@ class RunLog:
         folder = REPO / "doc" / "figures" if self.config.mode == "full" else self.out / "figures"
         return folder / name
 
+    def save(self, fig: Any, name: str) -> None:
+        """Save a figure under `figure(name)` (doc/figures/ in full mode), atomically; shows nothing."""
+        from cxr.plots import save_figure
+
+        save_figure(fig, self.figure(name))
+
     def training(self, result: Any) -> None:
         """One line per stage: epochs run, best validation AUROC, seconds."""
         h = result.history
@@ -91,7 +97,7 @@ class RunLog:
             lines.append(f"* Grad-CAM: on average {border:.0%} of the heat falls in the outer 10% border of the image.")
         display(Markdown("\n".join(lines)))
 
-    def finish(self) -> float:
+    def finish(self) -> None:
         """Print the wall time and write it into the first cell's output; save the run summary."""
         wall = time.perf_counter() - self.start
         self._display(self._header(wall), update=True)
@@ -99,8 +105,8 @@ class RunLog:
 
         atomic_write_text(self.out / "run_env.json",
                           json.dumps({"environment": self.env, "wall_seconds": wall, "config": self.config.to_dict()}, indent=2))
+        self.wall = wall
         print(f"wall time: {_minutes(wall)}")
-        return wall
 
 
 def _minutes(seconds: float | None) -> str:
@@ -132,8 +138,10 @@ def run_notebook(mode: str = "full", in_place: bool = False, source: str | None 
     print(f"data: {os.path.relpath(resolved)}")
     params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source}
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    pm.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(REPO), progress_bar=True,
-                        log_output=False)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
+    # relative paths: papermill records them in the notebook's metadata, which must show no local absolute path
+    pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
+                        cwd=os.path.relpath(REPO), progress_bar=True, log_output=False)
     metrics = REPO / out_dir / "metrics.json"
     print(f"executed notebook: {target.relative_to(REPO) if target.is_relative_to(REPO) else target}")
     if metrics.is_file():

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import keras
+from cxr import quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
 import numpy as np
 import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
@@ -89,7 +92,10 @@ def accelerator() -> str:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+        from cxr import quiet_stderr
+
+        with quiet_stderr():  # "Could not find cuda drivers" and friends
+            return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
     return "cpu"
 
 
@@ -209,9 +215,21 @@ def environment() -> dict[str, Any]:
         versions[name] = __import__(name).__version__
     return {
         "backend": backend, "accelerator": accelerator(), "gpu": _gpu_name(),
-        "platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
         "versions": versions,
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def _gpu_name() -> str | None:

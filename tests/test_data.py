@@ -317,7 +317,7 @@ def test_split_is_deterministic_whatever_the_row_order(indexed):
     assert any(not other.equals(reference) for other in others)  # the seed matters
 
 
-def test_split_drops_training_copies_of_test_images(indexed):
+def test_split_drops_training_copies_of_test_images(indexed, capsys):
     index, _ = indexed
     test_row = index[index["official_split"] == "test"].iloc[0]
     train_rows = index.index[index["official_split"] == "train"][:1]
@@ -329,9 +329,15 @@ def test_split_drops_training_copies_of_test_images(indexed):
     assert split.groupby("sha1")["split"].nunique().max() == 1
     leaked = index.copy()
     leaked.loc[train_rows, "patient_id"] = test_row["patient_id"]
-    with pytest.warns(UserWarning, match="also appears in the official test"):
-        dropped = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=True)
+    dropped = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=True)
+    assert "also appears in the official test" in capsys.readouterr().out  # reported, with the count
+    assert len(dropped) == len(index) - 1
     assert not set(dropped.loc[dropped["split"] != "test", "patient_id"]) & {test_row["patient_id"]}
+    data.check_no_leakage(dropped, patients_vs_test=True)
+    kept = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=False)
+    assert len(kept) == len(index) and "kept" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="patient_id"):
+        data.check_no_leakage(kept, patients_vs_test=True)
     bad = data.split_by_patient(index, 0.25, seed=0)
     bad.loc[bad.index[bad["split"] == "train"][:1], "sha1"] = bad.loc[bad["split"] == "test", "sha1"].iloc[0]
     with pytest.raises(AssertionError, match="sha1"):
