@@ -35,9 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from cxr import data, model as cxr_model, train  # noqa: E402  (before keras: hides TensorFlow's start-up lines)
 import keras  # noqa: E402
-
-from cxr import data, model as cxr_model, train  # noqa: E402
 from cxr.config import Config  # noqa: E402
 from prepare import _has_tabulate, cpu_model  # noqa: E402
 

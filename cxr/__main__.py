@@ -1,4 +1,4 @@
-"""Command line: `python -m cxr {index,train,evaluate,predict,notebook}`; `--help` on each."""
+"""Command line: `python -m cxr {index,train,evaluate,results,predict,notebook}`; `--help` on each."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from cxr import evaluate
+
+    source = Path(args.run) / "metrics.json"
+    doc = evaluate.read_metrics(source)
+    text = evaluate.markdown_results(doc, source=source.as_posix())
+    for target in args.update:  # a file with a <!-- headline --> block gets the short version there
+        if "<!-- headline -->" in Path(target).read_text():
+            evaluate.update_markdown(target, evaluate.markdown_results(doc, source.as_posix(), True), "headline")
+        else:
+            evaluate.update_markdown(target, text)
+        print(f"updated {target}")
+    if not args.update:
+        print(text)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.predict import predict_files
 
@@ -97,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--verbose", action="store_true")
         else:
             p.add_argument("--run", default="runs/latest", help="the run folder written by `train`")
+
+    p = sub.add_parser("results", help="the results tables of a run as Markdown (from its metrics.json)")
+    p.add_argument("--run", default="runs/full", help="a run folder holding metrics.json")
+    p.add_argument("--update", nargs="*", default=[], metavar="FILE",
+                   help="replace the <!-- results --> block of these Markdown files instead of printing")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("predict", help="score images with a saved model; one JSON line per image")
     p.add_argument("images", nargs="+")

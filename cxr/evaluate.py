@@ -396,3 +396,60 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
     return pd.DataFrame(rows).set_index("model").rename(columns={"auroc": "AUROC", "accuracy": "accuracy",
                                                                  "sensitivity": "sensitivity",
                                                                  "specificity": "specificity"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown for README.md and doc/results.md (written from metrics.json, never typed by hand)
+# ---------------------------------------------------------------------------------------------------------------
+
+TASK_TITLES = {"pneumonia": "Pneumonia vs normal", "subtype": "Bacterial vs viral pneumonia"}
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json", headline: bool = False) -> str:
+    """The results as Markdown: each task's test metrics with 95% intervals (at the validation threshold and at
+    0.5), then the comparison with the literature, each with its protocol. `headline`: the comparison table and
+    one line per other task only (for the README)."""
+    p = doc.get("protocol", {})
+    parts = [
+        f"Official test set, scored once; thresholds chosen on validation ({p.get('threshold_policy', '?')}); "
+        f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
+        f"({p.get('ci_method', '')}). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
+        f"{p.get('image_size', '?')} px. Written by `python -m cxr results --run {Path(source).parent.as_posix()}` "
+        f"from `{source}`."
+    ]
+    for task, t in doc["tasks"].items():
+        if headline:
+            if task != "pneumonia":
+                parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, threshold {t['threshold']:.3f} from "
+                             "validation): " + ", ".join(f"{METRIC_LABELS[m]} {_fmt(t['at_threshold'][m])}" for m in
+                                                         ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
+            continue
+        rows = [[METRIC_LABELS[m], _fmt(t["at_threshold"][m]), _fmt(t["at_0.5"][m])] for m in METRICS]
+        parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
+            ["metric", f"at validation threshold {t['threshold']:.3f}", "at 0.5"], rows))
+    if "pneumonia" in doc["tasks"]:
+        table = comparison_table(doc)
+        rows = [[name, *[str(v) for v in r[:-1]], r[-1]] for name, r in zip(table.index, table.to_numpy().tolist())]
+        parts.insert(1 if headline else len(parts),
+                     "**Pneumonia vs normal beside the literature** (the same 624 test images)\n\n"
+                     + _md_table(["model", *table.columns[:-1], "protocol"], rows))
+    return "\n\n".join(parts)
+
+
+def update_markdown(path: str | Path, text: str, marker: str = "results") -> Path:
+    """Replace the block between `<!-- marker -->` and `<!-- /marker -->` in a Markdown file, atomically."""
+    from cxr.data import atomic_write_text
+
+    path = Path(path)
+    old = path.read_text()
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if begin not in old or end not in old:
+        raise ValueError(f"{path} has no {begin} ... {end} block")
+    new = old[: old.index(begin) + len(begin)] + "\n" + text.rstrip() + "\n" + old[old.index(end):]
+    return atomic_write_text(path, new)

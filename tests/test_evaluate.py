@@ -230,3 +230,21 @@ def test_tables():
     assert "test partition" in comp.loc["Kermany et al. 2018", "protocol"]
     ours = doc["tasks"]["pneumonia"]["at_threshold"]["auroc"]["value"]
     assert comp.iloc[0]["AUROC"].startswith(f"{ours:.3f}")
+
+
+def test_markdown_results_come_from_the_document(tmp_path):
+    doc = json.loads(json.dumps(_document()[0]))
+    auroc = doc["tasks"]["pneumonia"]["at_threshold"]["auroc"]
+    text = E.markdown_results(doc, source="runs/x/metrics.json")
+    assert f"{auroc['value']:.3f} [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" in text
+    assert "Kermany et al. 2018" in text and "0.968" in text and "runs/x/metrics.json" in text
+    short = E.markdown_results(doc, headline=True)
+    assert "Kermany et al. 2018" in short and "Brier" not in short
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- headline -->\nSTALE\n<!-- /headline -->\nrest\n")
+    E.update_markdown(readme, short, "headline")
+    new = readme.read_text()
+    assert new.startswith("intro\n<!-- headline -->\n") and new.endswith("<!-- /headline -->\nrest\n")
+    assert "STALE" not in new and "Kermany" in new
+    with pytest.raises(ValueError, match="no <!-- results -->"):
+        E.update_markdown(readme, short)
