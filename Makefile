@@ -9,7 +9,7 @@ MODE   ?= full
 
 help:
 	@echo "make run      set up .venv, get the data, execute notebook.ipynb headless into runs/<timestamp>/, print the metrics"
-	@echo "make test     set up .venv and run the whole test suite (TensorFlow, then the backend tests under JAX)"
+	@echo "make test     set up .venv and run the whole test suite (TensorFlow, then the backend tests under JAX, and torch if installed)"
 	@echo "make notebook re-execute notebook.ipynb in place (MODE=full), refresh doc/figures and the results in README.md, doc/results.md"
 	@echo "make bench    run the benchmarks in bench/ and update doc/performance.md"
 
@@ -29,6 +29,9 @@ notebook: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m backend
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "KERAS_BACKEND=torch $(PY) -m pytest -q -m backend"; KERAS_BACKEND=torch $(PY) -m pytest -q -m backend; \
+	else echo "torch is not installed: the backend tests under KERAS_BACKEND=torch are skipped (pip install torch)"; fi
 
 bench: $(STAMP)
 	$(PY) bench/prepare.py

@@ -45,6 +45,27 @@ def test_state_dict_read_without_torch():
     assert np.all(state["_bn1.running_var"] > 0)
 
 
+def test_reader_works_where_torch_cannot_be_imported():
+    """Even with PyTorch installed, the reader must not need it: run it where `import torch` fails."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is blocked in this test')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import os; os.environ['KERAS_BACKEND'] = 'jax' if 'jax' in os.environ.get('KERAS_BACKEND', '') else "
+            "os.environ.get('KERAS_BACKEND', 'tensorflow').replace('torch', 'tensorflow')\n"
+            "from cxr import lite0\n"
+            "state = lite0.read_torch_state_dict(lite0.pytorch_weights_file())\n"
+            "print(sum(v.size for v in state.values()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == lite0.LITE0_NUM_VALUES
+
+
 def test_architecture_matches_state_dict():
     model = lite0.build_lite0(include_top=True, name="lite0")
     assert model.count_params() == lite0.LITE0_NUM_VALUES - 49  # 49 BatchNorm num_batches_tracked counters
