@@ -485,6 +485,26 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     return df
 
 
+def describe_randomization(table: pd.DataFrame, passes_below: float = 0.5) -> str:
+    """Plain sentences about a `randomization_test` table: where the rank correlation goes, and whether the maps
+    depend on the learned weights (every randomised step's mean |Spearman| below `passes_below`)."""
+    steps = table[table["step"] > 0]
+    if steps.empty:
+        return "No randomisation step was run."
+    first, last = steps.iloc[0], steps.iloc[-1]
+    if int(first["n_images"]) == 0 or not np.isfinite(steps["spearman_mean"]).any():
+        return ("The sanity check could not be assessed: every trained map was empty (no positive evidence for the "
+                "target class in these images).")
+    worst = float(steps["spearman_mean"].abs().max())
+    verdict = ("the maps depend on the learned weights (sanity check passed)" if worst < passes_below else
+               "the maps partly survive randomisation, so they reflect the input more than what the model learned "
+               "(sanity check FAILED)")
+    return (f"Mean rank correlation with the trained model's maps: {first['spearman_mean']:.2f} after randomising "
+            f"'{first['randomised_to']}' alone, {last['spearman_mean']:.2f} with every weighted layer down to "
+            f"'{last['randomised_to']}' randomised (largest |correlation| over the steps: {worst:.2f}, "
+            f"{int(first['n_images'])} images): {verdict}.")
+
+
 def randomization_figure(table: pd.DataFrame, images=None, n_images: int = 2, cmap: str = "jet"):
     """Figure: mean Spearman correlation per cascade step (left) and, with `images`, the maps per step."""
     import matplotlib.pyplot as plt
@@ -537,6 +557,26 @@ class Faithfulness:
             h, r = self.auc[f"{kind}_heat"].mean(), self.auc[f"{kind}_random"].mean()
             rows[kind] = {"heat": h, "random": r, "heat_minus_random": h - r}
         return pd.DataFrame(rows).T
+
+
+def describe_faithfulness(result: Faithfulness) -> str:
+    """Plain sentences: heat order vs random order for deletion and insertion, with the per-image win count and a
+    paired Wilcoxon signed-rank test (scipy)."""
+    from scipy.stats import wilcoxon
+
+    lines = []
+    for kind, better, meaning in (("deletion", "lower", "removing the hottest regions first lowers the score faster"),
+                                  ("insertion", "higher", "revealing the hottest regions first raises the score faster")):
+        h, r = result.auc[f"{kind}_heat"].to_numpy(), result.auc[f"{kind}_random"].to_numpy()
+        wins = int(np.sum(h < r) if kind == "deletion" else np.sum(h > r))
+        diff = h - r
+        p = float(wilcoxon(diff).pvalue) if len(diff) >= 6 and np.any(diff != 0) else float("nan")
+        ok = (h.mean() < r.mean()) if kind == "deletion" else (h.mean() > r.mean())
+        lines.append(f"{kind.capitalize()}: area {h.mean():.3f} in heat order vs {r.mean():.3f} in random order "
+                     f"({better} is more faithful); heat order wins for {wins} of {len(h)} images (paired Wilcoxon "
+                     f"p = {p:.2g}): " + (f"supported, {meaning} than random." if ok else
+                                          f"NOT supported, {meaning.replace('faster', 'no faster')} than random."))
+    return "\n".join(lines)
 
 
 def _blur(images: np.ndarray, sigma: float) -> np.ndarray:

@@ -77,8 +77,9 @@ class RunLog:
         if "features" in result.seconds:
             print(f"backbone features computed once in {result.seconds['features']:.0f} s; kept stage: {result.kept_stage}")
 
-    def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None) -> None:
-        """The headline numbers, written from the metrics document (never typed by hand)."""
+    def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None, sanity: pd.DataFrame | None = None,
+                    faith: Any = None) -> None:
+        """The headline numbers and what the Grad-CAM checks showed, written from the results (never typed by hand)."""
         from IPython.display import Markdown, display
 
         lines = []
@@ -92,9 +93,14 @@ class RunLog:
                 + ", ".join(f"{k} {_fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
                 + "."
             )
+        from cxr import gradcam
+
+        if sanity is not None and len(sanity):
+            lines.append("* Grad-CAM sanity check: " + gradcam.describe_randomization(sanity))
+        if faith is not None:
+            lines.append("* Grad-CAM faithfulness: " + gradcam.describe_faithfulness(faith).replace("\n", " "))
         if audit is not None and len(audit):
-            border = audit["border_share"].mean() if "border_share" in audit else float("nan")
-            lines.append(f"* Grad-CAM: on average {border:.0%} of the heat falls in the outer 10% border of the image.")
+            lines.append("* Grad-CAM shortcut audit: " + gradcam.describe_audit(audit))
         display(Markdown("\n".join(lines)))
 
     def finish(self) -> None:

@@ -261,3 +261,27 @@ def test_project_model_tiny_cnn():
         cams = fn(model, x)
         assert cams.shape == (3, 64, 64) and np.isfinite(cams).all() and 0 <= cams.min() <= cams.max() <= 1
     assert gradcam.find_target_layer(model) == "block3_relu"
+
+
+def test_describe_randomization_and_faithfulness_verdicts():
+    import pandas as pd
+
+    base = dict(n_randomised=1, spearman_std=0.1, n_images=8, n_empty=0)
+    falls = pd.DataFrame([dict(step=0, randomised_to="none (trained)", spearman_mean=1.0, **base),
+                          dict(step=1, randomised_to="logit", spearman_mean=0.1, **base),
+                          dict(step=2, randomised_to="stem", spearman_mean=0.02, **base)])
+    assert "passed" in gradcam.describe_randomization(falls) and "0.02" in gradcam.describe_randomization(falls)
+    stays = falls.assign(spearman_mean=[1.0, 0.9, 0.8])
+    assert "FAILED" in gradcam.describe_randomization(stays)
+    empty = falls.assign(spearman_mean=[1.0, np.nan, np.nan], n_images=0)
+    assert "could not be assessed" in gradcam.describe_randomization(empty)
+
+    rng = np.random.default_rng(0)
+    r = rng.uniform(0.6, 0.8, 12)
+    auc = pd.DataFrame({"deletion_heat": r - 0.3, "deletion_random": r, "insertion_heat": r - 0.2,
+                        "insertion_random": r})
+    text = gradcam.describe_faithfulness(gradcam.Faithfulness(np.linspace(0, 1, 3), {}, auc))
+    deletion, insertion = text.splitlines()
+    assert deletion.startswith("Deletion") and "supported" in deletion and "NOT" not in deletion
+    assert "12 of 12" in deletion
+    assert insertion.startswith("Insertion") and "NOT supported" in insertion and "0 of 12" in insertion
