@@ -69,7 +69,11 @@ class RunLog:
         save_figure(fig, self.figure(name))
 
     def training(self, result: Any) -> None:
-        """One line per stage: epochs run, best validation AUROC, seconds."""
+        """One line per stage (epochs run, best validation AUROC, seconds); the run record (configuration,
+        versions, history, timings) goes to `<output_dir>/<task>_run.json`."""
+        from cxr.train import record
+
+        record(result, self.config, self.out / f"{result.task}_run.json")
         h = result.history
         for stage, rows in h.groupby("stage", sort=False):
             print(f"{result.task} / {stage}: {len(rows)} epochs, best val AUROC {rows['val_auroc'].max():.4f}, "

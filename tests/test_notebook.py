@@ -82,6 +82,8 @@ def test_smoke_run_executes_every_cell(tmp_path):
             assert (out / "figures" / name).stat().st_size > 1000, name
         for task in ("pneumonia", "subtype"):
             assert (out / task / "model.keras").is_file()
+            record = json.loads((out / f"{task}_run.json").read_text())  # configuration, versions, history
+            assert record["history"] and record["config"]["mode"] == "smoke" and "keras" in record["environment"]["versions"]
         _assert_clean(executed)
         text = json.dumps(executed)
         assert str(REPO) not in text
