@@ -431,7 +431,9 @@ def _parallel(fn: Callable[[list], Any], items: list, workers: int | None, desc:
     Small jobs (or workers=1) run in this process: a pool costs about a second to start."""
     workers = _default_workers() if workers is None else max(1, workers)
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    with tqdm(total=len(items), desc=desc, unit="img", leave=False, disable=len(items) < 100) as bar:
+    # small jobs get no bar; otherwise tqdm's defaults apply, so TQDM_DISABLE=1 (headless notebook runs) turns it off
+    quiet = {"disable": True} if len(items) < 100 else {}
+    with tqdm(total=len(items), desc=desc, unit="img", leave=False, **quiet) as bar:
         if workers == 1 or len(items) < 4 * chunk:
             for part in chunks:
                 result = fn(part)
