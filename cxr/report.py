@@ -58,12 +58,13 @@ class RunLog:
         return self.out / name
 
     def figure(self, name: str) -> Path:
-        """Where a figure goes: `doc/figures/` in full mode (the README shows them), the run folder otherwise."""
-        folder = REPO / "doc" / "figures" if self.config.mode == "full" else self.out / "figures"
+        """Where a figure goes: `$CXR_FIGURES_DIR` when set (`make notebook` sets `doc/figures`, the figures the
+        README shows), else `<output_dir>/figures/`, so that other runs never overwrite the committed figures."""
+        folder = Path(os.environ.get("CXR_FIGURES_DIR") or self.out / "figures")
         return folder / name
 
     def save(self, fig: Any, name: str) -> None:
-        """Save a figure under `figure(name)` (doc/figures/ in full mode), atomically; shows nothing."""
+        """Save a figure under `figure(name)`, atomically; shows nothing."""
         from cxr.plots import save_figure
 
         save_figure(fig, self.figure(name))
@@ -149,6 +150,8 @@ def run_notebook(mode: str = "full", in_place: bool = False, source: str | None 
     params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source}
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
+    if in_place:  # the run behind the committed notebook also refreshes the README's figures
+        os.environ["CXR_FIGURES_DIR"] = os.path.relpath(REPO / "doc" / "figures", REPO)
     # relative paths: papermill records them in the notebook's metadata, which must show no local absolute path
     pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
                         cwd=os.path.relpath(REPO), progress_bar=True, log_output=False)

@@ -94,3 +94,15 @@ def test_smoke_run_executes_every_cell(tmp_path):
         assert "wall time:" in headers[0] and "running" not in headers[0]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_figures_go_to_the_run_folder_unless_asked(tmp_path, monkeypatch):
+    """Only `make notebook` (CXR_FIGURES_DIR=doc/figures) may refresh the committed figures; `make run` may not."""
+    from cxr.config import Config
+    from cxr.report import RunLog
+
+    monkeypatch.delenv("CXR_FIGURES_DIR", raising=False)
+    log = RunLog(Config.preset("full", output_dir=str(tmp_path / "run")))
+    assert log.figure("a.png") == tmp_path / "run" / "figures" / "a.png"
+    monkeypatch.setenv("CXR_FIGURES_DIR", str(tmp_path / "doc"))
+    assert log.figure("a.png") == tmp_path / "doc" / "a.png"
