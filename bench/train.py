@@ -23,7 +23,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from cxr import data, model as cxr_model, train  # noqa: E402  (before keras: hides TensorFlow's start-up lines)
 import keras  # noqa: E402
 from cxr.config import Config  # noqa: E402
-from prepare import _has_tabulate, cpu_model  # noqa: E402
+from prepare import _has_tabulate  # noqa: E402
 
 BEGIN, END = "<!-- train -->", "<!-- /train -->"
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.preset("full", source=str(zip_path), mixed_precision="auto")
     policy = train.setup_precision(cfg)
     env = train.environment()
-    hardware = env["gpu"] or f"CPU, {os.cpu_count()} cores ({cpu_model()})"
+    hardware = env["gpu"] or f"CPU, {os.cpu_count()} cores ({env['processor']})"
 
     prep = data.prepare(cfg, verbose=False)
     rows = np.flatnonzero(prep.index["split"].eq("train").to_numpy())

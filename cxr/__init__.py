@@ -1,4 +1,5 @@
 """cxr: pediatric pneumonia on chest X-rays — data, model, training, honest evaluation and Grad-CAM (Keras 3)."""
+import contextlib as _contextlib
 import logging as _logging
 import os as _os
 
@@ -20,29 +21,24 @@ _logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 __version__ = "0.1.0"
 
 
-class _QuietStderr:
+@_contextlib.contextmanager
+def quiet_stderr():
     """Send file descriptor 2 to /dev/null for a moment: TensorFlow's C++ start-up lines (oneDNN, CUDA stub, absl)
     bypass TF_CPP_MIN_LOG_LEVEL and would land in notebooks and CLI output as noise."""
+    import sys
 
-    def __enter__(self) -> None:
-        import sys
-
-        try:
-            sys.stderr.flush()
-            self._saved = _os.dup(2)
-            devnull = _os.open(_os.devnull, _os.O_WRONLY)
-            _os.dup2(devnull, 2)
-            _os.close(devnull)
-        except OSError:  # no real file descriptor 2 (embedded interpreters): nothing to hide
-            self._saved = None
-
-    def __exit__(self, *exc) -> None:
-        if self._saved is not None:
-            _os.dup2(self._saved, 2)
-            _os.close(self._saved)
-
-
-def quiet_stderr() -> _QuietStderr:
-    """Context manager hiding what C++ libraries write straight to file descriptor 2."""
-    return _QuietStderr()
+    try:
+        sys.stderr.flush()
+        saved = _os.dup(2)
+    except OSError:  # no real file descriptor 2 (embedded interpreters): nothing to hide
+        yield
+        return
+    devnull = _os.open(_os.devnull, _os.O_WRONLY)
+    _os.dup2(devnull, 2)
+    _os.close(devnull)
+    try:
+        yield
+    finally:
+        _os.dup2(saved, 2)
+        _os.close(saved)
 

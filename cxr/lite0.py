@@ -371,17 +371,6 @@ def _atomic_save_weights(model: keras.Model, dest: Path) -> None:
             os.unlink(tmp)
 
 
-def _atomic_write_text(dest: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def imagenet_weights(include_top: bool = False, directory: str | Path | None = None) -> Path:
     """Path of the converted ImageNet weights (Keras `.weights.h5`), converting and caching them at first use.
 
@@ -410,7 +399,9 @@ def imagenet_weights(include_top: bool = False, directory: str | Path | None = N
     _atomic_save_weights(notop, files[False])
     manifest = {"source": LITE0_FILE, "source_sha256": LITE0_SHA256, "keras": keras.__version__,
                 "files": {p.name: sha256_file(p) for p in files.values()}}
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    from cxr.data import atomic_write_text
+
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return files[include_top]
 
 

@@ -87,6 +87,8 @@ class RunLog:
         """The headline numbers and what the Grad-CAM checks showed, written from the results (never typed by hand)."""
         from IPython.display import Markdown, display
 
+        from cxr import evaluate, gradcam
+
         lines = []
         for task, title in (("pneumonia", "Pneumonia vs normal"), ("subtype", "Bacterial vs viral")):
             if task not in doc["tasks"]:
@@ -95,11 +97,9 @@ class RunLog:
             m = t["at_threshold"]
             lines.append(
                 f"* **{title}** (test, n = {t['n']}, threshold {t['threshold']:.3f} from validation): "
-                + ", ".join(f"{k} {_fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                + ", ".join(f"{k} {evaluate._fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
                 + "."
             )
-        from cxr import gradcam
-
         if sanity is not None and len(sanity):
             lines.append("* Grad-CAM sanity check: " + gradcam.describe_randomization(sanity))
         if faith is not None:
@@ -124,10 +124,6 @@ def _minutes(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _fmt(m: dict[str, float]) -> str:
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
 def run_notebook(mode: str = "full", in_place: bool = False, source: str | None = None,
