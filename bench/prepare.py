@@ -31,7 +31,8 @@ from PIL import Image, features
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr import data  # noqa: E402
+from cxr import cpu_model, data  # noqa: E402
+from cxr.io import update_markdown  # noqa: E402
 
 SIZE = 224
 BEGIN, END = "<!-- prepare -->", "<!-- /prepare -->"
@@ -112,24 +113,10 @@ def decode_floor(paths: list[Path]) -> str:
             "that with perfect scaling")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.is_file() else "# Performance\n"
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + section + "\n"
-    data.atomic_write_text(path, new)
+    if not path.is_file():
+        path.write_text("# Performance\n")
+    update_markdown(path, text, "prepare", create=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from cxr import data, model as cxr_model, train  # noqa: E402  (before keras: hides TensorFlow's start-up lines)
 import keras  # noqa: E402
 from cxr.config import Config  # noqa: E402
+from cxr.io import atomic_write_text  # noqa: E402
 from prepare import _has_tabulate  # noqa: E402
 
 BEGIN, END = "<!-- train -->", "<!-- /train -->"
@@ -171,7 +172,7 @@ def write_subsection(path: Path, backend: str, gpu: bool, text: str) -> None:
         body = parts[0] + key + "\n" + text.rstrip() + "\n" + key + parts[2]
     else:
         body = body.rstrip() + f"\n\n{key}\n{text.rstrip()}\n{key}\n"
-    data.atomic_write_text(path, head + BEGIN + body + END + tail)
+    atomic_write_text(path, head + BEGIN + body + END + tail)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,17 @@ def quiet_stderr():
         _os.dup2(saved, 2)
         _os.close(saved)
 
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type (for run records and benchmarks)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()

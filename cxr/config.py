@@ -1,15 +1,44 @@
-"""Configuration of one study run: a frozen dataclass with `smoke` and `full` presets."""
+"""Configuration of one study run (a frozen dataclass with `smoke` and `full` presets) and the fixed facts every
+layer shares: the class names, the splits and the task table. The bottom of the package with `cxr.io`."""
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr.io import atomic_write_text
+
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-SUBTYPE_NAMES = ("bacteria", "virus")
+SPLITS = ("train", "val", "test")
+RESIZE_POLICIES = ("squash", "letterbox")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One binary classification task over the index: which rows take part, where its label is, and its names."""
+
+    rows: str  # "all", or a value of the `label` column: only the rows with that label take part
+    column: str  # the index column holding the task's label
+    positive: str  # the value of `column` that is class 1
+    class_names: tuple[str, str]  # (class 0, class 1), as saved with the model and shown in figures
+
+
+TASKS: dict[str, Task] = {
+    "pneumonia": Task(rows="all", column="label", positive="PNEUMONIA", class_names=("NORMAL", "PNEUMONIA")),
+    "subtype": Task(rows="PNEUMONIA", column="subtype", positive="virus", class_names=("bacteria", "virus")),
+}
+
+
+def task(name: str) -> Task:
+    """The task called `name`, or a clear error listing the known ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
 
 
 @dataclass(frozen=True)
@@ -55,15 +84,23 @@ class Config:
     # explanation
     gradcam_examples: int = 2  # per confusion cell (TP, TN, FP, FN)
     explain_images: int = 32  # test images for the randomisation and deletion/insertion checks
-    output_dir: str = "runs/latest"
+    output_dir: str | None = None  # the run folder; None: runs/<mode> (see `run_dir`)
+
+    @property
+    def run_dir(self) -> Path:
+        """THE rule for run folders (train, evaluate, notebook, predict): `output_dir`, else runs/<mode>."""
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.mode
 
     @staticmethod
     def preset(mode: str, **overrides: Any) -> "Config":
-        """The `smoke` (CI, minutes on a CPU) or `full` (the real study) configuration."""
+        """The `smoke` (CI, minutes on a CPU) or `full` (the real study) configuration, with `overrides` on top.
+
+        Every override counts, None included (`preset("full", weights=None)` gives random weights); an unknown
+        mode or field name is an error."""
         if mode not in PRESETS:
             raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(PRESETS)}")
-        values = {**PRESETS[mode], **{k: v for k, v in overrides.items() if v is not None}}
-        return Config(mode=mode, **values)
+        _check_names(overrides)
+        return Config(mode=mode, **{**PRESETS[mode], **overrides})
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -72,8 +109,6 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from cxr.data import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @staticmethod
@@ -83,7 +118,11 @@ class Config:
         return Config(**{k: v for k, v in data.items() if k in known})
 
     def __post_init__(self) -> None:
-        if self.resize_policy not in ("squash", "letterbox"):
+        if self.mode not in PRESETS:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {sorted(PRESETS)}")
+        if self.mixed_precision not in ("auto", "on", "off"):
+            raise ValueError(f"mixed_precision must be 'auto', 'on' or 'off', not {self.mixed_precision!r}")
+        if self.resize_policy not in RESIZE_POLICIES:
             raise ValueError(f"resize_policy must be 'squash' or 'letterbox', not {self.resize_policy!r}")
         if self.threshold_policy not in ("youden", "sensitivity"):
             raise ValueError(f"threshold_policy must be 'youden' or 'sensitivity', not {self.threshold_policy!r}")
@@ -104,6 +143,47 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_bootstrap=200,
         gradcam_examples=1,
         explain_images=4,
-        output_dir="runs/smoke",
     ),
 }
+
+
+def _check_names(values: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(Config)} - {"mode"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; the settings are {sorted(known)}")
+
+
+def _parse_value(text: str, kind: Any, name: str) -> Any:
+    """`text` as a value of the type `kind` (int, float, bool, str, or an Optional / union of them)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    if type(None) in options and text.strip().lower() in ("none", "null", ""):
+        return None
+    for option in (o for o in options if o is not type(None)):
+        if option is bool:
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            continue
+        try:
+            return option(text)
+        except (TypeError, ValueError):
+            continue
+    raise ValueError(f"--set {name}={text}: not a valid {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+
+
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """`["key=value", ...]` (the CLI's repeatable `--set`) -> {field: value}, each value parsed by the type of its
+    Config field (int, float, bool, str, None for an optional field). Unknown names and bad values are errors."""
+    hints = typing.get_type_hints(Config)
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        name, text = item.split("=", 1)
+        name = name.strip().replace("-", "_")
+        _check_names({name: None})
+        out[name] = _parse_value(text, hints[name], name)
+    return out

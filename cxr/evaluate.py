@@ -19,6 +19,8 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from cxr.io import update_markdown  # noqa: F401  (evaluate.update_markdown: the results blocks of README/doc)
+
 SCHEMA_VERSION = 1
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy",
            "brier", "ece")
@@ -326,7 +328,7 @@ def metrics_document(protocol: dict[str, Any], tasks: dict[str, dict[str, Any]])
 
 def write_metrics(path: str | Path, doc: dict[str, Any]) -> Path:
     """Write the document as strict JSON (no NaN), atomically (temporary file in the same folder, os.replace)."""
-    from cxr.data import atomic_write_text
+    from cxr.io import atomic_write_text
 
     return atomic_write_text(Path(path), json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
 
@@ -343,7 +345,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 # Tables for display
 # ---------------------------------------------------------------------------------------------------------------
 
-def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
+def fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
     if not m or m.get("value") is None or not math.isfinite(m["value"]):
         return "n/a"
     lo, hi = m.get("ci_low"), m.get("ci_high")
@@ -355,8 +357,8 @@ def _fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
 def report_table(task: dict[str, Any]) -> pd.DataFrame:
     """One task's metrics as value [CI] at the validation threshold and at 0.5 (one row per metric)."""
     level = "95%"
-    rows = {METRIC_LABELS[m]: {f"at threshold {task['threshold']:.3f} ({level} CI)": _fmt(task["at_threshold"][m]),
-                               f"at 0.5 ({level} CI)": _fmt(task["at_0.5"][m])} for m in METRICS}
+    rows = {METRIC_LABELS[m]: {f"at threshold {task['threshold']:.3f} ({level} CI)": fmt(task["at_threshold"][m]),
+                               f"at 0.5 ({level} CI)": fmt(task["at_0.5"][m])} for m in METRICS}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = f"n = {task['n']} ({task['n_positive']} positive)"
     return table
@@ -369,8 +371,8 @@ def results_table(doc: dict[str, Any]) -> pd.DataFrame:
         frames.append(pd.DataFrame({
             "task": name, "metric": list(METRICS),
             "threshold": t["threshold"],
-            "at_threshold": [_fmt(t["at_threshold"][m]) for m in METRICS],
-            "at_0.5": [_fmt(t["at_0.5"][m]) for m in METRICS],
+            "at_threshold": [fmt(t["at_threshold"][m]) for m in METRICS],
+            "at_0.5": [fmt(t["at_0.5"][m]) for m in METRICS],
         }))
     if not frames:
         return pd.DataFrame(columns=["threshold", "at_threshold", "at_0.5"])
@@ -389,7 +391,7 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
              f"patient-level split; threshold ({policy}) and epochs chosen on validation; test scored once; 95% CI"),
             ("at_0.5", "This study (threshold 0.5)", "same model, fixed threshold 0.5 as most papers report"),
         ):
-            rows.append({"model": label, **{c: _fmt(t[key][c]) for c in cols}, "protocol": note})
+            rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "protocol": note})
     for name, ref in REFERENCES.items():
         rows.append({"model": name, **{c: (f"{ref['metrics'][c]:.3f}" if c in ref["metrics"] else "n/a") for c in cols},
                      "protocol": ref["protocol"]})
@@ -427,10 +429,10 @@ def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json"
         if headline:
             if task != "pneumonia":
                 parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, threshold {t['threshold']:.3f} from "
-                             "validation): " + ", ".join(f"{METRIC_LABELS[m]} {_fmt(t['at_threshold'][m])}" for m in
+                             "validation): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
                                                          ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
             continue
-        rows = [[METRIC_LABELS[m], _fmt(t["at_threshold"][m]), _fmt(t["at_0.5"][m])] for m in METRICS]
+        rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(t["at_0.5"][m])] for m in METRICS]
         parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
             ["metric", f"at validation threshold {t['threshold']:.3f}", "at 0.5"], rows))
     if "pneumonia" in doc["tasks"]:
@@ -440,16 +442,3 @@ def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json"
                      "**Pneumonia vs normal beside the literature** (the same 624 test images)\n\n"
                      + _md_table(["model", *table.columns[:-1], "protocol"], rows))
     return "\n\n".join(parts)
-
-
-def update_markdown(path: str | Path, text: str, marker: str = "results") -> Path:
-    """Replace the block between `<!-- marker -->` and `<!-- /marker -->` in a Markdown file, atomically."""
-    from cxr.data import atomic_write_text
-
-    path = Path(path)
-    old = path.read_text()
-    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if begin not in old or end not in old:
-        raise ValueError(f"{path} has no {begin} ... {end} block")
-    new = old[: old.index(begin) + len(begin)] + "\n" + text.rstrip() + "\n" + old[old.index(end):]
-    return atomic_write_text(path, new)

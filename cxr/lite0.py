@@ -21,12 +21,12 @@ import math
 import os
 import pickle
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from cxr import quiet_stderr
+from cxr.io import atomic_file, atomic_write_text
 
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
@@ -359,16 +359,8 @@ def pytorch_weights_file() -> Path:
 
 
 def _atomic_save_weights(model: keras.Model, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        os.unlink(tmp)  # keras writes the file itself
+    with atomic_file(dest, suffix=".weights.h5") as tmp:  # keras wants the .weights.h5 ending
         model.save_weights(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def imagenet_weights(include_top: bool = False, directory: str | Path | None = None) -> Path:
@@ -399,8 +391,6 @@ def imagenet_weights(include_top: bool = False, directory: str | Path | None = N
     _atomic_save_weights(notop, files[False])
     manifest = {"source": LITE0_FILE, "source_sha256": LITE0_SHA256, "keras": keras.__version__,
                 "files": {p.name: sha256_file(p) for p in files.values()}}
-    from cxr.data import atomic_write_text
-
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return files[include_top]
 

@@ -7,11 +7,8 @@ converted offline from the pip package, see `cxr.lite0`), any `keras.application
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
     from keras import layers
 
 from cxr import lite0
+from cxr.io import atomic_folder
 
 LAYER_ORDER = ("image", "to_float", "augment", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
 
@@ -254,20 +252,9 @@ def save_model(model: keras.Model, directory: str | Path, config, threshold: flo
     meta = {"config": config_dict, "threshold": float(threshold), "class_names": list(class_names),
             "keras_version": keras.__version__, "backend": keras.backend.backend(), "model_name": model.name,
             **(extra or {})}
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with atomic_folder(directory) as tmp:
         model.save(tmp / "model.keras")
         (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cxr import quiet_stderr
+from cxr import cpu_model, quiet_stderr
 
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
@@ -20,15 +20,10 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr.config import Config
+from cxr.config import TASKS, Config, task as get_task  # noqa: F401  (train.TASKS: the task table)
+from cxr.data import Prepared
+from cxr.io import atomic_write_text
 from cxr import model as cxr_model
-
-TASKS = {
-    # task name: (which rows take part, the positive class, class names)
-    "pneumonia": ("all", "PNEUMONIA", ("NORMAL", "PNEUMONIA")),
-    "subtype": ("PNEUMONIA", "virus", ("bacteria", "virus")),
-}
-
 
 @dataclass
 class TrainResult:
@@ -41,20 +36,10 @@ class TrainResult:
     kept_stage: str = "finetune"
 
 
-def task_rows(index: pd.DataFrame, task: str, split: str) -> np.ndarray:
-    """Positions (into `index` and the image array) of the rows of `split` that take part in `task`."""
-    rows, _, _ = TASKS[task]
-    mask = index["split"].to_numpy() == split
-    if rows == "PNEUMONIA":
-        mask &= index["label"].to_numpy() == "PNEUMONIA"
-    return np.flatnonzero(mask)
-
-
-def task_labels(index: pd.DataFrame, task: str, positions: np.ndarray) -> np.ndarray:
-    """0/1 labels of `task` for the given rows (1 = PNEUMONIA, or virus for the subtype task)."""
-    _, positive, _ = TASKS[task]
-    column = "label" if task == "pneumonia" else "subtype"
-    return (index[column].to_numpy()[positions] == positive).astype("float32")
+def _prepared(index: pd.DataFrame, images: np.ndarray) -> Prepared:
+    """An index and its images as a `Prepared` (for its rows/labels/batch accessors)."""
+    return Prepared(index=index, skipped=pd.DataFrame(columns=["path", "reason"]), images=images, root=None,
+                    source=None)
 
 
 def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
@@ -118,11 +103,6 @@ def _callbacks(config: Config) -> list[keras.callbacks.Callback]:
     ]
 
 
-def _as_batch(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """(n, S, S, 1) uint8 copy of the selected rows (reads a memory map once)."""
-    return np.ascontiguousarray(images[positions])[..., None]
-
-
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Probabilities of the positive class for (n, S, S) or (n, S, S, 1) uint8 images."""
     x = images if images.ndim == 4 else images[..., None]
@@ -144,18 +124,18 @@ def fit(
     reduction follow validation AUROC; the best weights are kept, and stage 2 is rolled back if it did not
     beat stage 1 on validation.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    get_task(task)  # a clear error for an unknown task
     keras.utils.set_random_seed(config.seed)
-    setup_precision(config)
-    tr, va = task_rows(index, task, "train"), task_rows(index, task, "val")
+    setup_precision(config)  # the global dtype policy is set here, where training starts, and left set
+    data = _prepared(index, images)
+    tr, va = data.rows("train", task), data.rows("val", task)
     if len(tr) == 0 or len(va) == 0:
         raise ValueError(f"task {task!r} needs train and val rows; got {len(tr)} and {len(va)}")
-    y_tr, y_va = task_labels(index, task, tr), task_labels(index, task, va)
+    y_tr, y_va = data.labels(task, tr), data.labels(task, va)
     if len(np.unique(y_va)) < 2:
         raise ValueError(f"task {task!r}: the validation split holds a single class; AUROC is undefined")
     weights = balanced_class_weight(y_tr)
-    x_tr, x_va = _as_batch(images, tr), _as_batch(images, va)
+    x_tr, x_va = data.batch(tr), data.batch(va)
     model = cxr_model.build_model(config, name=task)
     seconds: dict[str, float] = {}
 
@@ -215,21 +195,9 @@ def environment() -> dict[str, Any]:
         versions[name] = __import__(name).__version__
     return {
         "backend": backend, "accelerator": accelerator(), "gpu": _gpu_name(),
-        "platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
         "versions": versions,
     }
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _gpu_name() -> str | None:
@@ -256,8 +224,6 @@ def _gpu_name() -> str | None:
 
 def record(result: TrainResult, config: Config, path: str | os.PathLike) -> dict[str, Any]:
     """Write the run record (configuration, environment, history, timings) as JSON, atomically."""
-    from cxr.data import atomic_write_text
-
     doc = {
         "task": result.task, "config": config.to_dict(), "environment": environment(),
         "seconds": result.seconds, "kept_stage": result.kept_stage,
@@ -270,9 +236,10 @@ def record(result: TrainResult, config: Config, path: str | os.PathLike) -> dict
 def predict_split(model: keras.Model, index: pd.DataFrame, images: np.ndarray, task: str, split: str,
                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positions, labels, probabilities) of `task` on one split."""
-    positions = task_rows(index, task, split)
-    probs = predict_proba(model, _as_batch(images, positions), batch_size=batch_size)
-    return positions, task_labels(index, task, positions), probs
+    data = _prepared(index, images)
+    positions = data.rows(split, task)
+    probs = predict_proba(model, data.batch(positions), batch_size=batch_size)
+    return positions, data.labels(task, positions), probs
 
 
 def validation_threshold(model: keras.Model, config: Config, index: pd.DataFrame, images: np.ndarray,

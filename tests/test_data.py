@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cxr import data
+from cxr import io as cxr_io
 from cxr.config import Config
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_atomic_write_keeps_old_content_when_replace_fails(tmp_path, monkeypatch
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(cxr_io.os, "replace", broken_replace)
     with pytest.raises(OSError):
         data.atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
@@ -181,7 +182,7 @@ def test_resolve_source_order(tmp_path, monkeypatch):
     for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
-    monkeypatch.setattr(data, "_shared_candidates", lambda: [])
+    monkeypatch.setattr(data.sources, "_shared_candidates", lambda: [])
     monkeypatch.delenv("CXR_DATA", raising=False)
     assert data.resolve_source(None, tmp_path) == data.SAMPLE_ZIP
     folder = tmp_path / "mine"
@@ -430,7 +431,7 @@ def test_cache_is_built_reused_and_invalidated(indexed, tree, tmp_path, monkeypa
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(data, "_decode_paths", no_decoding)
+    monkeypatch.setattr(data.images, "_decode_paths", no_decoding)
     again = data.build_cache(index, root, 32, "squash", cache, workers=1)
     np.testing.assert_array_equal(again, images)
     assert (manifest.stat().st_mtime_ns, (cache / "images-32-squash.npy").stat().st_mtime_ns) == stamp
@@ -456,7 +457,7 @@ def test_interrupted_cache_build_leaves_no_trusted_cache(indexed, tree, tmp_path
     data.build_cache(index, root, 32, "squash", cache, workers=1)
     assert data.cache_is_valid(index, 32, "squash", cache)
     calls = {"n": 0}
-    real = data._decode_paths
+    real = data.images._decode_paths
 
     def interrupted(paths, size, policy):
         calls["n"] += 1
@@ -464,7 +465,7 @@ def test_interrupted_cache_build_leaves_no_trusted_cache(indexed, tree, tmp_path
             raise KeyboardInterrupt
         return real(paths, size, policy)
 
-    monkeypatch.setattr(data, "_decode_paths", interrupted)
+    monkeypatch.setattr(data.images, "_decode_paths", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.build_cache(index, root, 32, "squash", cache, workers=1, force=True)
     assert calls["n"] == 2
@@ -486,7 +487,7 @@ def test_parallel_cache_equals_serial(tmp_path, monkeypatch, start_method):
     if start_method == "spawn":  # what runs when TensorFlow/JAX/torch is already imported
         import multiprocessing
 
-        monkeypatch.setattr(data, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+        monkeypatch.setattr(data.index, "_mp_context", lambda: multiprocessing.get_context("spawn"))
     root = tmp_path / "many"
     for i in range(140):
         write(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.jpeg", jpeg_bytes(xray(i, 80, 60)))

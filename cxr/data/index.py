@@ -1,0 +1,238 @@
+"""The index: one row per decodable image (path, official split, label, subtype, patient id, size, mode, format,
+sha1), every other file listed with the reason it was skipped, and the count check against the Kaggle archive.
+Also the process pool that indexing and image decoding share."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from cxr.config import CLASS_NAMES, SPLITS
+from cxr.data.sources import INDEX_VERSION, _is_macosx
+from cxr.io import atomic_write_csv
+
+# Image counts of the Kaggle archive, per (official split, label).
+KAGGLE_COUNTS = {
+    ("train", "NORMAL"): 1341,
+    ("train", "PNEUMONIA"): 3875,
+    ("val", "NORMAL"): 8,
+    ("val", "PNEUMONIA"): 8,
+    ("test", "NORMAL"): 234,
+    ("test", "PNEUMONIA"): 390,
+}
+INDEX_COLUMNS = ["path", "official_split", "label", "subtype", "patient_id", "width", "height", "mode", "format", "sha1"]
+SKIPPED_COLUMNS = ["path", "reason"]
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)", re.IGNORECASE)
+_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
+_SUBTYPE = re.compile(r"(bacteria|virus)", re.IGNORECASE)
+
+
+def patient_id(filename: str, label: str) -> str:
+    """Patient of an image from its file name: person123 for pneumonia (bacteria and virus images of one
+    person together), IM-0115 / NORMAL2-IM-0102 for normal images; otherwise the file stem (one image)."""
+    name = Path(filename).name
+    match = _PERSON.match(name)
+    if match:
+        return match.group(1).lower()
+    match = _NORMAL.match(name)
+    if match:
+        return match.group(1).upper()
+    return f"{label}/{Path(name).stem}"
+
+
+def subtype_of(filename: str, label: str) -> str:
+    """normal, bacteria or virus (unknown when a PNEUMONIA file name says neither)."""
+    if label == "NORMAL":
+        return "normal"
+    match = _SUBTYPE.search(Path(filename).name)
+    return match.group(1).lower() if match else "unknown"
+
+
+def _inspect_file(abs_path: str) -> dict[str, Any]:
+    """sha1, size and mode of one file, fully decoded to catch corrupt and truncated images; or a skip reason."""
+    suffix = Path(abs_path).suffix.lower()
+    try:
+        data = Path(abs_path).read_bytes()
+    except OSError as error:
+        return {"reason": f"unreadable: {error}"}
+    if not data:
+        return {"reason": "empty file"}
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height, mode, fmt = img.width, img.height, img.mode, img.format
+            if fmt == "JPEG":
+                img.draft(img.mode if img.mode != "RGB" else "L", (64, 64))  # decodes every block, faster
+            img.load()
+    except UnidentifiedImageError:
+        if suffix in IMAGE_EXTENSIONS:
+            return {"reason": f"corrupt: not a decodable image despite the {suffix} extension"}
+        return {"reason": f"not an image ({suffix or 'no extension'})"}
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
+        return {"reason": f"{kind}: {error}"}
+    return {"width": width, "height": height, "mode": mode, "format": fmt, "sha1": hashlib.sha1(data).hexdigest()}
+
+
+def _inspect_chunk(paths: list[str]) -> list[dict[str, Any]]:
+    return [_inspect_file(p) for p in paths]
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _mp_context():
+    """fork where it is safe (Linux, no TensorFlow/JAX/torch threads in this process): workers start in
+    milliseconds; spawn otherwise (each worker then imports cxr.data, about half a second)."""
+    heavy = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
+    return get_context("fork" if sys.platform == "linux" and not heavy else "spawn")
+
+
+def _parallel(fn: Callable[[list], Any], items: list, workers: int | None, desc: str,
+              chunk: int = 32) -> Iterator[Any]:
+    """Yield fn(chunk) for consecutive chunks of `items`, in order, over a process pool, with a progress bar.
+    Small jobs (or workers=1) run in this process: a pool costs about a second to start."""
+    workers = _default_workers() if workers is None else max(1, workers)
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    # small jobs get no bar; otherwise tqdm's defaults apply, so TQDM_DISABLE=1 (headless notebook runs) turns it off
+    quiet = {"disable": True} if len(items) < 100 else {}
+    with tqdm(total=len(items), desc=desc, unit="img", leave=False, **quiet) as bar:
+        if workers == 1 or len(items) < 4 * chunk:
+            for part in chunks:
+                result = fn(part)
+                bar.update(len(part))
+                yield result
+            return
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context()) as pool:
+            for part, result in zip(chunks, pool.map(fn, chunks)):
+                bar.update(len(part))
+                yield result
+
+
+def build_index(root: str | Path, workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Index every image under root/{train,val,test}/{NORMAL,PNEUMONIA}/ and list every other file with a reason.
+
+    Returns (index, skipped). index: one row per decodable image, sorted by path; path is relative to `root`
+    (posix). Any decodable format is kept (a PNG named .jpeg too: the `format` column says PNG). skipped: path and
+    reason for junk, empty, non-image, corrupt and truncated files, unknown folders and the nested duplicate.
+    """
+    root = Path(root)
+    candidates: list[tuple[str, str, str]] = []  # (relative path, split, label)
+    skipped: list[dict[str, str]] = []
+    labels = {name.lower(): name for name in CLASS_NAMES}
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    def skip_tree(p: Path, reason: str) -> None:
+        skipped.append({"path": rel(p) + "/", "reason": reason})
+
+    def is_junk(p: Path) -> bool:
+        return p.name.lower() in JUNK_NAMES or _is_macosx([p.name])
+
+    for top in sorted(root.iterdir()):
+        if top.is_dir() and top.name.lower() in SPLITS:
+            for sub in sorted(top.iterdir()):
+                if sub.is_dir() and sub.name.lower() in labels:
+                    for f in sorted(sub.rglob("*")):
+                        if f.is_dir():
+                            continue
+                        if is_junk(f):
+                            skipped.append({"path": rel(f), "reason": f"junk file ({f.name})"})
+                        elif f.parent != sub:
+                            skipped.append({"path": rel(f), "reason": "inside a sub-folder of a class folder"})
+                        else:
+                            candidates.append((rel(f), top.name.lower(), labels[sub.name.lower()]))
+                elif sub.is_dir():
+                    skip_tree(sub, f"unknown class folder {sub.name!r} (expected NORMAL or PNEUMONIA)")
+                else:
+                    reason = f"junk file ({sub.name})" if is_junk(sub) else "file outside the class folders"
+                    skipped.append({"path": rel(sub), "reason": reason})
+        elif top.is_dir():
+            if _is_macosx([top.name]):
+                skip_tree(top, "macOS resource forks (__MACOSX)")
+            elif {"train", "test"} <= {p.name.lower() for p in top.iterdir() if p.is_dir()}:
+                skip_tree(top, "nested duplicate of the dataset (ignored)")
+            else:
+                skip_tree(top, "folder outside train/val/test")
+        elif not top.name.startswith(".extracted"):
+            reason = f"junk file ({top.name})" if is_junk(top) else "file outside train/val/test"
+            skipped.append({"path": rel(top), "reason": reason})
+
+    abs_paths = [str(root / p) for p, _, _ in candidates]
+    inspected = [row for part in _parallel(_inspect_chunk, abs_paths, workers, "index") for row in part]
+    rows = []
+    for (path, split, label), info in zip(candidates, inspected):
+        if "reason" in info:
+            skipped.append({"path": path, "reason": info["reason"]})
+            continue
+        name = Path(path).name
+        rows.append({"path": path, "official_split": split, "label": label, "subtype": subtype_of(name, label),
+                     "patient_id": patient_id(name, label), **info})
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values("path", ignore_index=True)
+    index[["width", "height"]] = index[["width", "height"]].astype("int64")
+    skipped_frame = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("path", ignore_index=True)
+    return index, skipped_frame
+
+
+def count_table(index: pd.DataFrame) -> pd.DataFrame:
+    """Images per official split (rows) and label (columns)."""
+    table = pd.crosstab(index["official_split"], index["label"])
+    return table.reindex(index=[s for s in SPLITS if s in table.index], columns=list(CLASS_NAMES), fill_value=0)
+
+
+def check_counts(index: pd.DataFrame) -> list[str]:
+    """Differences from the known Kaggle counts (5,856 images), one line each; empty when all match. Not fatal."""
+    got = index.groupby(["official_split", "label"]).size().to_dict()
+    lines = []
+    for key, expected in KAGGLE_COUNTS.items():
+        n = int(got.get(key, 0))
+        if n != expected:
+            lines.append(f"{key[0]}/{key[1]}: {n} images, the Kaggle dataset has {expected} ({n - expected:+d})")
+    for key, n in got.items():
+        if key not in KAGGLE_COUNTS:
+            lines.append(f"{key[0]}/{key[1]}: {n} images, not in the Kaggle dataset")
+    if lines:
+        lines.append(f"total: {len(index)} images, the Kaggle dataset has {sum(KAGGLE_COUNTS.values())}")
+    return lines
+
+
+def _tree_fingerprint(root: Path) -> str:
+    """Hash of (path, size, mtime) of every file under root: changes when any file does."""
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{os.path.join(dirpath, name)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_index(root: str | Path, cache_dir: str | Path,
+                 workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`build_index(root)`, reused from cache_dir while no file under root changed (size, mtime)."""
+    root, cache_dir = Path(root), Path(cache_dir)
+    key = f"{INDEX_VERSION}-{_tree_fingerprint(root)[:16]}"
+    index_path, skipped_path = cache_dir / f"scan-{key}.csv", cache_dir / f"scan-{key}-skipped.csv"
+    if index_path.is_file() and skipped_path.is_file():
+        index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+        index[["width", "height"]] = index[["width", "height"]].astype("int64")
+        return index, pd.read_csv(skipped_path, dtype=str, keep_default_na=False)
+    index, skipped = build_index(root, workers=workers)
+    atomic_write_csv(skipped_path, skipped)  # index last: its presence means both are complete
+    atomic_write_csv(index_path, index)
+    return index, skipped

@@ -1,0 +1,99 @@
+"""Atomic writes (a file or a whole folder is either the old one or the complete new one, never half) and the
+marker-block Markdown writer. The bottom of the package: imports nothing from `cxr`."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _chmod_default(path: str | Path) -> None:
+    """Give a mkstemp file (mode 0600) the permissions of a normally created file (0666 minus the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _chmod_default(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically (see `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_csv(path: str | Path, frame) -> Path:
+    """Write a pandas DataFrame as CSV (no index column) atomically."""
+    return atomic_write_text(path, frame.to_csv(index=False))
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path` (not created) for a writer that wants a file name (e.g. Keras, numpy);
+    on success it replaces `path`, on error it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if tmp.exists():
+            _chmod_default(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty temporary folder beside `path`; fill it, and on success it replaces `path` (an old folder
+    is moved aside first and then removed). On error the temporary folder is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def update_markdown(path: str | Path, text: str, marker: str = "results", create: bool = False) -> Path:
+    """Replace the block between `<!-- marker -->` and `<!-- /marker -->` in a Markdown file, atomically.
+    A file without the block is an error, unless `create`: then the block is appended (to a new file if need be)."""
+    path = Path(path)
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    old = path.read_text() if path.is_file() or not create else ""
+    if begin not in old or end not in old:
+        if not create:
+            raise ValueError(f"{path} has no {begin} ... {end} block")
+        old = (old.rstrip() + "\n\n" if old.strip() else "") + f"{begin}\n{end}\n"
+    new = old[: old.index(begin) + len(begin)] + "\n" + text.rstrip() + "\n" + old[old.index(end):]
+    return atomic_write_text(path, new)
