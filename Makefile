@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m cxr notebook --mode $(MODE)
+	$(PY) -m cxr notebook --mode $(MODE) --run runs/$$(date +%Y%m%d-%H%M%S)
 
 notebook: $(STAMP)
 	$(PY) -m cxr notebook --mode $(MODE) --in-place

@@ -24,6 +24,7 @@ from cxr import lite0
 from cxr.io import atomic_folder
 
 LAYER_ORDER = ("image", "to_float", "augment", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
+BACKBONE, LOGIT = "backbone", "logit"  # where the explanation code cuts the chain (members of LAYER_ORDER)
 
 
 # ---------------------------------------------------------------------------------------------------------------

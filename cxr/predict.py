@@ -7,6 +7,14 @@ from typing import Any
 import numpy as np
 
 
+def model_folder(path: str | Path, task: str = "pneumonia") -> Path:
+    """A saved model folder: `path` itself, or `path/<task>` when `path` is a run folder."""
+    path = Path(path)
+    if not (path / "model.keras").is_file() and (path / task / "model.keras").is_file():
+        return path / task
+    return path
+
+
 def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: str | Path | None = None,
                   batch_size: int = 32) -> list[dict[str, Any]]:
     """Probability, label and threshold for each image; `{"path", "error"}` for a file that cannot be read.
@@ -16,7 +24,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
     """
     from cxr import data, model as cxr_model
 
-    model, meta = cxr_model.load_model(model_dir)
+    model, meta = cxr_model.load_model(model_folder(model_dir))
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
     threshold, names = float(meta["threshold"]), list(meta["class_names"])
     results: list[dict[str, Any]] = []
@@ -36,14 +44,14 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
         results[i].update(probability=round(float(p), 6), label=names[int(p >= threshold)],
                           threshold=round(threshold, 6), positive_class=names[1])
     if gradcam_dir is not None:
-        from cxr import gradcam, plots
+        from cxr import explain, plots
 
         out = Path(gradcam_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cams = gradcam.grad_cam(model, batch, target_class=1, batch_size=batch_size)
+        cams = explain.grad_cam(model, batch, target_class=1, batch_size=batch_size)
         for i, image, cam in zip(ok, batch[..., 0], cams):
             r = results[i]
-            fig = gradcam.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]})={r['probability']:.3f}")
+            fig = plots.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]})={r['probability']:.3f}")
             target = out / (Path(r["path"]).stem + "_gradcam.png")
             plots.save_figure(fig, target)
             r["gradcam"] = str(target)

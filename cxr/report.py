@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.config import Config
+from cxr.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER_ID = "cxr-run-header"
@@ -19,13 +20,13 @@ class RunLog:
     """What the notebook prints about its own run; `finish()` updates the first cell's output with the wall time."""
 
     def __init__(self, config: Config) -> None:
-        from cxr.train import environment, setup_precision
+        from cxr.train import environment, precision_policy
 
         self.config = config
         self.start = time.perf_counter()
-        self.out = Path(config.output_dir)
+        self.out = config.run_dir
         self.out.mkdir(parents=True, exist_ok=True)
-        self.precision = setup_precision(config)
+        self.precision = precision_policy(config)  # shown only: `train.fit` sets it
         self.env = environment()
         self._display(self._header(wall=None), update=False)
 
@@ -70,11 +71,8 @@ class RunLog:
         save_figure(fig, self.figure(name))
 
     def training(self, result: Any) -> None:
-        """One line per stage (epochs run, best validation AUROC, seconds); the run record (configuration,
-        versions, history, timings) goes to `<output_dir>/<task>_run.json`."""
-        from cxr.train import record
-
-        record(result, self.config, self.out / f"{result.task}_run.json")
+        """One line per stage (epochs run, best validation AUROC, seconds). The run record (configuration,
+        versions, history, timings) is `<run>/<task>_run.json`, written by `pipeline.run_task`."""
         h = result.history
         for stage, rows in h.groupby("stage", sort=False):
             print(f"{result.task} / {stage}: {len(rows)} epochs, best val AUROC {rows['val_auroc'].max():.4f}, "
@@ -87,7 +85,7 @@ class RunLog:
         """The headline numbers and what the Grad-CAM checks showed, written from the results (never typed by hand)."""
         from IPython.display import Markdown, display
 
-        from cxr import evaluate, gradcam
+        from cxr import evaluate, explain
 
         lines = []
         for task, title in (("pneumonia", "Pneumonia vs normal"), ("subtype", "Bacterial vs viral")):
@@ -97,23 +95,21 @@ class RunLog:
             m = t["at_threshold"]
             lines.append(
                 f"* **{title}** (test, n = {t['n']}, threshold {t['threshold']:.3f} from validation): "
-                + ", ".join(f"{k} {evaluate._fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                + ", ".join(f"{k} {evaluate.fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
                 + "."
             )
         if sanity is not None and len(sanity):
-            lines.append("* Grad-CAM sanity check: " + gradcam.describe_randomization(sanity))
+            lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
         if faith is not None:
-            lines.append("* Grad-CAM faithfulness: " + gradcam.describe_faithfulness(faith).replace("\n", " "))
+            lines.append("* Grad-CAM faithfulness: " + explain.describe_faithfulness(faith).replace("\n", " "))
         if audit is not None and len(audit):
-            lines.append("* Grad-CAM shortcut audit: " + gradcam.describe_audit(audit))
+            lines.append("* Grad-CAM shortcut audit: " + explain.describe_audit(audit))
         display(Markdown("\n".join(lines)))
 
     def finish(self) -> None:
         """Print the wall time and write it into the first cell's output; save the run summary."""
         wall = time.perf_counter() - self.start
         self._display(self._header(wall), update=True)
-        from cxr.data import atomic_write_text
-
         atomic_write_text(self.out / "run_env.json",
                           json.dumps({"environment": self.env, "wall_seconds": wall, "config": self.config.to_dict()}, indent=2))
         self.wall = wall
@@ -127,23 +123,26 @@ def _minutes(seconds: float | None) -> str:
 
 
 def run_notebook(mode: str = "full", in_place: bool = False, source: str | None = None,
-                 notebook: str | Path = REPO / "notebook.ipynb", output_dir: str | Path | None = None) -> int:
+                 notebook: str | Path = REPO / "notebook.ipynb", output_dir: str | Path | None = None,
+                 settings: dict[str, Any] | None = None) -> int:
     """Execute the notebook headless with papermill and print the headline metrics.
 
-    The executed copy and the run's outputs go to `runs/<timestamp>/` (or `output_dir`); with `in_place` the
-    executed notebook replaces `notebook.ipynb` and the outputs go to `runs/<mode>/`.
+    The run's outputs go to the run folder (`Config.run_dir`: `output_dir`, else runs/<mode>/), and the executed
+    copy with them as `notebook.ipynb`; with `in_place` the executed notebook replaces `notebook.ipynb` instead.
+    `settings`: more Config fields (the CLI's `--set`), passed to the notebook's SETTINGS parameter.
     """
     import papermill as pm
 
     from cxr.data import resolve_source
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(output_dir) if output_dir is not None else Path("runs") / (f"{mode}" if in_place else stamp)
+    settings = dict(settings or {})
+    output_dir = settings.pop("output_dir", None) or output_dir
+    out_dir = Config.preset(mode, output_dir=str(output_dir) if output_dir else None, **settings).run_dir
     target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     resolved = resolve_source(source, Path(REPO / "data"))
     print(f"data: {os.path.relpath(resolved)}")
-    params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source}
+    params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source, "SETTINGS": settings}
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
     if in_place:  # the run behind the committed notebook also refreshes the README's figures

@@ -51,14 +51,21 @@ def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
-def setup_precision(config: Config) -> str:
-    """Set Keras' global dtype policy: mixed precision on a GPU when `config.mixed_precision` is 'auto'."""
+def precision_policy(config: Config) -> str:
+    """The Keras dtype policy a run of `config` trains with: mixed precision on a GPU when
+    `config.mixed_precision` is 'auto' (mixed_bfloat16 under JAX, mixed_float16 otherwise), else float32."""
     wanted = config.mixed_precision
     if wanted == "auto":
         wanted = "on" if accelerator() != "cpu" else "off"
-    policy = "float32"
     if wanted == "on":
-        policy = "mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16"
+        return "mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16"
+    return "float32"
+
+
+def setup_precision(config: Config) -> str:
+    """Set Keras' GLOBAL dtype policy to `precision_policy(config)` and return it. Called by `fit` where training
+    starts (models built afterwards in the process use it too); nothing else in the package sets it."""
+    policy = precision_policy(config)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 

@@ -595,3 +595,26 @@ def test_shared_raw_originals_match_the_224_copies(shared_data):
             copy = data.load_image(io.BytesIO(zf.read(names[path.name])), 224, "squash")
             r = np.corrcoef(original.ravel().astype(float), copy.ravel().astype(float))[0, 1]
             assert r > 0.97, (path.name, r)
+
+
+def test_prepared_rows_labels_and_batch():
+    index = pd.DataFrame({
+        "split": ["train", "train", "val", "test", "train", "val", "test"],
+        "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA", "NORMAL", "NORMAL"],
+        "subtype": ["normal", "virus", "bacteria", "virus", "bacteria", "normal", "normal"],
+    })
+    images = np.arange(7 * 2 * 2, dtype=np.uint8).reshape(7, 2, 2)
+    prepared = data.Prepared(index=index, skipped=pd.DataFrame(), images=images, root=Path("."), source=Path("."))
+    np.testing.assert_array_equal(prepared.rows("train"), [0, 1, 4])
+    np.testing.assert_array_equal(prepared.rows("train", "subtype"), [1, 4])  # pneumonia rows only
+    np.testing.assert_array_equal(prepared.rows("test", "pneumonia"), [3, 6])
+    np.testing.assert_array_equal(prepared.labels("pneumonia", np.array([0, 1, 4])), [0, 1, 1])
+    np.testing.assert_array_equal(prepared.labels("subtype", np.array([1, 4])), [1, 0])  # virus is positive
+    assert prepared.labels("pneumonia", np.array([0])).dtype == np.float32
+    batch = prepared.batch(np.array([4, 1]))
+    assert batch.shape == (2, 2, 2, 1) and batch.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(batch[0, ..., 0], images[4])
+    with pytest.raises(ValueError, match="unknown task"):
+        prepared.rows("train", "fracture")
+    with pytest.raises(ValueError, match="unknown split"):
+        prepared.rows("training")

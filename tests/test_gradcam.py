@@ -12,7 +12,7 @@ import pytest
 import keras
 from keras import layers
 
-from cxr import gradcam
+from cxr import explain, plots
 
 SIZE = 32
 SQUARE = 6
@@ -78,36 +78,36 @@ def test_toy_model_learned_the_task(toy):
 
 def test_replay_equals_model_output(toy):
     model, xt, *_ = toy
-    assert gradcam.replay_check(model, xt[:16]) <= 1e-4
-    assert gradcam.find_target_layer(model) == "features"
+    assert explain.replay_check(model, xt[:16]) <= 1e-4
+    assert explain.find_target_layer(model) == "features"
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_peak_falls_inside_the_square(toy, method):
     model, xt, yt, ct, _ = toy
     pos = yt == 1
-    cams = gradcam.METHODS[method](model, xt[pos], target_class=1)
+    cams = explain.METHODS[method](model, xt[pos], target_class=1)
     hit = _in_square(cams, ct[pos], margin=2)
     assert hit.mean() >= 0.8, f"{method}: peak in square for only {hit.mean():.0%} of positives"
 
 
 def test_range_shape_finite(toy):
     model, xt, *_ = toy
-    cams = gradcam.grad_cam(model, xt[:10])
+    cams = explain.grad_cam(model, xt[:10])
     assert cams.shape == (10, SIZE, SIZE) and cams.dtype == np.float32
     assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
     peaks = cams.reshape(10, -1).max(1)
     assert np.all((peaks == 0) | np.isclose(peaks, 1.0))  # each map: no heat at all, or scaled to a maximum of 1
     assert np.isclose(peaks, 1.0).sum() >= 5
-    one = gradcam.grad_cam(model, xt[0, ..., 0])  # a single (H, W) image
+    one = explain.grad_cam(model, xt[0, ..., 0])  # a single (H, W) image
     assert one.shape == (1, SIZE, SIZE)
 
 
 def test_normal_map_differs_and_avoids_the_square(toy):
     model, xt, yt, ct, _ = toy
     pos = yt == 1
-    c1 = gradcam.grad_cam(model, xt[pos], target_class=1)
-    c0 = gradcam.grad_cam(model, xt[pos], target_class=0)
+    c1 = explain.grad_cam(model, xt[pos], target_class=1)
+    c0 = explain.grad_cam(model, xt[pos], target_class=0)
     assert np.abs(c1 - c0).mean() > 0.1
     # evidence for NORMAL is evidence against PNEUMONIA: it is not where the square is
     assert _in_square(c0, ct[pos], margin=0).mean() <= 0.2
@@ -118,8 +118,8 @@ def test_normal_map_differs_and_avoids_the_square(toy):
 
 def test_batch_equals_one_by_one(toy):
     model, xt, *_ = toy
-    batched = gradcam.grad_cam(model, xt[:6], batch_size=4)
-    single = np.concatenate([gradcam.grad_cam(model, xt[i:i + 1]) for i in range(6)])
+    batched = explain.grad_cam(model, xt[:6], batch_size=4)
+    single = np.concatenate([explain.grad_cam(model, xt[i:i + 1]) for i in range(6)])
     np.testing.assert_allclose(batched, single, atol=1e-4)
 
 
@@ -133,7 +133,7 @@ def test_all_negative_or_zero_activations_give_zeros():
         conv3.set_weights([np.zeros_like(kernel), np.full_like(bias, -5.0)])  # A = 0 (relu) or -5 (linear)
         logit = model.get_layer("logit")
         logit.set_weights([np.abs(logit.get_weights()[0]) + 0.1, logit.get_weights()[1]])  # all w_k > 0
-        for fn in (gradcam.grad_cam, gradcam.grad_cam_plus_plus):
+        for fn in (explain.grad_cam, explain.grad_cam_plus_plus):
             cams = fn(model, x, target_class=1)
             assert np.isfinite(cams).all(), (act, fn.__name__)
             assert np.all(cams == 0), (act, fn.__name__)
@@ -141,7 +141,7 @@ def test_all_negative_or_zero_activations_give_zeros():
 
 def test_finish_cams_handles_degenerate_maps():
     raw = np.stack([np.full((4, 4), -1.0), np.zeros((4, 4)), np.full((4, 4), np.nan), np.eye(4) * 3])
-    out = gradcam.finish_cams(raw, (8, 8))
+    out = explain.finish_cams(raw, (8, 8))
     assert out.shape == (4, 8, 8) and np.isfinite(out).all()
     assert np.all(out[:3] == 0) and out[3].max() == pytest.approx(1.0)
 
@@ -151,13 +151,13 @@ def test_saved_and_loaded_model(toy, tmp_path):
     path = tmp_path / "toy.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(gradcam.grad_cam(loaded, xt[:4]), gradcam.grad_cam(model, xt[:4]), atol=1e-4)
+    np.testing.assert_allclose(explain.grad_cam(loaded, xt[:4]), explain.grad_cam(model, xt[:4]), atol=1e-4)
 
 
 def test_randomization_lowers_the_correlation(toy):
     model, xt, yt, *_ = toy
     before = [w.copy() for w in model.get_weights()]
-    table = gradcam.randomization_test(model, xt[yt == 1][:16], seed=0)
+    table = explain.randomization_test(model, xt[yt == 1][:16], seed=0)
     assert list(table["randomised_to"])[1:] == ["logit", "conv3", "conv2", "conv1"]
     assert table["spearman_mean"].iloc[0] == 1.0 and (table["n_images"] == 16).all()
     # a random CNN still responds to a bright square a little (Adebayo et al. saw the same edge-detector effect),
@@ -165,40 +165,40 @@ def test_randomization_lowers_the_correlation(toy):
     assert table["spearman_mean"].iloc[-1] < 0.6
     assert table["spearman_mean"].iloc[1:].mean() < 0.7
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model untouched
-    fig = gradcam.randomization_figure(table, xt[yt == 1][:2])
+    fig = plots.randomization_figure(table, xt[yt == 1][:2])
     assert len(fig.axes) > 1
 
 
 def test_deletion_is_faster_with_heat_order(toy):
     model, xt, yt, *_ = toy
     pos = xt[yt == 1][:12]
-    cams = gradcam.grad_cam(model, pos)
-    res = gradcam.deletion_insertion(model, pos, cams, steps=10)
+    cams = explain.grad_cam(model, pos)
+    res = explain.deletion_insertion(model, pos, cams, steps=10)
     s = res.summary()
     assert res.curves["deletion_heat"].shape == (12, 11)
     assert s.loc["deletion", "heat"] < s.loc["deletion", "random"]
     assert s.loc["insertion", "heat"] > s.loc["insertion", "random"]
-    assert len(gradcam.deletion_insertion_figure(res).axes) == 2
+    assert len(plots.deletion_insertion_figure(res).axes) == 2
 
 
 def test_pick_confusion_examples_rule():
     y = np.array([1, 1, 0, 0, 1, 0])
     p = np.array([0.9, 0.2, 0.1, 0.8, 0.95, 0.3])
-    picks = gradcam.pick_confusion_examples(y, p, threshold=0.5, per_cell=2)
+    picks = plots.pick_confusion_examples(y, p, threshold=0.5, per_cell=2)
     assert list(picks["TP"]) == [4, 0] and list(picks["TN"]) == [2, 5]
     assert list(picks["FP"]) == [3] and list(picks["FN"]) == [1]
-    none = gradcam.pick_confusion_examples(np.array([1, 0]), np.array([0.9, 0.1]), 0.5)
+    none = plots.pick_confusion_examples(np.array([1, 0]), np.array([0.9, 0.1]), 0.5)
     assert len(none["FP"]) == 0 and len(none["FN"]) == 0
 
 
 def test_overlay_and_figures(toy):
     model, xt, yt, _, p = toy
-    cams = gradcam.grad_cam(model, xt[:8])
-    rgb = gradcam.overlay(xt[0], cams[0])
+    cams = explain.grad_cam(model, xt[:8])
+    rgb = plots.overlay(xt[0], cams[0])
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
-    fig = gradcam.overlay_figure(xt[0, ..., 0], cams[0], title="toy")
+    fig = plots.overlay_figure(xt[0, ..., 0], cams[0], title="toy")
     assert len(fig.axes) == 3  # image, overlay, colour bar
-    grid = gradcam.confusion_grid(xt[:8, ..., 0], cams, yt[:8], p[:8], threshold=0.5, per_cell=2)
+    grid = plots.confusion_grid(xt[:8, ..., 0], cams, yt[:8], p[:8], threshold=0.5, per_cell=2)
     texts = [t.get_text() for ax in grid.axes for t in ax.texts]
     assert any(t.startswith("no ") for t in texts) or len(texts) == 0
 
@@ -207,27 +207,27 @@ def test_heat_shares_and_audit():
     cams = np.zeros((3, 20, 20), np.float32)
     cams[0, 0, 0] = 1.0  # all heat in the corner
     cams[1, 10, 10] = 1.0  # all heat in the centre
-    shares = gradcam.heat_shares(cams)
+    shares = explain.heat_shares(cams)
     assert shares["border_share"].iloc[0] == 1.0 and shares["border_share"].iloc[1] == 0.0
     assert shares["outside_body_share"].iloc[0] == 1.0 and shares["outside_body_share"].iloc[1] == 0.0
     assert bool(shares["empty"].iloc[2]) and np.isnan(shares["border_share"].iloc[2])
     assert shares.attrs["border_area"] == pytest.approx(1 - 0.8 ** 2)
-    audit = gradcam.shortcut_audit(cams, y_true=[1, 0, 1], y_pred=[1, 1, 1])
+    audit = explain.shortcut_audit(cams, y_true=[1, 0, 1], y_pred=[1, 1, 1])
     assert isinstance(audit, pd.DataFrame) and set(audit["outcome"]) == {"correct", "incorrect", "all"}
     all_row = audit[audit["class"] == "all"].iloc[0]
     assert all_row["n"] == 3 and all_row["n_empty"] == 1 and all_row["border_share_mean"] == pytest.approx(0.5)
-    assert "border" in gradcam.describe_audit(audit)
-    assert gradcam.shortcut_figure(audit) is not None
+    assert "border" in explain.describe_audit(audit)
+    assert plots.shortcut_figure(audit) is not None
 
 
 def test_bad_target_layer_and_class(toy):
     model, xt, *_ = toy
     with pytest.raises(ValueError):
-        gradcam.grad_cam(model, xt[:2], layer="no_such_layer")
+        explain.grad_cam(model, xt[:2], layer="no_such_layer")
     with pytest.raises(ValueError):
-        gradcam.grad_cam(model, xt[:2], target_class=2)
+        explain.grad_cam(model, xt[:2], target_class=2)
     # an earlier cut point of the backbone also works
-    cams = gradcam.grad_cam(model, xt[:2], layer="conv2")
+    cams = explain.grad_cam(model, xt[:2], layer="conv2")
     assert cams.shape == (2, SIZE, SIZE) and np.isfinite(cams).all()
 
 
@@ -243,10 +243,10 @@ def test_skip_connection_target_is_refused():
     x = layers.Dense(1, name="logit")(x)
     model = keras.Model(inputs, layers.Activation("sigmoid", name="prob")(x))
     img = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 1)).astype(np.uint8)
-    assert gradcam.grad_cam(model, img).shape == (2, 16, 16)  # default: "add", the last feature map
-    assert gradcam.grad_cam(model, img, layer="c1").shape == (2, 16, 16)  # c1 is a cut point
+    assert explain.grad_cam(model, img).shape == (2, 16, 16)  # default: "add", the last feature map
+    assert explain.grad_cam(model, img, layer="c1").shape == (2, 16, 16)  # c1 is a cut point
     with pytest.raises(ValueError, match="skip connection"):
-        gradcam.grad_cam(model, img, layer="c2")
+        explain.grad_cam(model, img, layer="c2")
 
 
 def test_project_model_tiny_cnn():
@@ -256,11 +256,11 @@ def test_project_model_tiny_cnn():
     keras.utils.set_random_seed(0)
     model = cxr_model.build_model(Config.preset("smoke", backbone="tiny_cnn", image_size=64).replace(weights=None))
     x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 1)).astype(np.uint8)
-    assert gradcam.replay_check(model, x) <= 1e-4
-    for fn in (gradcam.grad_cam, gradcam.grad_cam_plus_plus):
+    assert explain.replay_check(model, x) <= 1e-4
+    for fn in (explain.grad_cam, explain.grad_cam_plus_plus):
         cams = fn(model, x)
         assert cams.shape == (3, 64, 64) and np.isfinite(cams).all() and 0 <= cams.min() <= cams.max() <= 1
-    assert gradcam.find_target_layer(model) == "block3_relu"
+    assert explain.find_target_layer(model) == "block3_relu"
 
 
 def test_describe_randomization_and_faithfulness_verdicts():
@@ -270,17 +270,17 @@ def test_describe_randomization_and_faithfulness_verdicts():
     falls = pd.DataFrame([dict(step=0, randomised_to="none (trained)", spearman_mean=1.0, **base),
                           dict(step=1, randomised_to="logit", spearman_mean=0.1, **base),
                           dict(step=2, randomised_to="stem", spearman_mean=0.02, **base)])
-    assert "passed" in gradcam.describe_randomization(falls) and "0.02" in gradcam.describe_randomization(falls)
+    assert "passed" in explain.describe_randomization(falls) and "0.02" in explain.describe_randomization(falls)
     stays = falls.assign(spearman_mean=[1.0, 0.9, 0.8])
-    assert "FAILED" in gradcam.describe_randomization(stays)
+    assert "FAILED" in explain.describe_randomization(stays)
     empty = falls.assign(spearman_mean=[1.0, np.nan, np.nan], n_images=0)
-    assert "could not be assessed" in gradcam.describe_randomization(empty)
+    assert "could not be assessed" in explain.describe_randomization(empty)
 
     rng = np.random.default_rng(0)
     r = rng.uniform(0.6, 0.8, 12)
     auc = pd.DataFrame({"deletion_heat": r - 0.3, "deletion_random": r, "insertion_heat": r - 0.2,
                         "insertion_random": r})
-    text = gradcam.describe_faithfulness(gradcam.Faithfulness(np.linspace(0, 1, 3), {}, auc))
+    text = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, auc))
     deletion, insertion = text.splitlines()
     assert deletion.startswith("Deletion") and "supported" in deletion and "NOT" not in deletion
     assert "12 of 12" in deletion

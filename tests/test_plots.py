@@ -58,7 +58,7 @@ def test_roc_pr_calibration_has_three_panels(tmp_path):
 
 
 def test_confusion_heatmap_shows_counts():
-    fig = plots.confusion([[50, 10], [5, 100]], ["NORMAL", "PNEUMONIA"])
+    fig = plots.confusion_matrix([[50, 10], [5, 100]], ["NORMAL", "PNEUMONIA"])
     (ax,) = fig.axes
     texts = [t.get_text() for t in ax.texts]
     assert any(t.startswith("100") for t in texts) and any(t.startswith("5\n") for t in texts)

@@ -163,3 +163,25 @@ def test_predict_cli_exit_code_and_json_lines(saved, tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [("error" in r) for r in lines] == [False, True]
     assert lines[0]["label"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_run_task_is_fit_threshold_save_score_report(tmp_path):
+    from cxr import pipeline
+    from cxr.data import Prepared
+
+    index, images = toy_data(n=10, seed=5)
+    cfg = tiny_config(head_epochs=2, finetune_epochs=1, output_dir=str(tmp_path / "run"))
+    prepared = Prepared(index=index, skipped=pd.DataFrame(), images=images, root=tmp_path, source=tmp_path)
+    out = pipeline.run_task(cfg, prepared, "subtype")
+    assert out.model_dir == tmp_path / "run" / "subtype"
+    loaded, meta = cxr_model.load_model(out.model_dir)
+    assert meta["class_names"] == ["bacteria", "virus"] and meta["threshold"] == pytest.approx(out.threshold)
+    assert out.threshold == train.validation_threshold(out.result.model, cfg, index, images, "subtype")
+    np.testing.assert_array_equal(out.positions, prepared.rows("test", "subtype"))
+    np.testing.assert_array_equal(out.y, prepared.labels("subtype", out.positions))
+    np.testing.assert_allclose(out.p, train.predict_proba(loaded, images[out.positions]), atol=1e-5)
+    same = evaluate.task_report(out.y, out.p, out.threshold, cfg)
+    assert json.dumps(out.report, sort_keys=True) == json.dumps(same, sort_keys=True)  # NaN-safe equality
+    assert json.loads((tmp_path / "run" / "subtype_run.json").read_text())["task"] == "subtype"
+    doc = pipeline.write_metrics(cfg, prepared, {"subtype": out.report})
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["tasks"]["subtype"]["n"] == doc["tasks"]["subtype"]["n"]

@@ -1,0 +1,302 @@
+"""The class activation map (CAM) mechanism and its two methods, Grad-CAM and Grad-CAM++.
+
+The model (`cxr.model.build_model`) is a linear chain image -> to_float -> augment -> to_backbone -> backbone ->
+pool -> dropout -> logit -> prob, with the backbone a NESTED functional model. In Keras 3 the usual recipe
+`keras.Model(model.inputs, [model.get_layer(...).output, model.output])` fails for a layer inside a nested model
+(its tensors belong to the backbone's own graph, not to the outer one). So the graph is rebuilt connected:
+
+    x --(outer layers before "backbone", training=False)--> backbone input
+      --keras.Model(backbone.inputs, target.output)--> A              (the target feature map)
+      --keras.Model(target.output, backbone.outputs)--> backbone out  (absent when A is the backbone output)
+      --pool, dropout (training=False), logit--> pre-sigmoid logit
+
+`replay_check` verifies that sigmoid(replayed logit) equals the model's own output (the CAM functions run the same
+check on their first batch).
+
+The score that is differentiated is the PRE-SIGMOID logit z of the single output unit: P(positive) = sigmoid(z),
+and z > 0 means the model leans to the positive class (PNEUMONIA; virus for the subtype task). For the
+positive class (target_class=1) the score is z, for the negative class (NORMAL, target_class=0) it is -z, because
+log P(1)/P(0) = z: evidence for NORMAL is exactly evidence against PNEUMONIA. Using the logit rather than the
+probability avoids the vanishing gradient of a saturated sigmoid (for Grad-CAM the probability would only rescale
+all weights of one image by sigmoid'(z) > 0, which the per-image normalisation removes, but in float32 that factor
+underflows for confident predictions).
+
+One base mechanism (`cams`): activations A (B, h, w, K) and gradients dS/dA from the backend's autodiff
+(TensorFlow GradientTape, jax.grad, torch.autograd), then a weighting rule (a short function of (A, dS/dA) -> (B, K) weights; a new method is a
+new rule) -- Grad-CAM: w_k = mean over space of
+dS/dA_k; Grad-CAM++: the alpha weighting of Chattopadhay et al. (2018) in the closed form used by pytorch-grad-cam
+-- then one shared path: cam = relu(sum_k w_k A_k), bilinear resize to the input image size, division by the
+per-image maximum. A map with no positive value (all weighted activations negative or zero) is all zeros, never
+NaN. Output: numpy float32 (B, H, W) in [0, 1], 0 = no evidence, 1 = the strongest evidence in that image.
+
+Limits: the target layer must be a "cut point" of the backbone (every path from the input to the output passes
+through it); a layer inside a residual block (bypassed by a skip connection) is refused with a clear error --
+name the block output (e.g. `block6d_add`) instead. The default, the last 4-D layer of the backbone, is always a
+cut point. The outer model must be the linear chain above.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from cxr import quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
+
+from cxr.model import BACKBONE, LOGIT
+
+EPS = 1e-7
+
+# ---------------------------------------------------------------------------------------------------------------
+# The connected graph
+
+
+def find_target_layer(model: keras.Model) -> str:
+    """Name of the last layer inside the "backbone" whose output is a 4-D feature map (B, h, w, C)."""
+    backbone = model.get_layer(BACKBONE)
+    for layer in reversed(backbone.layers):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer without a single output tensor
+            continue
+        if len(shape) == 4:
+            return layer.name
+    raise ValueError(f"backbone {backbone.name!r} has no layer with a 4-D output")
+
+
+@dataclass
+class _Graph:
+    """The model split into: outer layers before the backbone, backbone up to A, rest of backbone, head to the logit."""
+
+    pre: list
+    features: keras.Model
+    tail: keras.Model | None
+    head: list
+    target: str
+    input_dtype: str
+    input_shape: tuple
+
+    def activations(self, x):
+        for layer in self.pre:
+            x = layer(x, training=False)
+        return self.features(x, training=False)
+
+    def logit(self, a):
+        h = a if self.tail is None else self.tail(a, training=False)
+        for layer in self.head:
+            h = layer(h, training=False)
+        return keras.ops.reshape(keras.ops.cast(h, "float32"), (-1,))
+
+
+def _graph(model: keras.Model, layer: str | None = None) -> _Graph:
+    """Rebuild the model as a connected graph around the target layer (see the module docstring)."""
+    names = [l.name for l in model.layers]
+    for needed in (BACKBONE, LOGIT):
+        if needed not in names:
+            raise ValueError(f"model {model.name!r} has no layer named {needed!r}; expected the cxr.model chain "
+                             f"image -> ... -> backbone -> pool -> dropout -> logit -> prob, got {names}")
+    i_bb, i_logit = names.index(BACKBONE), names.index(LOGIT)
+    if i_logit < i_bb:
+        raise ValueError(f"layer {LOGIT!r} must come after {BACKBONE!r}")
+    pre = [l for l in model.layers[:i_bb] if not isinstance(l, keras.layers.InputLayer)]
+    head = list(model.layers[i_bb + 1:i_logit + 1])
+    backbone = model.get_layer(BACKBONE)
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"layer {BACKBONE!r} must be a (functional) keras.Model")
+    target = layer or find_target_layer(model)
+    bb_out = backbone.outputs[0]
+    if target == BACKBONE:
+        a_tensor = bb_out
+    else:
+        try:
+            a_tensor = backbone.get_layer(target).output
+        except ValueError as err:
+            raise ValueError(f"no layer {target!r} inside the backbone") from err
+    if len(a_tensor.shape) != 4:
+        raise ValueError(f"target layer {target!r} output has shape {a_tensor.shape}; need a 4-D feature map")
+    features = keras.Model(backbone.inputs, a_tensor, name="gradcam_features")
+    tail = None
+    if a_tensor is not bb_out:
+        try:
+            tail = keras.Model(a_tensor, bb_out, name="gradcam_tail")
+        except ValueError as err:
+            raise ValueError(f"target layer {target!r} is bypassed by a skip connection (not a cut point of the "
+                             f"backbone); choose a block output or the default {find_target_layer(model)!r}") from err
+    inp = model.inputs[0]
+    return _Graph(pre, features, tail, head, target, str(inp.dtype), tuple(inp.shape[1:]))
+
+
+def _model_input(images, graph: _Graph) -> np.ndarray:
+    """(B, H, W), (B, H, W, 1) or one (H, W) image -> (B, H, W, C) in the model's input dtype."""
+    x = np.asarray(images)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 3 and len(graph.input_shape) == 3:
+        x = x[..., None]
+    expected = tuple(graph.input_shape)
+    if x.shape[1:] != tuple(d if d is not None else s for d, s in zip(expected, x.shape[1:])):
+        raise ValueError(f"images of shape {x.shape[1:]} do not fit the model input {expected}")
+    if np.issubdtype(np.dtype(graph.input_dtype), np.integer) and not np.issubdtype(x.dtype, np.integer):
+        x = np.clip(np.rint(x), 0, 255)
+    return x.astype(graph.input_dtype)
+
+
+def _to_numpy(t) -> np.ndarray:
+    if hasattr(t, "detach"):  # torch tensor that requires grad
+        t = t.detach()
+    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32)
+
+
+def _activations_and_gradients(graph: _Graph, x: np.ndarray, sign: float):
+    """A (B,h,w,K), dS/dA (B,h,w,K) and S (B,) for score S = sign * logit, by the backend's autodiff."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():  # no autograd graph through the layers below A
+            a = graph.activations(keras.ops.convert_to_tensor(x))
+    else:
+        a = graph.activations(keras.ops.convert_to_tensor(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            score = sign * graph.logit(a)
+        grads = tape.gradient(score, a)  # non-scalar target: gradient of the sum; images are independent
+    elif backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def total(a_):
+            s = sign * graph.logit(a_)
+            return jnp.sum(s), s
+
+        grads, score = jax.grad(total, has_aux=True)(a)
+    elif backend == "torch":
+        a = a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            score = sign * graph.logit(a)
+            (grads,) = torch.autograd.grad(score.sum(), a)
+    else:
+        raise NotImplementedError(f"Grad-CAM has no gradient code for the {backend!r} backend")
+    return _to_numpy(a), _to_numpy(grads), _to_numpy(score)
+
+
+def _replay_error(model: keras.Model, batch: np.ndarray, logit: np.ndarray) -> float:
+    """Largest |sigmoid(replayed logit) - the model's own output| on one batch."""
+    own = _to_numpy(model(keras.ops.convert_to_tensor(batch), training=False)).reshape(-1)
+    replay = 1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))
+    return float(np.max(np.abs(replay - own))) if len(own) else 0.0
+
+
+def _assert_replay(diff: float, atol: float) -> None:
+    if not diff <= atol:
+        raise AssertionError(f"replayed graph differs from the model output by {diff:.3g} (> {atol}); "
+                             "the model is not the linear chain the CAM code expects")
+
+
+def replay_check(model: keras.Model, images, layer: str | None = None, atol: float = 1e-4,
+                 batch_size: int = 32) -> float:
+    """Assert that sigmoid(replayed logit) equals the model's output on `images`; return the largest difference."""
+    graph = _graph(model, layer)
+    x = _model_input(images, graph)
+    diff = 0.0
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size]
+        logit = _to_numpy(graph.logit(graph.activations(keras.ops.convert_to_tensor(batch))))
+        diff = max(diff, _replay_error(model, batch, logit))
+    _assert_replay(diff, atol)
+    return diff
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weighting rules (the only difference between the methods) and the shared path
+
+
+def gradcam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): w_k = mean over space of dS/dA_k."""
+    return g.mean(axis=(1, 2))
+
+
+def gradcam_pp_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhay et al. 2018), closed form as in pytorch-grad-cam:
+    alpha = g^2 / (2 g^2 + sum_ab(A) g^3), w_k = sum_ab alpha * relu(g).
+
+    The derivation assumes A >= 0 (post-ReLU maps); where the denominator is not positive (possible only with
+    negative activations) alpha is set to 0 instead of flipping the sign of the weight."""
+    g = g.astype(np.float64)
+    g2 = g ** 2
+    g3 = g2 * g
+    sum_a = a.astype(np.float64).sum(axis=(1, 2), keepdims=True)
+    denom = 2 * g2 + sum_a * g3
+    alpha = np.where((g != 0) & (denom > 0), g2 / np.where(denom > 0, denom + EPS, 1.0), 0.0)
+    return (np.maximum(g, 0) * alpha).sum(axis=(1, 2)).astype(np.float32)
+
+
+def finish_cams(cams, size: tuple[int, int]) -> np.ndarray:
+    """The shared path: relu, bilinear resize to `size` (H, W), division by the per-image maximum.
+
+    Non-finite values become 0; a map whose maximum is not positive becomes all zeros. Returns float32 (B, H, W)
+    in [0, 1].
+    """
+    cams = np.maximum(np.nan_to_num(np.asarray(cams, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0), 0)
+    if cams.shape[1:3] != tuple(size):
+        cams = _to_numpy(keras.ops.image.resize(cams[..., None], tuple(size), interpolation="bilinear"))[..., 0]
+    cams = np.maximum(cams, 0)
+    peak = cams.reshape(len(cams), -1).max(axis=1) if cams.size else np.zeros(len(cams), np.float32)
+    ok = np.isfinite(peak) & (peak > 1e-12)
+    out = np.zeros_like(cams, dtype=np.float32)
+    out[ok] = cams[ok] / peak[ok, None, None]
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def cams(model: keras.Model, images, weighting: Callable, target_class: int = 1, layer: str | None = None,
+         batch_size: int = 32, check: bool = True) -> np.ndarray:
+    """THE base mechanism: maps (B, H, W) float32 in [0, 1] with channel weights from `weighting(A, dS/dA)`.
+
+    Grad-CAM and Grad-CAM++ are this with their rule; see the module docstring for the score and the shared path.
+    `check`: on the first batch, assert that the replayed score reproduces the model's output."""
+    if target_class not in (0, 1):
+        raise ValueError(f"target_class must be 0 (negative, e.g. NORMAL) or 1 (positive, e.g. PNEUMONIA), "
+                         f"got {target_class!r}")
+    graph = _graph(model, layer)
+    x = _model_input(images, graph)
+    sign = 1.0 if target_class == 1 else -1.0
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        a, g, score = _activations_and_gradients(graph, batch, sign)
+        if check and start == 0:
+            _assert_replay(_replay_error(model, batch, sign * score), atol=1e-3)
+        w = weighting(a, g)  # (B, K)
+        cam = np.einsum("bhwk,bk->bhw", a.astype(np.float32), w.astype(np.float32))
+        out.append(finish_cams(cam, x.shape[1:3]))
+    if not out:
+        return np.zeros((0, *x.shape[1:3]), np.float32)
+    return np.concatenate(out)
+
+
+def grad_cam(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
+             batch_size: int = 32, check: bool = True) -> np.ndarray:
+    """Grad-CAM maps (B, H, W) float32 in [0, 1] for `images` (B, H, W[, 1]) as the model sees them.
+
+    target_class 1 explains the positive class (score = logit), 0 the negative class (score = -logit).
+    `layer`: a backbone layer name (default: `find_target_layer`). `check`: on the first batch, verify that the
+    replayed score reproduces the model's output.
+    """
+    return cams(model, images, gradcam_weights, target_class, layer, batch_size, check)
+
+
+def grad_cam_plus_plus(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
+                       batch_size: int = 32, check: bool = True) -> np.ndarray:
+    """Grad-CAM++ maps; same base, arguments and output as `grad_cam`, different channel weights."""
+    return cams(model, images, gradcam_pp_weights, target_class, layer, batch_size, check)
+
+
+METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}

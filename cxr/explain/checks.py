@@ -1,0 +1,344 @@
+"""Checks that the CAM maps mean something, each with a plain-sentence verdict (`describe_*`):
+
+- `randomization_test`: cascading model-parameter randomisation (Adebayo et al. 2018): maps must change when the
+  learned weights are destroyed;
+- `deletion_insertion`: faithfulness: removing (revealing) the hottest pixels first must lower (raise) the score
+  faster than a random order;
+- `shortcut_audit`: where the heat falls (border band, outside the body box): a possible shortcut.
+
+Figures of these results are in `cxr.plots.explain`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cxr import quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
+
+from cxr.explain.cam import METHODS
+from cxr.model import BACKBONE, LOGIT
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sanity check: cascading randomisation (Adebayo et al. 2018)
+
+
+def _clone(model: keras.Model) -> keras.Model:
+    """An independent copy with the same weights (the user's model is never modified)."""
+    try:
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        return copy
+    except Exception:  # a layer that clone_model cannot rebuild: round trip through a temporary file
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "clone.keras"
+            model.save(path)
+            return keras.saving.load_model(path, compile=False)
+
+
+def _weighted_layers_top_down(model: keras.Model) -> list[tuple[str, str]]:
+    """(scope, name) of every layer with weights, from the logit down to the backbone's first layer."""
+    order = [("outer", LOGIT)]
+    backbone = model.get_layer(BACKBONE)
+    order += [("backbone", l.name) for l in reversed(backbone.layers) if l.weights]
+    return order
+
+
+def _randomise_layer(layer, rng: np.random.Generator) -> None:
+    """Re-initialise each weight at random: zero-mean normal with the original's spread (as a fresh initialiser
+    would); BatchNorm scales and variances are drawn around 1 and kept positive."""
+    new = []
+    for v in layer.weights:
+        w = np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+        std = float(w.std()) if w.size > 1 and w.std() > 0 else 0.05
+        r = rng.normal(0.0, std, size=w.shape)
+        if v.name in ("gamma", "moving_variance"):
+            r = np.abs(1.0 + r) + 1e-3
+        new.append(r.astype(np.dtype(v.dtype)))
+    layer.set_weights(new)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two maps; a constant randomised map shares no ranking (0); NaN if `a` is constant."""
+    from scipy.stats import spearmanr
+
+    a, b = a.ravel(), b.ravel()
+    if np.ptp(a) == 0:
+        return float("nan")
+    if np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def randomization_test(model: keras.Model, images, layers: list[str] | None = None, seed: int = 0,
+                       target_class: int = 1, method: str = "gradcam", layer: str | None = None,
+                       max_steps: int = 8, batch_size: int = 32) -> pd.DataFrame:
+    """Cascading model-parameter randomisation: from the logit down through the backbone, on a CLONE.
+
+    Step 0 is the trained model. Step i has every weighted layer from the top down to `layers[i-1]` randomised
+    (cumulative). `layers`: cut points in top-down order ("logit" or backbone layer names); default: "logit" plus
+    evenly spaced backbone layers with weights, at most `max_steps` in all, ending with the first one.
+    Returns a DataFrame (step, randomised_to, n_randomised, spearman_mean, spearman_std, n_images, n_empty):
+    images whose trained map is empty (no heat) are left out of the means (n_images counts those kept); a
+    randomised map that is empty counts as correlation 0 (n_empty counts them). The maps are in
+    `df.attrs["cams"]` (a list of (B, H, W) arrays per step) for `randomization_figure`. A trustworthy method
+    gives a correlation that falls as more of the network is randomised.
+    """
+    cam_fn = METHODS[method]
+    clone = _clone(model)
+    order = _weighted_layers_top_down(clone)
+    names = [n for _, n in order]
+    if layers is None:
+        idx = sorted(set(np.linspace(0, len(order) - 1, min(max_steps, len(order))).round().astype(int)))
+    else:
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"not layers with weights (top-down order {names}): {unknown}")
+        idx = sorted(names.index(n) for n in layers)
+    rng = np.random.default_rng(seed)
+    original = cam_fn(model, images, target_class=target_class, layer=layer, batch_size=batch_size)
+    n_original = int((original.reshape(len(original), -1).max(1) > 0).sum())
+    rows = [dict(step=0, randomised_to="none (trained)", n_randomised=0, spearman_mean=1.0, spearman_std=0.0,
+                 n_images=n_original, n_empty=len(original) - n_original)]
+    cams = [original]
+    backbone = clone.get_layer(BACKBONE)
+    done = 0
+    for step, cut in enumerate(idx, start=1):
+        for scope, name in order[done:cut + 1]:
+            _randomise_layer(clone.get_layer(name) if scope == "outer" else backbone.get_layer(name), rng)
+        done = cut + 1
+        cam = cam_fn(clone, images, target_class=target_class, layer=layer, batch_size=batch_size, check=False)
+        rho = np.array([_spearman(o, c) for o, c in zip(original, cam)])
+        ok = rho[np.isfinite(rho)]
+        rows.append(dict(step=step, randomised_to=names[cut], n_randomised=done,
+                         spearman_mean=float(ok.mean()) if len(ok) else float("nan"),
+                         spearman_std=float(ok.std()) if len(ok) else float("nan"), n_images=int(len(ok)),
+                         n_empty=int((cam.reshape(len(cam), -1).max(1) == 0).sum())))
+        cams.append(cam)
+    df = pd.DataFrame(rows)
+    df.attrs["cams"] = cams
+    return df
+
+
+def describe_randomization(table: pd.DataFrame, passes_below: float = 0.5) -> str:
+    """Plain sentences about a `randomization_test` table: where the rank correlation goes, and whether the maps
+    depend on the learned weights (every randomised step's mean |Spearman| below `passes_below`)."""
+    steps = table[table["step"] > 0]
+    if steps.empty:
+        return "No randomisation step was run."
+    first, last = steps.iloc[0], steps.iloc[-1]
+    if int(first["n_images"]) == 0 or not np.isfinite(steps["spearman_mean"]).any():
+        return ("The sanity check could not be assessed: every trained map was empty (no positive evidence for the "
+                "target class in these images).")
+    worst = float(steps["spearman_mean"].abs().max())
+    verdict = ("the maps depend on the learned weights (sanity check passed)" if worst < passes_below else
+               "the maps partly survive randomisation, so they reflect the input more than what the model learned "
+               "(sanity check FAILED)")
+    return (f"Mean rank correlation with the trained model's maps: {first['spearman_mean']:.2f} after randomising "
+            f"'{first['randomised_to']}' alone, {last['spearman_mean']:.2f} with every weighted layer down to "
+            f"'{last['randomised_to']}' randomised (largest |correlation| over the steps: {worst:.2f}, "
+            f"{int(first['n_images'])} images): {verdict}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Faithfulness: deletion and insertion
+
+
+@dataclass
+class Faithfulness:
+    """Deletion/insertion curves (N, steps + 1) on `fractions` and per-image areas under them.
+
+    Deletion: the most-heated pixels are replaced by a blurred copy of the image; a faithful map makes the score
+    fall FAST (low area). Insertion: starting from the blurred image, the most-heated pixels are revealed; a
+    faithful map makes the score rise FAST (high area). "random" orders the pixels by a random blocky map, the baseline.
+    """
+
+    fractions: np.ndarray
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    auc: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean area per curve: rows deletion/insertion, columns heat, random, heat_minus_random."""
+        rows = {}
+        for kind in ("deletion", "insertion"):
+            h, r = self.auc[f"{kind}_heat"].mean(), self.auc[f"{kind}_random"].mean()
+            rows[kind] = {"heat": h, "random": r, "heat_minus_random": h - r}
+        return pd.DataFrame(rows).T
+
+
+def describe_faithfulness(result: Faithfulness) -> str:
+    """Plain sentences: heat order vs random order for deletion and insertion, with the per-image win count and a
+    paired Wilcoxon signed-rank test (scipy)."""
+    from scipy.stats import wilcoxon
+
+    lines = []
+    for kind, better, meaning in (("deletion", "lower", "removing the hottest regions first lowers the score faster"),
+                                  ("insertion", "higher", "revealing the hottest regions first raises the score faster")):
+        h, r = result.auc[f"{kind}_heat"].to_numpy(), result.auc[f"{kind}_random"].to_numpy()
+        wins = int(np.sum(h < r) if kind == "deletion" else np.sum(h > r))
+        diff = h - r
+        p = float(wilcoxon(diff).pvalue) if len(diff) >= 6 and np.any(diff != 0) else float("nan")
+        ok = (h.mean() < r.mean()) if kind == "deletion" else (h.mean() > r.mean())
+        lines.append(f"{kind.capitalize()}: area {h.mean():.3f} in heat order vs {r.mean():.3f} in random order "
+                     f"({better} is more faithful); heat order wins for {wins} of {len(h)} images (paired Wilcoxon "
+                     f"p = {p:.2g}): " + (f"supported, {meaning} than random." if ok else
+                                          f"NOT supported, {meaning.replace('faster', 'no faster')} than random."))
+    return "\n".join(lines)
+
+
+def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return np.stack([gaussian_filter(im.astype(np.float32), sigma=sigma, mode="nearest") for im in images])
+
+
+def _trapezoid(y, x):
+    fn = getattr(np, "trapezoid", None) or np.trapz
+    return fn(y, x, axis=-1)
+
+
+def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target_class: int = 1, seed: int = 0,
+                       blur_sigma: float = 0.1, batch_size: int = 32, random_grid: int = 7) -> Faithfulness:
+    """Deletion and insertion curves for the heat order and a random order (see `Faithfulness`).
+
+    The score is the model's probability of `target_class`. The baseline image is the image blurred with a
+    Gaussian of sigma = `blur_sigma` x image height. Ties in heat are broken at random (seeded).
+    The random order comes from a random map of `random_grid` x `random_grid` blocks (the resolution of the
+    last feature map at 224 px), so its masks are as smooth as the heat's: a pixel-wise random order scatters
+    salt-and-pepper artefacts over the whole image, which a CNN reads as texture, and is no fair baseline.
+    """
+    x = np.asarray(images)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    cams = np.asarray(cams, dtype=np.float32)
+    if cams.shape != x.shape:
+        raise ValueError(f"cams {cams.shape} must match the images {x.shape}")
+    n, h, w = x.shape
+    rng = np.random.default_rng(seed)
+    flat_cam = cams.reshape(n, -1)
+    tiebreak = rng.random(flat_cam.shape)
+    ranks = {}
+    heat_order = np.lexsort((tiebreak, -flat_cam), axis=-1)  # hottest first, ties at random
+    g = max(1, int(random_grid))
+    coarse = rng.random((n, g, g))
+    random_map = coarse[:, (np.arange(h) * g) // h][:, :, (np.arange(w) * g) // w].reshape(n, -1)
+    random_order = np.lexsort((rng.random(random_map.shape), -random_map), axis=-1)
+    for name, order in (("heat", heat_order), ("random", random_order)):
+        r = np.empty_like(order)
+        np.put_along_axis(r, order, np.arange(h * w)[None].repeat(n, 0), axis=1)
+        ranks[name] = r.reshape(n, h, w)
+    blurred = _blur(x, blur_sigma * h)
+    xf = x.astype(np.float32)
+    fractions = np.linspace(0, 1, steps + 1)
+    dtype = x.dtype
+
+    def prob(batch):
+        batch = np.clip(np.rint(batch), 0, 255).astype(dtype) if np.issubdtype(dtype, np.integer) else batch
+        p = np.asarray(model.predict(batch[..., None], batch_size=batch_size, verbose=0), np.float64).reshape(-1)
+        return p if target_class == 1 else 1 - p
+
+    names = [f"{k}_{o}" for k in ("deletion", "insertion") for o in ("heat", "random")]
+    curves = {name: np.zeros((n, steps + 1)) for name in names}
+    for j, f in enumerate(fractions):
+        k = int(round(f * h * w))
+        variants = []
+        for name in names:
+            kind, o = name.split("_")
+            mask = ranks[o] < k
+            variants.append(np.where(mask, blurred, xf) if kind == "deletion" else np.where(mask, xf, blurred))
+        p = prob(np.concatenate(variants)).reshape(len(names), n)  # one call per step
+        for name, row in zip(names, p):
+            curves[name][:, j] = row
+    auc = pd.DataFrame({name: _trapezoid(c, fractions) for name, c in curves.items()})
+    return Faithfulness(fractions, curves, auc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shortcut audit
+
+
+BODY_BOX = (0.15, 0.90, 0.20, 0.80)  # (top, bottom, left, right) as fractions of the image height / width
+
+
+def _region_masks(shape: tuple[int, int], border: float, body_box: tuple) -> tuple[np.ndarray, np.ndarray]:
+    h, w = shape
+    bh, bw = int(round(border * h)), int(round(border * w))
+    border_mask = np.ones((h, w), bool)
+    border_mask[bh:h - bh, bw:w - bw] = False
+    top, bottom, left, right = body_box
+    body = np.zeros((h, w), bool)
+    body[int(round(top * h)):int(round(bottom * h)), int(round(left * w)):int(round(right * w))] = True
+    return border_mask, ~body
+
+
+def heat_shares(cams, border: float = 0.10, body_box: tuple = BODY_BOX) -> pd.DataFrame:
+    """Per image: the share of total heat in the outer `border` band and outside the central body box.
+
+    border: width of the band as a fraction of each side (0.10: the outer 10%, 36% of the area).
+    body_box: (top, bottom, left, right) fractions; default rows 15-90%, columns 20-80%, roughly the thorax in
+    these paediatric films (shoulders, neck, abdomen and markers fall outside). Shares are NaN for a map with no
+    heat (`empty`). `peak_in_border`: the hottest pixel lies in the band. Area shares of the regions are in
+    `df.attrs` (the share a uniform map would give).
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    border_mask, outside = _region_masks(cams.shape[1:3], border, body_box)
+    total = cams.sum(axis=(1, 2))
+    empty = ~(total > 0)
+    safe = np.where(empty, 1.0, total)
+    peaks = cams.reshape(len(cams), -1).argmax(axis=1)
+    df = pd.DataFrame({
+        "border_share": np.where(empty, np.nan, (cams * border_mask).sum(axis=(1, 2)) / safe),
+        "outside_body_share": np.where(empty, np.nan, (cams * outside).sum(axis=(1, 2)) / safe),
+        "peak_in_border": ~empty & border_mask.ravel()[peaks],
+        "peak_outside_body": ~empty & outside.ravel()[peaks],
+        "empty": empty,
+    })
+    df.attrs.update(border_area=float(border_mask.mean()), outside_body_area=float(outside.mean()),
+                    border=border, body_box=tuple(body_box))
+    return df
+
+
+def shortcut_audit(cams, y_true, y_pred, class_names=("NORMAL", "PNEUMONIA"), border: float = 0.10,
+                   body_box: tuple = BODY_BOX) -> pd.DataFrame:
+    """`heat_shares` summarised by true class and correct/incorrect, plus an "all" row.
+
+    Columns: n, n_empty, mean and median border share, mean outside-body share, rate of peaks in the border, and
+    the area shares a uniform map would give (heat spread evenly) for comparison.
+    """
+    shares = heat_shares(cams, border, body_box)
+    y = np.asarray(y_true).astype(int).reshape(-1)
+    yp = np.asarray(y_pred).astype(int).reshape(-1)
+    shares["class"] = [class_names[i] for i in y]
+    shares["outcome"] = np.where(y == yp, "correct", "incorrect")
+
+    def summarise(g: pd.DataFrame) -> dict:
+        return {"n": len(g), "n_empty": int(g["empty"].sum()),
+                "border_share_mean": g["border_share"].mean(), "border_share_median": g["border_share"].median(),
+                "outside_body_share_mean": g["outside_body_share"].mean(),
+                "peak_in_border_rate": g["peak_in_border"].mean() if len(g) else np.nan}
+
+    rows = [{"class": c, "outcome": o, **summarise(g)} for (c, o), g in shares.groupby(["class", "outcome"])]
+    rows.append({"class": "all", "outcome": "all", **summarise(shares)})
+    out = pd.DataFrame(rows)
+    out["border_area"] = shares.attrs["border_area"]
+    out["outside_body_area"] = shares.attrs["outside_body_area"]
+    return out
+
+
+def describe_audit(audit: pd.DataFrame) -> str:
+    """One plain sentence about the "all" row: heat share in the border vs the share a uniform map would have."""
+    row = audit[audit["class"] == "all"].iloc[0]
+    ratio = row["border_share_mean"] / row["border_area"] if row["border_area"] else float("nan")
+    verdict = ("more than" if ratio > 1.1 else "less than" if ratio < 0.9 else "about the same as")
+    return (f"Over {int(row['n'])} images, {100 * row['border_share_mean']:.1f}% of the Grad-CAM heat lies in the "
+            f"outer border band, which covers {100 * row['border_area']:.0f}% of the image: {verdict} a uniform map; "
+            f"{100 * row['outside_body_share_mean']:.1f}% lies outside the central body box "
+            f"({100 * row['outside_body_area']:.0f}% of the area); the hottest pixel is in the border for "
+            f"{100 * row['peak_in_border_rate']:.1f}% of the images.")

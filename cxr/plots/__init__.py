@@ -1,0 +1,24 @@
+"""Figures of the study, one module per stage: `data`, `training` (and evaluation), `explain`. Every function
+returns a matplotlib Figure (nothing here calls `plt.show` or changes matplotlib's global style);
+`save_figure` writes one as a PNG atomically."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from cxr.io import atomic_write_bytes
+from cxr.plots.data import (augmentation_grid, class_balance, class_examples, example_grid,  # noqa: F401
+                            image_sizes, images_per_patient)
+from cxr.plots.explain import (CELLS, confusion_grid, deletion_insertion_figure, overlay,  # noqa: F401
+                               overlay_figure, pick_confusion_examples, randomization_figure, shortcut_figure)
+from cxr.plots.style import CLASS_COLORS, STYLE, SUBTYPE_COLORS, figure_style, style_rc  # noqa: F401
+from cxr.plots.training import confusion_matrix, learning_curves, roc_pr_calibration  # noqa: F401
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write `fig` as a PNG at `path` atomically (parent folders created)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(Path(path), buf.getvalue())

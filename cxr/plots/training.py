@@ -1,0 +1,116 @@
+"""Figures of training and evaluation: learning curves, ROC / precision-recall / reliability, confusion matrix."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from cxr.plots.style import _figure, figure_style
+
+@figure_style
+def roc_pr_calibration(y: Any, p: Any, threshold: float, title: str = "", n_bins: int = 10) -> Figure:
+    """Three panels: ROC with the operating point, precision-recall with it, and a reliability diagram."""
+    y = np.asarray(y).astype(int).reshape(-1)
+    p = np.asarray(p, dtype="float64").reshape(-1)
+    fig, axes = _figure(1, 3)
+    ax_roc, ax_pr, ax_cal = axes[0]
+    yhat = p >= threshold
+    tpr_t = yhat[y == 1].mean() if (y == 1).any() else np.nan
+    fpr_t = yhat[y == 0].mean() if (y == 0).any() else np.nan
+    prec_t = y[yhat].mean() if yhat.any() else np.nan
+
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    auc = skm.roc_auc_score(y, p)
+    ax_roc.plot(fpr, tpr, lw=2, label=f"AUROC {auc:.3f}")
+    ax_roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax_roc.scatter([fpr_t], [tpr_t], c="k", zorder=3, label=f"threshold {threshold:.3f}")
+    ax_roc.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax_roc.legend(loc="lower right", fontsize=9)
+
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    ap = skm.average_precision_score(y, p)
+    ax_pr.step(recall, precision, where="post", lw=2, label=f"AP {ap:.3f}")
+    ax_pr.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence {y.mean():.2f}")
+    ax_pr.scatter([tpr_t], [prec_t], c="k", zorder=3, label=f"threshold {threshold:.3f}")
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1),
+              ylim=(0, 1.01))
+    ax_pr.legend(loc="lower left", fontsize=9)
+
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    seen = count > 0
+    mean_p = np.bincount(bins, weights=p, minlength=n_bins)[seen] / count[seen]
+    frac = np.bincount(bins, weights=y, minlength=n_bins)[seen] / count[seen]
+    ax_cal.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    ax_cal.plot(mean_p, frac, marker="o", lw=2, label="model")
+    ax_hist = ax_cal.twinx()
+    ax_hist.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="grey", alpha=0.25)
+    ax_hist.set_ylabel("images per bin", color="grey")
+    ax_hist.grid(False)
+    ax_cal.set_zorder(ax_hist.get_zorder() + 1)
+    ax_cal.patch.set_visible(False)
+    ax_cal.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Reliability",
+               xlim=(0, 1), ylim=(0, 1.01))
+    ax_cal.legend(loc="upper left", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def confusion_matrix(cm: Any, class_names: Sequence[str], title: str = "") -> Figure:
+    """Confusion matrix [[tn, fp], [fn, tp]] as a heatmap with counts and row percentages."""
+    cm = np.asarray(cm, dtype=int)
+    fig, axes = _figure(size=(4.4, 3.8))
+    ax = axes[0, 0]
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    labels = np.array([[f"{c}\n({s:.0%})" for c, s in zip(r, q)] for r, q in zip(cm, share)])
+    sns.heatmap(cm, annot=labels, fmt="", cmap="Blues", cbar=False, square=True, ax=ax,
+                xticklabels=class_names, yticklabels=class_names, annot_kws={"size": 12})
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def learning_curves(history: Any, metrics: Sequence[str] = ("loss", "auroc")) -> Figure:
+    """Train vs validation curves of `metrics`, one panel each, over all epochs.
+
+    `history` is a dict of lists or a DataFrame (Keras `History.history`-style keys: loss, val_loss, auroc,
+    val_auroc...), optionally with a "stage" column; or a list of such histories, one per stage. Stage changes
+    are marked with a dashed line.
+    """
+    if isinstance(history, (list, tuple)):
+        parts = [pd.DataFrame(h.history if hasattr(h, "history") else h) for h in history]
+        frame = pd.concat([d.assign(stage=d["stage"] if "stage" in d else f"stage {i + 1}")
+                           for i, d in enumerate(parts)], ignore_index=True)
+    else:
+        frame = pd.DataFrame(history.history if hasattr(history, "history") else history).reset_index(drop=True)
+    metrics = [m for m in metrics if m in frame or f"val_{m}" in frame]
+    if not metrics:
+        raise ValueError(f"history has none of the requested metrics; columns: {list(frame.columns)}")
+    epoch = np.arange(1, len(frame) + 1)
+    fig, axes = _figure(1, len(metrics))
+    for ax, m in zip(axes[0], metrics):
+        if m in frame:
+            ax.plot(epoch, frame[m], marker="o", ms=3, label="train")
+        if f"val_{m}" in frame:
+            ax.plot(epoch, frame[f"val_{m}"], marker="o", ms=3, label="validation")
+        if "stage" in frame:
+            stages = frame["stage"].astype(str).to_numpy()
+            starts = [0] + [i for i in range(1, len(stages)) if stages[i] != stages[i - 1]]
+            for k, s in enumerate(starts):
+                if k:
+                    ax.axvline(s + 0.5, ls="--", c="grey", lw=1)
+                ax.text(s + 0.6, 0.02, stages[s], transform=ax.get_xaxis_transform(), va="bottom",
+                        fontsize=8, color="grey")
+        ax.set(xlabel="epoch", ylabel=m, title=m)
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,103 @@
+"""The package's shape: no import cycles, no global side effects on import or construction."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "cxr"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the cxr modules it imports (at any level, function-level imports included), from the source."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "sample" not in p.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t in modules and t != name}
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle in the graph as a list of modules, or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles_in_the_package():
+    graph = import_graph()
+    assert {"cxr.io", "cxr.config", "cxr.data", "cxr.data.split", "cxr.explain.cam", "cxr.pipeline"} <= set(graph)
+    assert graph["cxr.io"] == set()  # the bottom layer
+    assert graph["cxr.config"] <= {"cxr.io"}
+    assert find_cycle(graph) is None, find_cycle(graph)
+
+
+def test_every_module_imports_alone_and_leaves_keras_and_matplotlib_state_alone():
+    """Each module imports in a fresh interpreter; importing everything and building a RunLog changes neither
+    Keras' dtype policy nor matplotlib's rc parameters."""
+    names = sorted(import_graph())
+    code = f"""
+import importlib, json, os, tempfile
+names = {names!r}
+import matplotlib
+before = dict(matplotlib.rcParams)
+for n in names:
+    importlib.import_module(n)
+import keras
+from cxr.config import Config
+from cxr.report import RunLog
+RunLog(Config.preset("smoke", output_dir=tempfile.mkdtemp(), mixed_precision="on"))
+from cxr import plots
+import numpy as np, pandas as pd
+plots.confusion_matrix([[3, 1], [2, 4]], ["a", "b"])
+changed = sorted(k for k, v in matplotlib.rcParams.items() if str(before.get(k)) != str(v) and k != "backend")
+print(json.dumps({{"policy": keras.mixed_precision.global_policy().name, "rc": changed}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["policy"] == "float32"
+    assert result["rc"] == []
