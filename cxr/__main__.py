@@ -62,15 +62,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from cxr import evaluate
+    from cxr.io import update_markdown
 
     source = _config(args).run_dir / "metrics.json"
     doc = evaluate.read_metrics(source)
     text = evaluate.markdown_results(doc, source=source.as_posix())
     for target in args.update:  # a file with a <!-- headline --> block gets the short version there
         if "<!-- headline -->" in Path(target).read_text():
-            evaluate.update_markdown(target, evaluate.markdown_results(doc, source.as_posix(), True), "headline")
+            update_markdown(target, evaluate.markdown_results(doc, source.as_posix(), True), "headline")
         else:
-            evaluate.update_markdown(target, text)
+            update_markdown(target, text)
         print(f"updated {target}")
     if not args.update:
         print(text)

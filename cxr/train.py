@@ -1,7 +1,8 @@
 """Two-stage fine-tuning: a head on cached frozen-backbone features, then the top blocks with augmentation.
 
-Only the rows of the `train` and `val` splits are ever read here: the test split is scored once, later,
-by `cxr.evaluate`, with the threshold chosen on validation.
+Only the rows of the `train` and `val` splits are ever read here: the test split is scored once, later, by
+`cxr.pipeline.run_task`, with the threshold chosen on validation. The task table (which rows, which label) is
+`cxr.config.TASKS`; rows, labels and model inputs come from `cxr.data.Prepared`.
 """
 from __future__ import annotations
 
