@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from cxr import data
-from cxr import io as cxr_io
 from cxr.config import Config
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,23 +131,8 @@ def indexed(tree) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Atomic writes, download, source resolution
+# Download, source resolution
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def test_atomic_write_keeps_old_content_when_replace_fails(tmp_path, monkeypatch):
-    target = tmp_path / "sub" / "result.json"
-    data.atomic_write_text(target, "old")
-    assert target.read_text() == "old"
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(cxr_io.os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        data.atomic_write_bytes(target, b"new")
-    assert target.read_text() == "old"
-    assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary file left
 
 
 def test_download_without_credentials_is_a_clear_error(tmp_path, monkeypatch):
