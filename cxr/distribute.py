@@ -1,0 +1,77 @@
+"""Data-parallel training over several devices with `keras.distribution.DataParallel` (JAX).
+
+Usage, around model building AND fit/evaluate/predict (variables are laid out when they are created, batches are
+split when they are fed):
+
+    dist = data_parallel()                       # None on a single device
+    with distributed(dist):
+        model = build_model(config)
+        model.fit(..., batch_size=global_batch(per_device=32, n_devices=device_count(dist)))
+
+Under TensorFlow and PyTorch the backend's own strategies (tf.distribute, torch DDP) are not wired in: one device
+is used, and `data_parallel` returns None.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator, Sequence
+
+import keras
+
+
+def data_parallel(devices: str | Sequence[str] | None = None) -> keras.distribution.Distribution | None:
+    """A `keras.distribution.DataParallel` over several devices under JAX, else None (train on one device).
+
+    devices: None: the accelerators (GPU/TPU) JAX sees, used when there are two or more; CPU devices are never
+    picked automatically. A device type ("cpu", "gpu", "tpu"): every device of that type. A list of device names
+    such as ["cpu:0", "cpu:1"]: those. With fewer than two devices the result is None. Under TensorFlow and
+    PyTorch their standard strategies are not wired in: always None (with a warning if devices were asked for).
+    """
+    if keras.backend.backend() != "jax":
+        if devices is not None:
+            warnings.warn(f"data parallelism is wired for JAX only; the {keras.backend.backend()} backend trains "
+                          "on one device")
+        return None
+    if devices is None:
+        found = keras.distribution.list_devices()  # GPUs/TPUs when there are any, else the CPU devices
+        if not found or found[0].split(":")[0].lower() == "cpu":
+            return None
+    elif isinstance(devices, str):
+        found = keras.distribution.list_devices(devices)
+    else:
+        found = list(devices)
+    if len(found) < 2:
+        return None
+    return keras.distribution.DataParallel(devices=found)
+
+
+def device_count(distribution: keras.distribution.Distribution | None) -> int:
+    """How many devices share each batch: the size of the distribution's device mesh, 1 for None."""
+    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
+
+
+def global_batch(per_device: int, n_devices: int = 1) -> int:
+    """The batch size fed to `fit`: `per_device` images on each of `n_devices` (always divisible by it)."""
+    if per_device < 1 or n_devices < 1:
+        raise ValueError(f"per_device and n_devices must be >= 1, got {per_device} and {n_devices}")
+    return per_device * n_devices
+
+
+def check_batch_size(batch_size: int, distribution: keras.distribution.Distribution | None) -> int:
+    """`batch_size` itself if the devices can share it evenly; ValueError otherwise."""
+    n = device_count(distribution)
+    if batch_size < 1 or batch_size % n:
+        raise ValueError(f"batch size {batch_size} is not a positive multiple of the device count {n}; "
+                         f"use global_batch(per_device, {n})")
+    return batch_size
+
+
+@contextlib.contextmanager
+def distributed(distribution: keras.distribution.Distribution | None) -> Iterator:
+    """Make `distribution` the current one inside the block (the previous one is restored after); None: no-op."""
+    if distribution is None:
+        yield None
+        return
+    with distribution.scope():
+        yield distribution
