@@ -259,8 +259,9 @@ def error_analysis(frame: pd.DataFrame, split: str | None = "test", q: int = 4) 
     Tables: "overall"; "by_class" (the error rate among the true class: the false-positive rate of the negative
     class, the false-negative rate of the positive one); "by_subtype"; "by_family"; "by_size" (quantile bins of
     the original long side, max(width, height), in pixels; `q` bins, fewer when sizes tie); "by_aspect" (quantile
-    bins of width / height); "fpr_by_family" (the false-positive rate among the negatives, e.g. normal images,
-    per file-name family). Size and aspect tables are left out when the frame has no width and height.
+    bins of width / height); "fpr_by_family", "fpr_by_size", "fpr_by_aspect" (the false-positive rate among the
+    negatives, e.g. normal images, per file-name family, size bin and aspect bin: free of the class mix that
+    differs between bins). Size and aspect tables are left out when the frame has no width and height.
 
     The intervals treat images as independent; images of one patient are not, so they are somewhat too narrow
     where patients contribute several images (the `patients` column says how many there are). `split=None`
@@ -279,15 +280,19 @@ def error_analysis(frame: pd.DataFrame, split: str | None = "test", q: int = 4) 
         "by_subtype": _rates(frame, "subtype"),
         "by_family": _rates(frame, "family"),
     }
+    negative = frame["y"].to_numpy() == 0
+    groups: dict[str, pd.Series] = {"family": frame["family"]}
     if {"width", "height"} <= set(frame.columns):
-        long_side = frame[["width", "height"]].max(axis=1)
-        out["by_size"] = _rates(frame, _quantile_bins(long_side, q, "long side (px)", ".0f"))
-        out["by_aspect"] = _rates(frame, _quantile_bins(frame["width"] / frame["height"], q,
-                                                        "aspect (width/height)", ".2f"))
-    negatives = frame[frame["y"] == 0]
-    fpr = _rates(negatives, "family").drop(columns=["false_negatives"]) if len(negatives) else \
-        pd.DataFrame(columns=[c for c in RATE_COLUMNS if c != "false_negatives"])
-    out["fpr_by_family"] = fpr
+        # bins from the whole split, so that the false-positive tables use the same bins as the error tables
+        groups["size"] = _quantile_bins(frame[["width", "height"]].max(axis=1), q, "long side (px)", ".0f")
+        groups["aspect"] = _quantile_bins(frame["width"] / frame["height"], q, "aspect (width/height)", ".2f")
+        out["by_size"] = _rates(frame, groups["size"])
+        out["by_aspect"] = _rates(frame, groups["aspect"])
+    for name, by in groups.items():
+        if negative.any():
+            out[f"fpr_by_{name}"] = _rates(frame[negative], by[negative]).drop(columns=["false_negatives"])
+        else:
+            out[f"fpr_by_{name}"] = pd.DataFrame(columns=[c for c in RATE_COLUMNS if c != "false_negatives"])
     return out
 
 
@@ -341,9 +346,11 @@ def _spread_text(table: pd.DataFrame, min_n: int = 10, kinds: bool = False) -> s
 
 
 def describe_errors(analysis: dict[str, pd.DataFrame], min_n: int = 10) -> str:
-    """Two or three sentences on the errors, written from the numbers of `error_analysis`: how many, which kind
-    (false positives or negatives), and the spread of the error rate over file-name families (among negatives),
-    original sizes and aspect ratios (bins with fewer than `min_n` images are left out of the comparison)."""
+    """Two or three sentences on the errors, written from the numbers of `error_analysis`: how many and of which
+    kind (false positives or negatives), the false-positive rate by file-name family among the negatives, and the
+    spread over original sizes and aspect ratios. When false positives are the larger part of the errors, sizes
+    and aspects are compared by their false-positive rate among negatives (free of the class mix of the bins);
+    otherwise by their error rate. Bins with fewer than `min_n` images are left out of the comparison."""
     overall = analysis["overall"].iloc[0]
     by_class = analysis["by_class"]
     n_err, fp, fn = int(overall["errors"]), int(overall["false_positives"]), int(overall["false_negatives"])
@@ -353,24 +360,29 @@ def describe_errors(analysis: dict[str, pd.DataFrame], min_n: int = 10) -> str:
                             for name, r in by_class.iterrows())
     main = "false positives" if fp > fn else "false negatives" if fn > fp else "false positives and negatives alike"
     sentences = [f"{n_err} of {int(overall['n'])} images were misclassified, {_rate_text(overall)}: "
-                 f"{fp} false positives and {fn} false negatives, so {main} drive the errors ({class_rates})."]
+                 f"{_count(fp, 'false positive')} and {_count(fn, 'false negative')}, so {main} drive the errors "
+                 f"({class_rates})."]
     fpr = analysis.get("fpr_by_family")
-    if fpr is not None and len(fpr) >= 2:
+    if fpr is not None and len(fpr) >= 2:  # a single family among the negatives has nothing to compare
         sentences.append(f"Among the negatives, the false-positive rate by file-name family ranged "
                          f"{_spread_text(fpr, min_n=1)}.")
-    elif fpr is not None and len(fpr) == 1:
-        sentences.append(f"All negatives belong to the file-name family {fpr.index[0]}, with a false-positive "
-                         f"rate of {_rate_text(fpr.iloc[0])}.")
     parts = []
-    sizes, aspect = analysis.get("by_size"), analysis.get("by_aspect")
+    sizes = analysis.get("by_size")
     if sizes is not None and len(sizes) == 1:
         parts.append(f"every image has the same stored size ({sizes.index[0]} px), so original size and aspect "
                      f"ratio cannot be examined on this copy of the data")
-    else:
-        for table, what in ((sizes, "original long side (px)"), (aspect, "aspect ratio (width/height)")):
-            spread = _spread_text(table, min_n, kinds=True) if table is not None else None
+    elif sizes is not None:
+        on_fp = fp > fn and "fpr_by_size" in analysis
+        if on_fp:  # "among the negatives" was said already when the families were compared
+            tables = "fpr_by"
+            prefix = "the false-positive rate" if len(sentences) > 1 else "among the negatives, the false-positive rate"
+        else:
+            tables, prefix = "by", "the error rate"
+        for key, what in (("size", "original long side (px)"), ("aspect", "aspect ratio (width/height)")):
+            table = analysis.get(f"{tables}_{key}")
+            spread = _spread_text(table, min_n, kinds=not on_fp) if table is not None else None
             if spread:
-                parts.append(f"by {what} it ranged {spread}" if parts else f"the error rate by {what} ranged {spread}")
+                parts.append(f"by {what} it ranged {spread}" if parts else f"{prefix} by {what} ranged {spread}")
     if parts:
         text = "; ".join(parts)
         sentences.append(text[0].upper() + text[1:] + ".")

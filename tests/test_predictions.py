@@ -159,6 +159,9 @@ def test_error_rates_by_group_hand_checked():
     # aspect 1.0: the normals (3 of 4 wrong); aspect 1.25: the pneumonias (2 of 4 wrong)
     assert counts(analysis["by_aspect"]) == {"1.00-1.12": (3, 4), "1.12-1.25": (2, 4)}
     assert analysis["by_subtype"].loc["normal", "ci_low"] == pr.wilson_interval(3, 4)[0]
+    # among the four normals: long side 1000 has IM-0001 and NORMAL2-0003 (both FP), 2000 has one FP of two
+    assert counts(analysis["fpr_by_size"]) == {"1000-1500": (2, 2), "1500-2000": (1, 2)}
+    assert counts(analysis["fpr_by_aspect"]) == {"1.00-1.12": (3, 4)}  # all normals have aspect 1.0
 
 
 def test_error_analysis_takes_one_split():
@@ -204,13 +207,25 @@ def test_most_confident_errors_use_the_thresholded_probability():
 
 def test_describe_errors_is_written_from_the_numbers():
     analysis = pr.error_analysis(toy_frame(), q=2)
-    assert "long side" not in pr.describe_errors(analysis)  # bins of 4 images are too small to compare by default
-    text = pr.describe_errors(analysis, min_n=4)
+    assert "long side" not in pr.describe_errors(analysis)  # bins this small are not compared by default
+    text = pr.describe_errors(analysis, min_n=2)
     assert text.startswith("5 of 8 images were misclassified, 62% (95% CI 31-86%, n = 8)")
     assert "3 false positives and 2 false negatives, so false positives drive the errors" in text
     assert "3 of 4 NORMAL images wrong, 75%" in text
-    assert "from 50% (95% CI" in text and "for IM- to 100%" in text and "for NORMAL2-IM-" in text
-    assert "original long side" in text and "aspect ratio" in text
-    assert 2 <= text.count(". ") + 1 <= 3  # two or three sentences
+    assert "from 50% (95% CI 9-91%, n = 2) for IM- to 100% (95% CI 34-100%, n = 2) for NORMAL2-IM-" in text
+    # false positives dominate: sizes are compared by the false-positive rate among normals
+    assert ("The false-positive rate by original long side (px) ranged from 50% (95% CI 9-91%, "
+            "n = 2) for 1500-2000 to 100% (95% CI 34-100%, n = 2) for 1000-1500") in text
+    assert "aspect" not in text  # every normal has aspect 1.0: nothing to compare
+    assert len(text.split(". ")) == 3
     perfect = toy_frame().assign(correct=True)
     assert pr.describe_errors(pr.error_analysis(perfect)) == "None of the 8 images was misclassified."
+
+
+def test_describe_errors_when_false_negatives_dominate():
+    p = [0.1, 0.1, 0.1, 0.1, 0.4, 0.3, 0.1, 0.95]  # normals right; bacteria_1, bacteria_2, virus_3 missed
+    frame = pr.predictions_frame(toy_index(), np.arange(2, 10), "test", "pneumonia", p, None, 0.5)
+    text = pr.describe_errors(pr.error_analysis(frame, q=2), min_n=4)
+    assert "0 false positives and 3 false negatives, so false negatives drive the errors" in text
+    assert ("The error rate by original long side (px) ranged from 25% (95% CI 5-70%, n = 4) for 1500-2000 to 50% "
+            "(95% CI 15-85%, n = 4) for 1000-1500, whose errors are 0 false positives and 2 false negatives") in text
