@@ -104,6 +104,8 @@ def predictions_frame(index: pd.DataFrame, positions: Any, split: str, task: str
         raise ValueError("positions repeat an image")
     if not np.isfinite(p).all():
         raise ValueError("a probability is missing (NaN or infinite)")
+    if ((p < 0) | (p > 1)).any() or ((c < 0) | (c > 1)).any():
+        raise ValueError("probabilities must lie in [0, 1]")
     if threshold_on == "calibrated" and not np.isfinite(c).all():
         raise ValueError("threshold_on='calibrated' needs a finite calibrated probability for every image")
     if not math.isfinite(threshold):

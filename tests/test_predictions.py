@@ -103,6 +103,8 @@ def test_mismatched_inputs_are_refused():
         pr.predictions_frame(index, [2, 6], "test", "subtype", [0.1, 0.2], None, 0.5)
     with pytest.raises(ValueError, match="missing"):
         pr.predictions_frame(index, [2, 3], "test", "pneumonia", [0.1, np.nan], None, 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pr.predictions_frame(index, [2, 3], "test", "pneumonia", [0.1, 0.2], [0.5, 1.5], 0.5)
 
 
 def test_validation_and_test_round_trip_exactly(tmp_path):
