@@ -1,0 +1,391 @@
+"""Every scored image on record, and what the errors have in common.
+
+`predictions_frame` turns one task's scores on one split into a table (one row per image: path, label,
+probability, calibrated probability, decision, file-name family, original size); the validation and test rows
+of a task go into one file with `write_predictions` and come back unchanged with `read_predictions`.
+`error_analysis` counts errors by subtype, file-name family, original size and aspect ratio, each rate with a
+Wilson 95% interval; `most_confident_errors` picks the images to look at; `describe_errors` says in words what
+the numbers show.
+
+Only numpy, pandas and scipy: no model, no figures (the tables are what a figure needs).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cxr.config import CLASS_NAMES, SUBTYPE_NAMES
+from cxr.data import atomic_write_text
+
+# task: (index column holding the class, (negative class, positive class)); as cxr.train.TASKS, without Keras.
+TASK_CLASSES: dict[str, tuple[str, tuple[str, str]]] = {
+    "pneumonia": ("label", tuple(CLASS_NAMES)),
+    "subtype": ("subtype", tuple(SUBTYPE_NAMES)),
+}
+THRESHOLD_ON = ("raw", "calibrated")
+
+# The columns of a predictions file and their dtypes ("str": pandas' string dtype of the running version).
+COLUMNS: dict[str, str] = {
+    "path": "str",
+    "split": "str",
+    "task": "str",
+    "label": "str",  # the true class name of the task (NORMAL/PNEUMONIA, or bacteria/virus)
+    "y": "int64",  # 1 = the task's positive class
+    "subtype": "str",  # normal / bacteria / virus
+    "patient_id": "str",
+    "family": "str",  # file-name family, see `file_family`
+    "width": "int64",  # original size in pixels (only when the index has it)
+    "height": "int64",
+    "aspect": "float64",  # width / height
+    "probability": "float64",  # the model's probability of the positive class
+    "calibrated_probability": "float64",  # after calibration fitted on validation (NaN when there is none)
+    "threshold": "float64",
+    "threshold_on": "str",  # which probability the threshold applies to: "raw" or "calibrated"
+    "decision": "int64",  # 1 = called positive
+    "predicted": "str",  # the class name of the decision
+    "correct": "bool",
+}
+OPTIONAL_COLUMNS = ("width", "height", "aspect")
+STRING_COLUMNS = [c for c, t in COLUMNS.items() if t == "str"]
+FLOAT_COLUMNS = [c for c, t in COLUMNS.items() if t == "float64"]
+
+FAMILIES = ("IM-", "NORMAL2-IM-", "person*_bacteria", "person*_virus")
+_FAMILY_PATTERNS = (
+    ("NORMAL2-IM-", re.compile(r"^NORMAL2-IM-", re.IGNORECASE)),
+    ("IM-", re.compile(r"^IM-", re.IGNORECASE)),
+    ("person*_bacteria", re.compile(r"^person\d+_bacteria", re.IGNORECASE)),
+    ("person*_virus", re.compile(r"^person\d+_virus", re.IGNORECASE)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The predictions table
+# ---------------------------------------------------------------------------------------------------------------
+
+def file_family(path: str) -> str:
+    """The file-name family of an image, from its base name: "IM-", "NORMAL2-IM-", "person*_bacteria",
+    "person*_virus", or "other". The families are batches of the original collection, so they can differ in
+    source and acquisition; a model that errs by family may have learnt the batch rather than the disease."""
+    name = PurePosixPath(str(path).replace("\\", "/")).name
+    for family, pattern in _FAMILY_PATTERNS:
+        if pattern.match(name):
+            return family
+    return "other"
+
+
+def predictions_frame(index: pd.DataFrame, positions: Any, split: str, task: str, probability: Any,
+                      calibrated: Any | None, threshold: float, threshold_on: str = "raw") -> pd.DataFrame:
+    """One row per scored image of `task` on `split` (the columns and dtypes of `COLUMNS`).
+
+    `positions` index the rows of `index` that were scored (as `cxr.train.predict_split` returns them),
+    `probability` is the model's probability of the positive class for each, `calibrated` the calibrated
+    probability (or None: the column is NaN). `threshold_on` says which of the two `threshold` was chosen on:
+    "raw" (the decision is probability >= threshold) or "calibrated" (calibrated_probability >= threshold).
+    width, height and aspect are filled when the index has width and height. Raises ValueError when the
+    lengths disagree, a probability is missing, a row is not of `split` or not part of `task`.
+    """
+    if task not in TASK_CLASSES:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_CLASSES)}")
+    if threshold_on not in THRESHOLD_ON:
+        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON}, not {threshold_on!r}")
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    p = np.asarray(probability, dtype="float64").reshape(-1)
+    c = (np.full(p.shape, np.nan) if calibrated is None
+         else np.asarray(calibrated, dtype="float64").reshape(-1))
+    if not (len(positions) == len(p) == len(c)):
+        raise ValueError(f"{len(positions)} positions, {len(p)} probabilities and {len(c)} calibrated probabilities")
+    if len(np.unique(positions)) != len(positions):
+        raise ValueError("positions repeat an image")
+    if not np.isfinite(p).all():
+        raise ValueError("a probability is missing (NaN or infinite)")
+    if ((p < 0) | (p > 1)).any() or ((c < 0) | (c > 1)).any():
+        raise ValueError("probabilities must lie in [0, 1]")
+    if threshold_on == "calibrated" and not np.isfinite(c).all():
+        raise ValueError("threshold_on='calibrated' needs a finite calibrated probability for every image")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, not {threshold!r}")
+
+    rows = index.iloc[positions]
+    if "split" in rows and not rows["split"].eq(split).all():
+        found = sorted(set(rows["split"]) - {split})
+        raise ValueError(f"positions include rows of split(s) {found}, not only {split!r}")
+    column, classes = TASK_CLASSES[task]
+    label = rows[column].astype(str).to_numpy()
+    unknown = sorted(set(label) - set(classes))
+    if unknown:
+        raise ValueError(f"rows with {column} {unknown} are not part of task {task!r} (classes {classes})")
+    y = (label == classes[1]).astype("int64")
+    score = c if threshold_on == "calibrated" else p
+    decision = (score >= threshold).astype("int64")
+
+    frame = pd.DataFrame({
+        "path": rows["path"].to_numpy(),
+        "split": split,
+        "task": task,
+        "label": label,
+        "y": y,
+        "subtype": rows["subtype"].to_numpy(),
+        "patient_id": rows["patient_id"].to_numpy(),
+        "family": [file_family(path) for path in rows["path"]],
+    })
+    if {"width", "height"} <= set(rows.columns):
+        frame["width"] = rows["width"].to_numpy()
+        frame["height"] = rows["height"].to_numpy()
+        frame["aspect"] = frame["width"] / frame["height"]
+    frame["probability"] = p
+    frame["calibrated_probability"] = c
+    frame["threshold"] = float(threshold)
+    frame["threshold_on"] = threshold_on
+    frame["decision"] = decision
+    frame["predicted"] = np.asarray(classes, dtype=object)[decision]
+    frame["correct"] = decision == y
+    return _with_dtypes(frame)
+
+
+def _with_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of `COLUMNS` in their order and dtypes (optional ones only when present), others after."""
+    known = [c for c in COLUMNS if c in frame.columns]
+    missing = [c for c in COLUMNS if c not in frame.columns and c not in OPTIONAL_COLUMNS]
+    if missing:
+        raise ValueError(f"a predictions table needs the columns {missing}")
+    frame = frame[known + [c for c in frame.columns if c not in COLUMNS]].reset_index(drop=True)
+    for c in known:
+        if COLUMNS[c] == "str":
+            if frame[c].isna().any():
+                raise ValueError(f"column {c!r} has missing values")
+            frame[c] = frame[c].astype(str)
+        elif COLUMNS[c] == "bool" and frame[c].dtype != bool:
+            values = frame[c].astype(str).str.lower().map({"true": True, "false": False, "1": True, "0": False})
+            if values.isna().any():
+                raise ValueError(f"column {c!r} must hold True/False")
+            frame[c] = values.astype(bool)
+        else:
+            frame[c] = frame[c].astype(COLUMNS[c])
+    return frame
+
+
+def predictions_path(run_dir: str | Path, task: str) -> Path:
+    """Where a task's predictions live in a run folder: `predictions_<task>.csv`."""
+    return Path(run_dir) / f"predictions_{task}.csv"
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a predictions table (e.g. `pd.concat([val_frame, test_frame])` of one task) as CSV, atomically.
+
+    Floats are written in their shortest exact form, so `read_predictions` gives back the same numbers.
+    Raises ValueError when an image appears twice for one split and task.
+    """
+    frame = _with_dtypes(frame)
+    duplicated = frame.duplicated(["task", "split", "path"])
+    if duplicated.any():
+        raise ValueError(f"{int(duplicated.sum())} images appear twice, e.g. {frame.loc[duplicated, 'path'].iloc[0]}")
+    return atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a file written by `write_predictions`: the same rows, columns, values and dtypes."""
+    header = pd.read_csv(path, nrows=0).columns
+    floats = [c for c in FLOAT_COLUMNS if c in header]
+    frame = pd.read_csv(
+        path,
+        dtype={c: str for c in header if COLUMNS.get(c) == "str"},
+        keep_default_na=False,  # a path or id is never read as missing ...
+        na_values={c: ["", "NaN", "nan"] for c in floats},  # ... an empty float is
+        float_precision="round_trip",
+    )
+    return _with_dtypes(frame)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error analysis
+# ---------------------------------------------------------------------------------------------------------------
+
+def wilson_interval(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion errors / n (NaN, NaN when n is 0)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = stats.norm.ppf(0.5 + level / 2)
+    rate = errors / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+RATE_COLUMNS = ["n", "patients", "errors", "rate", "ci_low", "ci_high", "false_positives", "false_negatives"]
+
+
+def _rates(frame: pd.DataFrame, by: str | pd.Series | None) -> pd.DataFrame:
+    """Error counts and rates per group of `by` (one row "all" when None)."""
+    wrong = ~frame["correct"].to_numpy(bool)
+    data = pd.DataFrame({
+        "group": "all" if by is None else (frame[by] if isinstance(by, str) else by).array,  # keeps bin order
+        "patient_id": frame["patient_id"].to_numpy(),
+        "error": wrong,
+        "fp": wrong & (frame["y"].to_numpy() == 0),
+        "fn": wrong & (frame["y"].to_numpy() == 1),
+    })
+    table = data.groupby("group", observed=True, sort=True).agg(
+        n=("error", "size"), patients=("patient_id", "nunique"), errors=("error", "sum"),
+        false_positives=("fp", "sum"), false_negatives=("fn", "sum"))
+    table = table.astype("int64")
+    table["rate"] = table["errors"] / table["n"]
+    ci = [wilson_interval(int(e), int(n)) for e, n in zip(table["errors"], table["n"])]
+    table["ci_low"] = [lo for lo, _ in ci]
+    table["ci_high"] = [hi for _, hi in ci]
+    table.index.name = None if by is None else (by if isinstance(by, str) else by.name)
+    return table[RATE_COLUMNS]
+
+
+def _quantile_bins(values: pd.Series, q: int, name: str, fmt: str) -> pd.Series:
+    """Quantile bins of `values` as an ordered categorical labelled by their range; one bin when all are equal."""
+    values = values.astype("float64")
+    if values.nunique() <= 1:
+        only = values.iloc[0] if len(values) else math.nan
+        return pd.Series(pd.Categorical([f"all {only:{fmt}}"] * len(values)), index=values.index, name=name)
+    codes, edges = pd.qcut(values, q=q, labels=False, retbins=True, duplicates="drop")
+    labels = [f"{edges[i]:{fmt}}-{edges[i + 1]:{fmt}}" for i in range(len(edges) - 1)]
+    return pd.Series(pd.Categorical.from_codes(codes.astype(int), labels, ordered=True), index=values.index,
+                     name=name)
+
+
+def error_analysis(frame: pd.DataFrame, split: str | None = "test", q: int = 4) -> dict[str, pd.DataFrame]:
+    """Error rates of one task on one split, each with n, patients, errors, rate, a Wilson 95% interval
+    (ci_low, ci_high) and the false positives / negatives among the errors.
+
+    Tables: "overall"; "by_class" (the error rate among the true class: the false-positive rate of the negative
+    class, the false-negative rate of the positive one); "by_subtype"; "by_family"; "by_size" (quantile bins of
+    the original long side, max(width, height), in pixels; `q` bins, fewer when sizes tie); "by_aspect" (quantile
+    bins of width / height); "fpr_by_family", "fpr_by_size", "fpr_by_aspect" (the false-positive rate among the
+    negatives, e.g. normal images, per file-name family, size bin and aspect bin: free of the class mix that
+    differs between bins). Size and aspect tables are left out when the frame has no width and height.
+
+    The intervals treat images as independent; images of one patient are not, so they are somewhat too narrow
+    where patients contribute several images (the `patients` column says how many there are). `split=None`
+    takes every row of the frame.
+    """
+    if split is not None:
+        frame = frame[frame["split"] == split]
+    if frame.empty:
+        raise ValueError(f"no predictions for split {split!r}")
+    if frame["task"].nunique() != 1:
+        raise ValueError(f"one task at a time, not {sorted(frame['task'].unique())}")
+    frame = frame.reset_index(drop=True)
+    out = {
+        "overall": _rates(frame, None),
+        "by_class": _rates(frame, "label"),
+        "by_subtype": _rates(frame, "subtype"),
+        "by_family": _rates(frame, "family"),
+    }
+    negative = frame["y"].to_numpy() == 0
+    groups: dict[str, pd.Series] = {"family": frame["family"]}
+    if {"width", "height"} <= set(frame.columns):
+        # bins from the whole split, so that the false-positive tables use the same bins as the error tables
+        groups["size"] = _quantile_bins(frame[["width", "height"]].max(axis=1), q, "long side (px)", ".0f")
+        groups["aspect"] = _quantile_bins(frame["width"] / frame["height"], q, "aspect (width/height)", ".2f")
+        out["by_size"] = _rates(frame, groups["size"])
+        out["by_aspect"] = _rates(frame, groups["aspect"])
+    for name, by in groups.items():
+        if negative.any():
+            out[f"fpr_by_{name}"] = _rates(frame[negative], by[negative]).drop(columns=["false_negatives"])
+        else:
+            out[f"fpr_by_{name}"] = pd.DataFrame(columns=[c for c in RATE_COLUMNS if c != "false_negatives"])
+    return out
+
+
+def most_confident_errors(frame: pd.DataFrame, k: int = 5, split: str | None = "test") -> pd.DataFrame:
+    """The k false positives with the highest score and the k false negatives with the lowest, in that order
+    (the most confident first within each), with a column "error" ("false positive" / "false negative").
+
+    The score is the probability the threshold was applied to (calibrated or raw, per row's `threshold_on`).
+    """
+    if split is not None:
+        frame = frame[frame["split"] == split]
+    frame = frame.assign(score=np.where(frame["threshold_on"] == "calibrated", frame["calibrated_probability"],
+                                        frame["probability"]))
+    fp = frame[(frame["decision"] == 1) & (frame["y"] == 0)]
+    fn = frame[(frame["decision"] == 0) & (frame["y"] == 1)]
+    fp = fp.sort_values(["score", "path"], ascending=[False, True], kind="stable").head(k)
+    fn = fn.sort_values(["score", "path"], ascending=[True, True], kind="stable").head(k)
+    out = pd.concat([fp.assign(error="false positive"), fn.assign(error="false negative")], ignore_index=True)
+    return out[["error"] + [c for c in out.columns if c != "error"]]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a"
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"
+
+
+def _rate_text(row: pd.Series) -> str:
+    lo, hi = _pct(row["ci_low"]).rstrip("%"), _pct(row["ci_high"])
+    return f"{_pct(row['rate'])} (95% CI {lo}-{hi}, n = {int(row['n'])})"
+
+
+def _spread_text(table: pd.DataFrame, min_n: int = 10, kinds: bool = False) -> str | None:
+    """'from a (group) to b (group) (the 95% intervals overlap)', or None with fewer than 2 groups of min_n.
+    With `kinds`, the split of the highest group's errors into false positives and negatives is added (size and
+    aspect bins differ in their mix of classes, so a high rate can come from either kind)."""
+    table = table[table["n"] >= min_n]
+    if len(table) < 2:
+        return None
+    low, high = table["rate"].idxmin(), table["rate"].idxmax()
+    overlap = table.loc[high, "ci_low"] <= table.loc[low, "ci_high"]
+    mix = ""
+    if kinds:
+        row = table.loc[high]
+        mix = (f", whose errors are {_count(row['false_positives'], 'false positive')} and "
+               f"{_count(row['false_negatives'], 'false negative')}")
+    return (f"from {_rate_text(table.loc[low])} for {low} to {_rate_text(table.loc[high])} for {high}{mix} "
+            f"(the 95% intervals {'overlap' if overlap else 'do not overlap'})")
+
+
+def describe_errors(analysis: dict[str, pd.DataFrame], min_n: int = 10) -> str:
+    """Two or three sentences on the errors, written from the numbers of `error_analysis`: how many and of which
+    kind (false positives or negatives), the false-positive rate by file-name family among the negatives, and the
+    spread over original sizes and aspect ratios. When false positives are the larger part of the errors, sizes
+    and aspects are compared by their false-positive rate among negatives (free of the class mix of the bins);
+    otherwise by their error rate. Bins with fewer than `min_n` images are left out of the comparison."""
+    overall = analysis["overall"].iloc[0]
+    by_class = analysis["by_class"]
+    n_err, fp, fn = int(overall["errors"]), int(overall["false_positives"]), int(overall["false_negatives"])
+    if n_err == 0:
+        return f"None of the {int(overall['n'])} images was misclassified."
+    class_rates = "; ".join(f"{int(r['errors'])} of {int(r['n'])} {name} images wrong, {_pct(r['rate'])}"
+                            for name, r in by_class.iterrows())
+    main = "false positives" if fp > fn else "false negatives" if fn > fp else "false positives and negatives alike"
+    sentences = [f"{n_err} of {int(overall['n'])} images were misclassified, {_rate_text(overall)}: "
+                 f"{_count(fp, 'false positive')} and {_count(fn, 'false negative')}, so {main} drive the errors "
+                 f"({class_rates})."]
+    fpr = analysis.get("fpr_by_family")
+    if fpr is not None and len(fpr) >= 2:  # a single family among the negatives has nothing to compare
+        sentences.append(f"Among the negatives, the false-positive rate by file-name family ranged "
+                         f"{_spread_text(fpr, min_n=1)}.")
+    parts = []
+    sizes = analysis.get("by_size")
+    if sizes is not None and len(sizes) == 1:
+        parts.append(f"every image has the same stored size ({sizes.index[0]} px), so original size and aspect "
+                     f"ratio cannot be examined on this copy of the data")
+    elif sizes is not None:
+        on_fp = fp > fn and "fpr_by_size" in analysis
+        if on_fp:  # "among the negatives" was said already when the families were compared
+            tables = "fpr_by"
+            prefix = "the false-positive rate" if len(sentences) > 1 else "among the negatives, the false-positive rate"
+        else:
+            tables, prefix = "by", "the error rate"
+        for key, what in (("size", "original long side (px)"), ("aspect", "aspect ratio (width/height)")):
+            table = analysis.get(f"{tables}_{key}")
+            spread = _spread_text(table, min_n, kinds=not on_fp) if table is not None else None
+            if spread:
+                parts.append(f"by {what} it ranged {spread}" if parts else f"{prefix} by {what} ranged {spread}")
+    if parts:
+        text = "; ".join(parts)
+        sentences.append(text[0].upper() + text[1:] + ".")
+    return " ".join(sentences)
