@@ -120,9 +120,9 @@ def describe_prevalence(curves: pd.DataFrame, at: Sequence[float] = (0.1, 0.625)
                      f"NPV {r.npv:.2f} ({r.npv_low:.2f}-{r.npv_high:.2f})")
     low = curves.iloc[int(np.argmin(curves["prevalence"].to_numpy()))]
     return (f"With the test sensitivity and specificity held fixed, {'; '.join(parts)} ({ci_level:.0%} intervals "
-            f"from the bootstrap draws). Where pneumonia is rare a positive call is much less often right "
-            f"(PPV {low.ppv:.2f} at {low.prevalence:.0%}) while a negative one stays reliable; this assumes the "
-            "sensitivity and specificity carry over to that population, which this test set cannot show.")
+            f"from the bootstrap draws). At {low.prevalence:.0%} prevalence a positive call would be right "
+            f"{low.ppv:.0%} of the time and a negative one {low.npv:.0%} of the time; this assumes the sensitivity "
+            "and specificity carry over to that population, which this test set cannot show.")
 
 
 def describe_decision_curve(curve: pd.DataFrame) -> str:
@@ -142,5 +142,7 @@ def describe_decision_curve(curve: pd.DataFrame) -> str:
         sure = _runs(((curve["model_low"] > curve["treat_all"]) & (curve["model_low"] > 0)).to_numpy(), pt)
         text += ("; the lower interval bound also beats both for " + (", ".join(f"{a:.2f}-{b:.2f}" for a, b in sure)
                                                                       if sure else "no threshold"))
-    return text + (". Net benefit is computed at the stated prevalence and assumes calibrated probabilities; it does "
-                   "not show benefit in a population with another prevalence or case mix.")
+    else:
+        text += "; the model's probabilities are read as risks here, so this holds only if they are calibrated"
+    return text + (". Net benefit is computed at one prevalence; it does not show benefit in a population with "
+                   "another prevalence or case mix.")
