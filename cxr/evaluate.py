@@ -357,7 +357,7 @@ def _with_image_intervals(y: np.ndarray, p: np.ndarray, thresholds: list[float],
 
 
 def _patient_counts(y: np.ndarray, groups: Any) -> dict[str, Any]:
-    codes, stratum = patient_strata(y, groups)
+    _, stratum = patient_strata(y, groups)
     return {"n_patients": int(stratum.size), "n_patients_positive": int(stratum.sum()),
             "ci_method": PATIENT_CI_METHOD, "image_ci_method": CI_METHOD}
 

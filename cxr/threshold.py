@@ -17,7 +17,8 @@ or resample to the next. Every policy here reads validation labels and probabili
 - "calibrated": the raw probability at which Platt-calibrated validation probabilities (`cxr.calibration`)
   reach `target` (0.5: sigmoid(-b / a)), a maximum-likelihood fit to every validation image. In the simulations above
   it was the steadiest on exactly separable sets and steadier than Youden otherwise (logit SD 0.4-0.6 against
-  0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). (Temperature scaling alone keeps 0.5 at 0.5, so it cannot move a threshold.)
+  0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). (Temperature scaling alone keeps 0.5 at 0.5, so it
+  cannot move a threshold.)
 """
 from __future__ import annotations
 
@@ -125,11 +126,15 @@ def stability_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per policy: median and IQR of the threshold, SD of its logit, and the 2.5-97.5% range of the full
     validation sensitivity and specificity at the resampled thresholds."""
     g = table.groupby("policy", sort=False)
-    q = lambda c, x: g[c].quantile(x)  # noqa: E731
+    def q(column: str, level: float) -> pd.Series:
+        return g[column].quantile(level)
+
     return pd.DataFrame({"threshold_median": q("threshold", 0.5), "threshold_q25": q("threshold", 0.25),
                          "threshold_q75": q("threshold", 0.75), "logit_sd": g["logit"].std(),
-                         "sensitivity_low": q("full_sensitivity", 0.025), "sensitivity_high": q("full_sensitivity", 0.975),
-                         "specificity_low": q("full_specificity", 0.025), "specificity_high": q("full_specificity", 0.975)})
+                         "sensitivity_low": q("full_sensitivity", 0.025),
+                         "sensitivity_high": q("full_sensitivity", 0.975),
+                         "specificity_low": q("full_specificity", 0.025),
+                         "specificity_high": q("full_specificity", 0.975)})
 
 
 def describe_stability(table: pd.DataFrame) -> str:
