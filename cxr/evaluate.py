@@ -30,6 +30,8 @@ METRIC_LABELS = {
     "brier": "Brier score", "ece": "Expected calibration error",
 }
 CI_METHOD = "percentile bootstrap (scipy.stats.bootstrap), resampling within each class (stratified)"
+PATIENT_CI_METHOD = ("percentile cluster bootstrap (scipy.stats.bootstrap), resampling patients within each class "
+                     "(stratified by the patient's label); every image of a drawn patient enters the resample")
 
 REFERENCES: dict[str, dict[str, Any]] = {
     "Kermany et al. 2018": {
@@ -191,65 +193,215 @@ def _class_metrics(p_neg: np.ndarray, p_pos: np.ndarray, thresholds: list[float]
     return np.stack([np.broadcast_to(np.asarray(o, float), scores.shape[:-1]) for o in out], axis=0)
 
 
-def _bootstrap(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int, ci_level: float,
-               seed: int) -> list[dict[str, dict[str, float]]]:
-    """{metric: {value, ci_low, ci_high}} for each threshold, from one stratified bootstrap.
+def _weighted_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """The METRICS of many weighted resamples at once: (len(thresholds) * len(METRICS), B) for weights (B, n).
 
-    Values are scikit-learn's on the full sample. For the intervals the positives' and the negatives' scores
-    are resampled separately (two samples, `paired=False`): every resample keeps the class counts, so AUROC is
-    always defined and the interval reflects the test set's own prevalence (the stratified bootstrap of pROC).
-    A metric that is still undefined in some resamples (precision with no positive prediction) gets its
-    interval from the defined ones (`np.nanpercentile`).
+    A cluster resample is the fixed sample (p, y) with integer weights w (how often each image was drawn), so
+    these are the definitions of `_class_metrics` with weights: AUROC as the weighted Mann-Whitney statistic
+    (ties half), AUPRC as step-wise average precision over the distinct scores, Brier and ECE as weighted means.
+    With 0/1-or-more integer weights they equal scikit-learn's metrics on the expanded resample (tested).
     """
-    values = [_metric_values(y, p, t) for t in thresholds]
-    results = [{m: {"value": v[m], "ci_low": math.nan, "ci_high": math.nan} for m in METRICS} for v in values]
-    neg, pos = p[y == 0], p[y == 1]
-    if n_bootstrap <= 0 or len(neg) < 2 or len(pos) < 2:
-        return results  # no interval without resamples or with (almost) a single class
+    w = np.asarray(w, float).reshape(-1, p.size)
+    order = np.argsort(-p, kind="stable")
+    s = p[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first position of each distinct score (descending)
+    wpos, wneg = w * y, w * (1 - y)
+    pos_g = np.add.reduceat(wpos[:, order], starts, axis=1)
+    neg_g = np.add.reduceat(wneg[:, order], starts, axis=1)
+    w1, w0 = pos_g.sum(1), neg_g.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        neg_below = w0[:, None] - np.cumsum(neg_g, axis=1)
+        auroc = (pos_g * (neg_below + 0.5 * neg_g)).sum(1) / (w0 * w1)
+        tp_g, fp_g = np.cumsum(pos_g, axis=1), np.cumsum(neg_g, axis=1)
+        precision_g = np.divide(tp_g, tp_g + fp_g, out=np.zeros_like(tp_g), where=tp_g + fp_g > 0)
+        auprc = (pos_g * precision_g).sum(1) / w1
+        n = w0 + w1
+        brier = (w * (p - y) ** 2).sum(1) / n
+        onehot = np.eye(10)[np.minimum((p * 10).astype(int), 9)]  # (n, 10): the bins of expected_calibration_error
+        ece = np.abs(wpos @ onehot - (w * p) @ onehot).sum(1) / n
+        out = []
+        for t in thresholds:
+            above = (p >= t).astype(float)
+            tp, fp = wpos @ above, wneg @ above
+            fn, tn = w1 - tp, w0 - fp
+            sens, spec = tp / w1, tn / w0
+            prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), np.nan)
+            f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), np.nan)
+            out += [auroc, auprc, (tp + tn) / n, sens, spec, prec, f1, (sens + spec) / 2, brier, ece]
+    return np.stack(out, axis=0)
 
-    def statistic(p_neg: np.ndarray, p_pos: np.ndarray, axis: int = -1) -> np.ndarray:
-        return _class_metrics(np.moveaxis(p_neg, axis, -1), np.moveaxis(p_pos, axis, -1), thresholds)
 
+def patient_strata(y: Any, groups: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(patient code of each image, label stratum of each patient) for the cluster bootstrap.
+
+    Codes follow the order of first appearance (`pandas.factorize`), so with one image per patient the patients of
+    a class are in the same order as its images. A patient's stratum is its label; patients are single-class in
+    this dataset, and a patient whose images mix classes is stratified by the majority label (ties: positive),
+    its images keeping their own labels.
+    """
+    y = np.asarray(y).reshape(-1)
+    codes, _ = pd.factorize(np.asarray(groups).reshape(-1))
+    if codes.shape != y.shape:
+        raise ValueError(f"groups and labels differ in length: {codes.size} vs {y.size}")
+    if (codes < 0).any():
+        raise ValueError("groups must not contain missing values")
+    stratum = (np.bincount(codes, weights=y) / np.bincount(codes) >= 0.5).astype(int)
+    return codes, stratum
+
+
+def _run_bootstrap(samples: tuple[np.ndarray, ...], statistic: Any, n_bootstrap: int, ci_level: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, high, distribution) of a stratified percentile bootstrap over two unpaired samples.
+
+    A statistic that is undefined in some resamples (precision with no positive prediction) gets its interval from
+    the defined ones (`np.nanpercentile`).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on NaN in the distribution; handled below
-        res = stats.bootstrap((neg, pos), statistic, paired=False, vectorized=True, batch=250,
+        res = stats.bootstrap(samples, statistic, paired=False, vectorized=True, batch=250,
                               n_resamples=n_bootstrap, confidence_level=ci_level, method="percentile",
                               random_state=seed)
     low, high = np.array(res.confidence_interval.low), np.array(res.confidence_interval.high)
-    dist = res.bootstrap_distribution
+    dist = np.asarray(res.bootstrap_distribution)
     alpha = (1.0 - ci_level) / 2.0
     for k in range(len(low)):
         if not (np.isfinite(low[k]) and np.isfinite(high[k])) and np.isfinite(dist[k]).any():
             low[k], high[k] = np.nanpercentile(dist[k], [100 * alpha, 100 * (1 - alpha)])
+    return low, high, dist
+
+
+def _resampler(y: np.ndarray, p: np.ndarray, thresholds: list[float], groups: Any = None
+               ) -> tuple[tuple[np.ndarray, np.ndarray], Any] | None:
+    """The two class samples and the vectorised statistic of the image or the patient bootstrap (None: too few).
+
+    Image bootstrap: the negatives' and positives' scores. Patient bootstrap: the codes of the negative and of the
+    positive patients; a resample of codes becomes per-image weights (how often its patient was drawn).
+    """
+    if groups is None:
+        neg, pos = p[y == 0], p[y == 1]
+        if len(neg) < 2 or len(pos) < 2:
+            return None
+
+        def statistic(p_neg: np.ndarray, p_pos: np.ndarray, axis: int = -1) -> np.ndarray:
+            return _class_metrics(np.moveaxis(p_neg, axis, -1), np.moveaxis(p_pos, axis, -1), thresholds)
+
+        return (neg, pos), statistic
+    codes, stratum = patient_strata(y, groups)
+    neg, pos = np.flatnonzero(stratum == 0), np.flatnonzero(stratum == 1)
+    if len(neg) < 2 or len(pos) < 2:
+        return None
+    n_patients = stratum.size
+
+    def statistic(c_neg: np.ndarray, c_pos: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = np.concatenate([np.moveaxis(c_neg, axis, -1), np.moveaxis(c_pos, axis, -1)], axis=-1)
+        lead = drawn.shape[:-1]
+        drawn = drawn.reshape(-1, drawn.shape[-1]).astype(int)
+        rows = np.arange(drawn.shape[0])[:, None] * n_patients
+        counts = np.bincount((rows + drawn).ravel(), minlength=drawn.shape[0] * n_patients)
+        weights = counts.reshape(-1, n_patients)[:, codes]
+        return _weighted_metrics(p, y.astype(float), weights, thresholds).reshape(-1, *lead)
+
+    return (neg, pos), statistic
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int, ci_level: float,
+               seed: int, groups: Any = None) -> list[dict[str, dict[str, float]]]:
+    """{metric: {value, ci_low, ci_high}} for each threshold, from one stratified bootstrap.
+
+    Values are scikit-learn's on the full sample. Without `groups` the positives' and the negatives' scores
+    are resampled separately (two samples, `paired=False`): every resample keeps the class counts, so AUROC is
+    always defined and the interval reflects the test set's own prevalence (the stratified bootstrap of pROC).
+    With `groups` (patient ids) PATIENTS are resampled within their class instead (a cluster bootstrap, see
+    `patient_strata`), each drawn patient bringing all its images. With one image per patient both give the same
+    resamples for the same seed. A metric that is still undefined in some resamples gets its interval from the
+    defined ones (`np.nanpercentile`).
+    """
+    values = [_metric_values(y, p, t) for t in thresholds]
+    results = [{m: {"value": v[m], "ci_low": math.nan, "ci_high": math.nan} for m in METRICS} for v in values]
+    setup = _resampler(y, p, thresholds, groups)
+    if n_bootstrap <= 0 or setup is None:
+        return results  # no interval without resamples or with (almost) a single class
+    low, high, _ = _run_bootstrap(*setup, n_bootstrap, ci_level, seed)
     for j, r in enumerate(results):
         for i, m in enumerate(METRICS):
             r[m]["ci_low"], r[m]["ci_high"] = float(low[j * len(METRICS) + i]), float(high[j * len(METRICS) + i])
     return results
 
 
-def evaluate(y: Any, p: Any, threshold: float, n_bootstrap: int = 2000, ci_level: float = 0.95,
-             seed: int = 0) -> dict[str, Any]:
-    """Each metric at `threshold` as {"value", "ci_low", "ci_high"}, plus "confusion_matrix" [[tn, fp], [fn, tp]],
-    "n", "n_positive" and "threshold"."""
+def bootstrap_draws(y: Any, p: Any, threshold: float, groups: Any = None, n_bootstrap: int = 2000,
+                    seed: int = 0) -> pd.DataFrame:
+    """The bootstrap distribution behind the intervals: one row per resample, one column per metric (METRICS).
+
+    The same resamples as `evaluate`/`task_report` with the same `groups`, `n_bootstrap` and `seed` (patient-level
+    with `groups`, image-level without), e.g. for PPV/NPV across prevalences (`cxr.clinical.prevalence_curves`)
+    from the `sensitivity` and `specificity` columns. Empty when no interval can be computed.
+    """
     y, p = _check(y, p)
-    out: dict[str, Any] = _bootstrap(y, p, [float(threshold)], n_bootstrap, ci_level, seed)[0]
+    setup = _resampler(y, p, [float(threshold)], groups)
+    if n_bootstrap <= 0 or setup is None:
+        return pd.DataFrame(columns=list(METRICS), dtype=float)
+    _, _, dist = _run_bootstrap(*setup, n_bootstrap, 0.95, seed)
+    return pd.DataFrame(dist.T, columns=list(METRICS)).rename_axis("resample")
+
+
+def _with_image_intervals(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int,
+                          ci_level: float, seed: int, groups: Any) -> list[dict[str, dict[str, float]]]:
+    """Patient-level intervals as the headline (ci_low, ci_high) and the image-level ones beside them
+    (image_ci_low, image_ci_high); the image-level ones alone when `groups` is None."""
+    image = _bootstrap(y, p, thresholds, n_bootstrap, ci_level, seed)
+    if groups is None:
+        return image
+    patient = _bootstrap(y, p, thresholds, n_bootstrap, ci_level, seed, groups=groups)
+    for pat, img in zip(patient, image):
+        for m in METRICS:
+            pat[m].update(image_ci_low=img[m]["ci_low"], image_ci_high=img[m]["ci_high"])
+    return patient
+
+
+def _patient_counts(y: np.ndarray, groups: Any) -> dict[str, Any]:
+    _, stratum = patient_strata(y, groups)
+    return {"n_patients": int(stratum.size), "n_patients_positive": int(stratum.sum()),
+            "ci_method": PATIENT_CI_METHOD, "image_ci_method": CI_METHOD}
+
+
+def evaluate(y: Any, p: Any, threshold: float, n_bootstrap: int = 2000, ci_level: float = 0.95,
+             seed: int = 0, groups: Any = None) -> dict[str, Any]:
+    """Each metric at `threshold` as {"value", "ci_low", "ci_high"}, plus "confusion_matrix" [[tn, fp], [fn, tp]],
+    "n", "n_positive" and "threshold".
+
+    With `groups` (one patient id per image) the intervals are patient-level and each metric also holds the
+    image-level "image_ci_low"/"image_ci_high"; "n_patients", "n_patients_positive", "ci_method" and
+    "image_ci_method" are added (see `task_report`).
+    """
+    y, p = _check(y, p)
+    out: dict[str, Any] = _with_image_intervals(y, p, [float(threshold)], n_bootstrap, ci_level, seed, groups)[0]
     out.update(confusion_matrix=confusion(y, p, threshold), n=int(y.size), n_positive=int(y.sum()),
                threshold=float(threshold))
+    if groups is not None:
+        out.update(_patient_counts(y, groups))
     return out
 
 
 def task_report(y: Any, p: Any, threshold: float, config: Any = None, n_bootstrap: int | None = None,
-                ci_level: float | None = None, seed: int | None = None) -> dict[str, Any]:
+                ci_level: float | None = None, seed: int | None = None, groups: Any = None) -> dict[str, Any]:
     """One task's entry of `metrics.json`: metrics at the validation threshold and at 0.5, with intervals.
 
     Bootstrap settings come from `config` (n_bootstrap, ci_level, seed) unless given explicitly.
+
+    Without `groups` each metric is {"value", "ci_low", "ci_high"} from the image-level stratified bootstrap
+    (unchanged). With `groups` (the patient id of each image) the headline interval is patient-level and the
+    image-level one is kept beside it:
+    {"value", "ci_low", "ci_high", "image_ci_low", "image_ci_high"}, where ci_low/ci_high come from the cluster
+    bootstrap of patients (method in the report's "ci_method" = PATIENT_CI_METHOD) and image_ci_low/high from
+    the image bootstrap ("image_ci_method" = CI_METHOD), both with the same seed and number of resamples. The
+    report then also holds "n_patients" and "n_patients_positive".
     """
     n_bootstrap = n_bootstrap if n_bootstrap is not None else getattr(config, "n_bootstrap", 2000)
     ci_level = ci_level if ci_level is not None else getattr(config, "ci_level", 0.95)
     seed = seed if seed is not None else getattr(config, "seed", 0)
     y, p = _check(y, p)
-    at_t, at_half = _bootstrap(y, p, [float(threshold), 0.5], n_bootstrap, ci_level, seed)
-    return {
+    at_t, at_half = _with_image_intervals(y, p, [float(threshold), 0.5], n_bootstrap, ci_level, seed, groups)
+    out = {
         "threshold": float(threshold),
         "n": int(y.size),
         "n_positive": int(y.sum()),
@@ -258,6 +410,9 @@ def task_report(y: Any, p: Any, threshold: float, config: Any = None, n_bootstra
         "confusion_matrix": confusion(y, p, threshold),
         "confusion_matrix_at_0.5": confusion(y, p, 0.5),
     }
+    if groups is not None:
+        out.update(_patient_counts(y, groups))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

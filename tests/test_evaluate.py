@@ -248,3 +248,84 @@ def test_markdown_results_come_from_the_document(tmp_path):
     assert "STALE" not in new and "Kermany" in new
     with pytest.raises(ValueError, match="no <!-- results -->"):
         E.update_markdown(readme, short)
+
+
+# --- patient-level (cluster) bootstrap ---------------------------------------------------------------------------
+
+def test_weighted_resample_metrics_match_sklearn_on_expanded_sample():
+    """The cluster bootstrap's weighted metrics equal scikit-learn's on the resample written out image by image."""
+    rng = np.random.default_rng(11)
+    y, p = synthetic(120, seed=11)
+    p = np.round(p, 2)  # ties
+    w = rng.integers(0, 4, (3, y.size))
+    fast = E._weighted_metrics(p, y.astype(float), w, [0.5, 0.3])
+    for b in range(3):
+        yy, pp = np.repeat(y, w[b]), np.repeat(p, w[b])
+        ref = [v for t in (0.5, 0.3) for v in E.metric_values(yy, pp, t).values()]
+        np.testing.assert_allclose(fast[:, b], ref, atol=1e-12)
+
+
+def test_one_image_per_patient_gives_the_image_intervals():
+    y, p = synthetic(150, seed=12)
+    ids = np.random.default_rng(0).permutation(150) + 1000  # any ids, in any order
+    r = E.task_report(y, p, 0.4, n_bootstrap=400, seed=3, groups=ids)
+    plain = E.task_report(y, p, 0.4, n_bootstrap=400, seed=3)
+    for block in ("at_threshold", "at_0.5"):
+        for m in E.METRICS:
+            v = r[block][m]
+            assert v["ci_low"] == pytest.approx(v["image_ci_low"], abs=1e-12), m
+            assert v["ci_high"] == pytest.approx(v["image_ci_high"], abs=1e-12), m
+            assert v["image_ci_low"] == plain[block][m]["ci_low"] and v["value"] == plain[block][m]["value"]
+    assert r["n_patients"] == 150 and r["n_patients_positive"] == int(y.sum())
+    assert r["ci_method"] == E.PATIENT_CI_METHOD and r["image_ci_method"] == E.CI_METHOD
+
+
+def test_identical_images_of_a_patient_widen_the_patient_intervals():
+    y, p = synthetic(100, seed=13)
+    k = 4  # every patient has 4 identical images
+    yy, pp, ids = np.repeat(y, k), np.repeat(p, k), np.repeat(np.arange(100), k)
+    r = E.evaluate(yy, pp, 0.5, n_bootstrap=500, seed=0, groups=ids)
+    single = E.evaluate(y, p, 0.5, n_bootstrap=500, seed=0)
+    for m in ("auroc", "accuracy", "sensitivity", "specificity", "brier"):
+        patient, image = r[m]["ci_high"] - r[m]["ci_low"], r[m]["image_ci_high"] - r[m]["image_ci_low"]
+        assert patient > 1.5 * image, m  # about sqrt(4) = 2x
+        # copying images adds no information: the patient interval is that of the 100 distinct images
+        assert patient == pytest.approx(single[m]["ci_high"] - single[m]["ci_low"], rel=0.25), m
+
+
+def test_no_groups_keeps_the_old_report_exactly():
+    y, p = synthetic(80, seed=14)
+    r = E.task_report(y, p, 0.5, n_bootstrap=100, seed=0)
+    assert set(r) == {"threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix",
+                      "confusion_matrix_at_0.5"}
+    assert set(r["at_threshold"]["auroc"]) == {"value", "ci_low", "ci_high"}
+
+
+def test_mixed_patient_is_stratified_by_majority_and_grouped_report_serialises(tmp_path):
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.1, 0.2, 0.8, 0.7, 0.9, 0.3, 0.6, 0.4, 0.35, 0.15])
+    ids = np.array(["a", "a", "b", "b", "c", "c", "c", "d", "e", "f"])  # c: 2 positive, 1 negative image
+    codes, stratum = E.patient_strata(y, ids)
+    assert codes.tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 4, 5] and stratum.tolist() == [0, 1, 1, 1, 0, 0]
+    r = E.task_report(y, p, 0.5, n_bootstrap=200, seed=0, groups=ids)
+    assert r["n_patients"] == 6 and r["n_patients_positive"] == 3
+    doc = E.metrics_document({"ci_method": E.PATIENT_CI_METHOD}, {"pneumonia": r})
+    back = E.read_metrics(E.write_metrics(tmp_path / "m.json", doc))
+    assert set(back["tasks"]["pneumonia"]["at_threshold"]["auroc"]) == {"value", "ci_low", "ci_high",
+                                                                        "image_ci_low", "image_ci_high"}
+    with pytest.raises(ValueError, match="length"):
+        E.task_report(y, p, 0.5, n_bootstrap=10, groups=ids[:-1])
+
+
+def test_bootstrap_draws_are_the_draws_behind_the_intervals():
+    y, p = synthetic(120, seed=15)
+    ids = np.repeat(np.arange(60), 2)
+    y = np.repeat(y[:60], 2)
+    p = np.clip(np.repeat(p[:60], 2) + np.tile([0.0, 0.01], 60), 0, 1)
+    draws = E.bootstrap_draws(y, p, 0.5, groups=ids, n_bootstrap=300, seed=2)
+    r = E.evaluate(y, p, 0.5, n_bootstrap=300, seed=2, groups=ids)
+    assert draws.shape == (300, len(E.METRICS))
+    for m in ("sensitivity", "specificity", "auroc"):
+        assert np.percentile(draws[m], 2.5) == pytest.approx(r[m]["ci_low"])
+        assert np.percentile(draws[m], 97.5) == pytest.approx(r[m]["ci_high"])
+    assert E.bootstrap_draws([0, 1], [0.2, 0.8], 0.5).empty  # too few for an interval

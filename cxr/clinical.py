@@ -1,0 +1,148 @@
+"""What an operating point means in a clinic: PPV/NPV across prevalences and decision curves (net benefit).
+
+PPV and NPV follow from sensitivity, specificity and prevalence by Bayes' rule; their intervals come from
+bootstrap draws of sensitivity and specificity (e.g. the patient-level draws of
+`cxr.evaluate.bootstrap_draws`), each draw carried through Bayes' rule, so the prevalence itself is taken as known.
+Net benefit follows Vickers & Elkin (2006), Med Decis Making 26:565-574: NB(pt) = TP/n - FP/n * pt / (1 - pt),
+where the threshold probability pt expresses how many false positives one true positive is worth.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr.calibration import check_inputs
+
+DEFAULT_PREVALENCES = np.round(np.linspace(0.01, 0.99, 99), 2)
+
+
+def ppv_npv(sensitivity: Any, specificity: Any, prevalence: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(PPV, NPV) by Bayes' rule, broadcast over the inputs:
+    PPV = se*pi / (se*pi + (1-sp)(1-pi)), NPV = sp(1-pi) / (sp(1-pi) + (1-se)*pi); NaN where 0/0."""
+    se, sp, pi = (np.asarray(a, dtype="float64") for a in (sensitivity, specificity, prevalence))
+    tp, fp = se * pi, (1 - sp) * (1 - pi)
+    tn, fn = sp * (1 - pi), (1 - se) * pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / (tp + fp), tn / (tn + fn)
+
+
+def _interval(draws: np.ndarray, ci_level: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = 100 * (1 - ci_level) / 2
+    return tuple(np.nanpercentile(draws, [alpha, 100 - alpha], axis=0))  # type: ignore[return-value]
+
+
+def prevalence_curves(sens_draws: Any, spec_draws: Any, prevalences: Sequence[float] = DEFAULT_PREVALENCES,
+                      point: tuple[float, float] | None = None, ci_level: float = 0.95) -> pd.DataFrame:
+    """PPV and NPV of one operating point across prevalences, with percentile intervals over the draws.
+
+    `sens_draws`, `spec_draws`: paired bootstrap draws (same resamples); `point`: the (sensitivity, specificity)
+    measured on the whole test set (default: the draws' medians). Columns: prevalence, ppv, ppv_low, ppv_high,
+    npv, npv_low, npv_high.
+    """
+    se, sp = np.asarray(sens_draws, float).reshape(-1, 1), np.asarray(spec_draws, float).reshape(-1, 1)
+    if se.shape != sp.shape or se.size == 0:
+        raise ValueError("need paired, non-empty sensitivity and specificity draws")
+    pi = np.asarray(prevalences, float).reshape(1, -1)
+    if point is None:
+        point = (float(np.nanmedian(se)), float(np.nanmedian(sp)))
+    ppv, npv = ppv_npv(point[0], point[1], pi[0])
+    ppv_d, npv_d = ppv_npv(se, sp, pi)
+    (ppv_lo, ppv_hi), (npv_lo, npv_hi) = _interval(ppv_d, ci_level), _interval(npv_d, ci_level)
+    return pd.DataFrame({"prevalence": pi[0], "ppv": ppv, "ppv_low": ppv_lo, "ppv_high": ppv_hi,
+                         "npv": npv, "npv_low": npv_lo, "npv_high": npv_hi})
+
+
+def net_benefit(y: Any, p: Any, thresholds: Any) -> np.ndarray:
+    """Net benefit of treating when p >= pt, at each threshold probability pt in (0, 1):
+    TP/n - FP/n * pt / (1 - pt) (Vickers & Elkin 2006)."""
+    y, p = check_inputs(y, p)
+    pt = np.asarray(thresholds, float).reshape(-1)
+    if ((pt <= 0) | (pt >= 1)).any():
+        raise ValueError("threshold probabilities must lie in (0, 1)")
+    treat = p[None, :] >= pt[:, None]
+    tp, fp = (treat & (y == 1)).sum(1), (treat & (y == 0)).sum(1)
+    return tp / y.size - fp / y.size * pt / (1 - pt)
+
+
+def treat_all_net_benefit(prevalence: Any, thresholds: Any) -> np.ndarray:
+    """Net benefit of treating everyone: pi - (1 - pi) * pt / (1 - pt)."""
+    pi, pt = np.asarray(prevalence, float), np.asarray(thresholds, float)
+    return pi - (1 - pi) * pt / (1 - pt)
+
+
+def decision_curve(y: Any, p: Any, thresholds: Any = None) -> pd.DataFrame:
+    """Decision curve of the model's probabilities: columns threshold, model, treat_all, treat_none (= 0).
+
+    Meaningful only when p is calibrated for the population (use calibrated probabilities), and at the test
+    set's own prevalence.
+    """
+    y, p = check_inputs(y, p)
+    pt = np.linspace(0.01, 0.99, 99) if thresholds is None else np.asarray(thresholds, float).reshape(-1)
+    return pd.DataFrame({"threshold": pt, "model": net_benefit(y, p, pt),
+                         "treat_all": treat_all_net_benefit(y.mean(), pt), "treat_none": np.zeros(pt.size)})
+
+
+def operating_point_net_benefit(sensitivity: Any, specificity: Any, prevalence: Any, pt: Any) -> np.ndarray:
+    """Net benefit of a fixed operating point: se * pi - (1 - sp)(1 - pi) * pt / (1 - pt), broadcast."""
+    se, sp, pi, pt = (np.asarray(a, dtype="float64") for a in (sensitivity, specificity, prevalence, pt))
+    return se * pi - (1 - sp) * (1 - pi) * pt / (1 - pt)
+
+
+def operating_point_curve(sens_draws: Any, spec_draws: Any, prevalence: float, thresholds: Any = None,
+                          point: tuple[float, float] | None = None, ci_level: float = 0.95) -> pd.DataFrame:
+    """Decision curve of the chosen operating point at a given prevalence, with intervals over the draws:
+    columns threshold, model, model_low, model_high, treat_all, treat_none."""
+    se, sp = np.asarray(sens_draws, float).reshape(-1, 1), np.asarray(spec_draws, float).reshape(-1, 1)
+    pt = np.linspace(0.01, 0.99, 99) if thresholds is None else np.asarray(thresholds, float).reshape(-1)
+    if point is None:
+        point = (float(np.nanmedian(se)), float(np.nanmedian(sp)))
+    low, high = _interval(operating_point_net_benefit(se, sp, prevalence, pt[None, :]), ci_level)
+    return pd.DataFrame({"threshold": pt, "model": operating_point_net_benefit(*point, prevalence, pt),
+                         "model_low": low, "model_high": high,
+                         "treat_all": treat_all_net_benefit(prevalence, pt), "treat_none": np.zeros(pt.size)})
+
+
+def _runs(mask: np.ndarray, x: np.ndarray) -> list[tuple[float, float]]:
+    """The [first, last] x of each run of True in mask."""
+    edges = np.diff(np.r_[0, mask.astype(int), 0])
+    return [(float(x[a]), float(x[b - 1])) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+def describe_prevalence(curves: pd.DataFrame, at: Sequence[float] = (0.1, 0.625), ci_level: float = 0.95) -> str:
+    """Two sentences from `prevalence_curves`: PPV and NPV (with intervals) at the prevalences `at` (nearest rows),
+    and what to conclude from them."""
+    parts = []
+    for pi in at:
+        r = curves.iloc[int(np.argmin(np.abs(curves["prevalence"].to_numpy() - pi)))]
+        parts.append(f"at {r.prevalence:.0%} prevalence PPV {r.ppv:.2f} ({r.ppv_low:.2f}-{r.ppv_high:.2f}) and "
+                     f"NPV {r.npv:.2f} ({r.npv_low:.2f}-{r.npv_high:.2f})")
+    low = curves.iloc[int(np.argmin(curves["prevalence"].to_numpy()))]
+    return (f"With the test sensitivity and specificity held fixed, {'; '.join(parts)} ({ci_level:.0%} intervals "
+            f"from the bootstrap draws). At {low.prevalence:.0%} prevalence a positive call would be right "
+            f"{low.ppv:.0%} of the time and a negative one {low.npv:.0%} of the time; this assumes the sensitivity "
+            "and specificity carry over to that population, which this test set cannot show.")
+
+
+def describe_decision_curve(curve: pd.DataFrame) -> str:
+    """One or two sentences from `decision_curve`/`operating_point_curve`: where the model beats both treating
+    everyone and no one, and what that does not show."""
+    pt = curve["threshold"].to_numpy()
+    better = (curve["model"] > curve["treat_all"]) & (curve["model"] > curve["treat_none"])
+    runs = _runs(better.to_numpy(), pt)
+    if not runs:
+        return ("The model does not beat both treating everyone and treating no one at any threshold probability "
+                f"between {pt.min():.2f} and {pt.max():.2f}.")
+    where = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in runs)
+    text = (f"The model has a higher net benefit than treating everyone and than treating no one for threshold "
+            f"probabilities {where}, i.e. for readers willing to accept between {(1 - runs[-1][1]) / runs[-1][1]:.2g} "
+            f"and {(1 - runs[0][0]) / runs[0][0]:.2g} false positives for each true positive found")
+    if "model_low" in curve:
+        sure = _runs(((curve["model_low"] > curve["treat_all"]) & (curve["model_low"] > 0)).to_numpy(), pt)
+        text += ("; the lower interval bound also beats both for " + (", ".join(f"{a:.2f}-{b:.2f}" for a, b in sure)
+                                                                      if sure else "no threshold"))
+    else:
+        text += "; the model's probabilities are read as risks here, so this holds only if they are calibrated"
+    return text + (". Net benefit is computed at one prevalence; it does not show benefit in a population with "
+                   "another prevalence or case mix.")

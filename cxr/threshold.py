@@ -1,0 +1,148 @@
+"""Operating-point policies that a saturated validation set can pin down, and their stability under resampling.
+
+With validation AUROC near 0.99 the classes are almost separated: Youden's J is maximal (or within one error of
+it) over a wide range of thresholds, and its argmax (the highest threshold of the plateau) jumps from one model
+or resample to the next. Every policy here reads validation labels and probabilities only:
+
+- "youden": `cxr.evaluate.choose_threshold` (maximal J; ties to the highest threshold), for reference.
+- "plateau": the middle (median by length in logit space) of the thresholds whose J is within `tolerance` of
+  the maximum. Default tolerance 0.05 (DEFAULT_TOLERANCE): thresholds whose sensitivity + specificity is within
+  5 points of the best are treated as equally good, about two standard errors of J on a validation set with a
+  few hundred images per class. `tolerance="one_error"` gives 1 / n_minority, the J cost of one more error in the
+  smaller class. In simulations of almost separable validation sets (680 images, a few cases of each class
+  scattered between the two bulks), that narrow plateau moved about as much as Youden's argmax under resampling
+  (logit SD 0.45-2.2x Youden's) while 0.05 cut it to 0.06-0.36x (tests/test_threshold.py keeps one such case);
+  on exactly separable sets Youden's threshold (the lowest positive score) already moved little and neither
+  rule was consistently steadier.
+- "calibrated": the raw probability at which Platt-calibrated validation probabilities (`cxr.calibration`)
+  reach `target` (0.5: sigmoid(-b / a)), a maximum-likelihood fit to every validation image. In the simulations above
+  it was the steadiest on exactly separable sets and steadier than Youden otherwise (logit SD 0.4-0.6 against
+  0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). (Temperature scaling alone keeps 0.5 at 0.5, so it
+  cannot move a threshold.)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special
+from sklearn import metrics as skm
+
+from cxr.calibration import check_inputs, fit_platt, logit
+from cxr.evaluate import choose_threshold, patient_strata
+
+POLICIES = ("youden", "plateau", "calibrated")
+EPS = 1e-6
+DEFAULT_TOLERANCE = 0.05
+
+
+def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
+    """The logit-space middle of the near-optimal thresholds (see module docstring).
+
+    J is a step function of the threshold: scikit-learn's roc_curve threshold k (descending scores) classifies
+    like every t in (thr[k + 1], thr[k]]. The near-optimal set is the union of those intervals whose J is within
+    `tolerance` of the maximum; the threshold chosen is its median by length in logit space (half of the
+    near-optimal logit range lies below it), which is inside the set even when the set has gaps, and depends on
+    the whole set rather than only on its two ends.
+    """
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    j = tpr - fpr
+    if tolerance == "one_error":
+        tolerance = 1.0 / min(int(y.sum()), int((1 - y).sum()))
+    z = logit(np.clip(thr, 0.0, 1.0))
+    upper, lower = z[1:], np.r_[z[2:], z[-1]]  # interval of roc threshold k = 1..end (k = 0 is +inf: all negative)
+    good = j[1:] >= j.max() - tolerance - 1e-12
+    length = np.where(good, upper - lower, 0.0)
+    if length.sum() <= 0:  # a single near-optimal threshold (no gap): take it
+        return float(np.clip(special.expit(upper[good].max()), EPS, 1 - EPS))
+    below = np.cumsum(length[::-1])[::-1] - length  # near-optimal length below each interval (ascending z)
+    k = int(np.flatnonzero(below <= length.sum() / 2).min())  # the interval holding the median
+    middle = lower[k] + (length.sum() / 2 - below[k])
+    return float(np.clip(special.expit(middle), EPS, 1 - EPS))
+
+
+def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | str = DEFAULT_TOLERANCE,
+           target: float | str = 0.5) -> float:
+    """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
+
+    `tolerance`: for "plateau" (a J difference, or "one_error"). `target`: for "calibrated", the calibrated
+    probability at which to call positive: 0.5 (fewest errors at the validation prevalence) or "prevalence"
+    (the validation prevalence: the Bayes threshold for equal weight on sensitivity and specificity, Youden's aim).
+    """
+    y, p = check_inputs(y_val, p_val)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    if policy == "youden":
+        return choose_threshold(y, p, "youden")
+    if policy == "plateau":
+        return _plateau(y, p, tolerance)
+    if policy == "calibrated":
+        a, b = fit_platt(y, p)
+        cut = special.logit(y.mean()) if target == "prevalence" else special.logit(float(target))
+        return float(np.clip(special.expit((cut - b) / a), EPS, 1 - EPS))
+    raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
+
+
+def _resample(y: np.ndarray, groups: Any, rng: np.random.Generator) -> np.ndarray:
+    """Image indices of one stratified bootstrap resample: of images within each class, or with `groups` of
+    patients within each class (every image of a drawn patient, see `cxr.evaluate.patient_strata`)."""
+    if groups is None:
+        return np.concatenate([rng.choice(idx, idx.size) for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1))])
+    codes, stratum = patient_strata(y, groups)
+    drawn = np.concatenate([rng.choice(s, s.size) for s in (np.flatnonzero(stratum == 0),
+                                                            np.flatnonzero(stratum == 1))])
+    images = pd.Series(np.arange(y.size)).groupby(codes).apply(np.asarray)
+    return np.concatenate(images.loc[drawn].to_numpy())
+
+
+def _sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
+    return float((p[y == 1] >= t).mean()), float((p[y == 0] < t).mean())
+
+
+def stability(y_val: Any, p_val: Any, policy: str | Sequence[str] = ("youden", "plateau"), n_boot: int = 200,
+              seed: int = 0, groups: Any = None, **kw: Any) -> pd.DataFrame:
+    """How the chosen threshold moves under bootstrap resampling of the validation set (patient-grouped when
+    `groups` is given). Each policy sees the same resamples.
+
+    One row per (policy, resample): threshold, logit (of the threshold), sensitivity and specificity on the
+    resample (what the policy sees), full_sensitivity and full_specificity on the whole validation set at that
+    threshold (how much the operating point itself moves).
+    """
+    y, p = check_inputs(y_val, p_val)
+    policies = [policy] if isinstance(policy, str) else list(policy)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in range(n_boot):
+        idx = _resample(y, groups, rng)
+        for name in policies:
+            t = choose(y[idx], p[idx], name, **kw)
+            rows.append((name, b, t, float(special.logit(t)), *_sens_spec(y[idx], p[idx], t), *_sens_spec(y, p, t)))
+    return pd.DataFrame(rows, columns=["policy", "resample", "threshold", "logit", "sensitivity", "specificity",
+                                       "full_sensitivity", "full_specificity"])
+
+
+def stability_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: median and IQR of the threshold, SD of its logit, and the 2.5-97.5% range of the full
+    validation sensitivity and specificity at the resampled thresholds."""
+    g = table.groupby("policy", sort=False)
+    def q(column: str, level: float) -> pd.Series:
+        return g[column].quantile(level)
+
+    return pd.DataFrame({"threshold_median": q("threshold", 0.5), "threshold_q25": q("threshold", 0.25),
+                         "threshold_q75": q("threshold", 0.75), "logit_sd": g["logit"].std(),
+                         "sensitivity_low": q("full_sensitivity", 0.025),
+                         "sensitivity_high": q("full_sensitivity", 0.975),
+                         "specificity_low": q("full_specificity", 0.025),
+                         "specificity_high": q("full_specificity", 0.975)})
+
+
+def describe_stability(table: pd.DataFrame) -> str:
+    """One sentence per policy from `stability`: how far the threshold and the validation metrics move."""
+    s = stability_summary(table)
+    n = table["resample"].nunique()
+    parts = [f"{name}: threshold median {r.threshold_median:.3f} (IQR {r.threshold_q25:.3f}-{r.threshold_q75:.3f}, "
+             f"SD {r.logit_sd:.2f} in logit), validation sensitivity {r.sensitivity_low:.3f}-{r.sensitivity_high:.3f} "
+             f"and specificity {r.specificity_low:.3f}-{r.specificity_high:.3f} across resamples"
+             for name, r in s.iterrows()]
+    return f"Over {n} bootstrap resamples of the validation set, " + "; ".join(parts) + "."
