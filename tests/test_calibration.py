@@ -1,4 +1,4 @@
-"""cxr.calibration: temperature and Platt scaling fitted on validation only, reliability table, report."""
+"""cxr.evaluate.calibration: temperature and Platt scaling fitted on validation only, reliability table, report."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +8,7 @@ import pytest
 from scipy import special
 from sklearn import metrics as skm
 
-from cxr import calibration as C
+from cxr.evaluate import calibration as C
 from cxr.evaluate import expected_calibration_error
 
 

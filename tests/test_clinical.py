@@ -1,10 +1,10 @@
-"""cxr.clinical: PPV/NPV by Bayes' rule across prevalences, net benefit and decision curves, descriptions."""
+"""cxr.evaluate.clinical: PPV/NPV by Bayes' rule across prevalences, net benefit and decision curves, descriptions."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxr import clinical as K
+from cxr.evaluate import clinical as K
 
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
 P = np.array([0.9, 0.6, 0.2, 0.7, 0.3, 0.1, 0.1, 0.05, 0.4, 0.15])

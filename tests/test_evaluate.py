@@ -11,6 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from cxr import evaluate as E
+from cxr.evaluate import metrics as M
 from cxr.config import Config
 
 # 10 samples: 4 negatives, 6 positives; at threshold 0.5: tn=3, fp=1, fn=2, tp=4
@@ -62,7 +63,7 @@ def test_vectorised_resample_metrics_match_sklearn():
         idx = rng.integers(0, len(y), len(y))
         yy, pp = y[idx], p[idx]
         neg, pos = pp[yy == 0], pp[yy == 1]
-        fast = E._class_metrics(neg, pos, [0.5, 0.3])
+        fast = M._class_metrics(neg, pos, [0.5, 0.3])
         ordered_y = np.r_[np.zeros(len(neg), int), np.ones(len(pos), int)]
         ref = [v for t in (0.5, 0.3) for v in E.metric_values(ordered_y, np.r_[neg, pos], t).values()]
         np.testing.assert_allclose(fast, ref, atol=1e-12)
@@ -258,7 +259,7 @@ def test_weighted_resample_metrics_match_sklearn_on_expanded_sample():
     y, p = synthetic(120, seed=11)
     p = np.round(p, 2)  # ties
     w = rng.integers(0, 4, (3, y.size))
-    fast = E._weighted_metrics(p, y.astype(float), w, [0.5, 0.3])
+    fast = M._weighted_metrics(p, y.astype(float), w, [0.5, 0.3])
     for b in range(3):
         yy, pp = np.repeat(y, w[b]), np.repeat(p, w[b])
         ref = [v for t in (0.5, 0.3) for v in E.metric_values(yy, pp, t).values()]

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from cxr import ledger
+from cxr.evaluate import ledger
 from cxr.config import Config
 
 SUMMARY = {"auroc": 0.95, "sensitivity": 0.97, "specificity": 0.61, "n": 624}

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cxr import predictions as pr
+from cxr.evaluate import predictions as pr
 
 # (file name, label, subtype, patient, width, height, probability): threshold 0.5 gives
 # IM-0001 FP, IM-0002 TN, NORMAL2-0003 FP, NORMAL2-0004 FP, bacteria_1 TP, bacteria_2 FN, virus_3 FN, virus_4 TP.

@@ -1,4 +1,4 @@
-"""cxr.threshold: operating-point policies on validation data and their stability under resampling."""
+"""cxr.evaluate.threshold: operating-point policies on validation data and their stability under resampling."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +8,7 @@ import pytest
 from scipy import special
 
 from cxr import evaluate as E
-from cxr import threshold as T
+from cxr.evaluate import threshold as T
 
 
 def nearly_separable(seed: int = 10, n0: int = 170, n1: int = 510, k0: int = 3, k1: int = 6):

@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cxr.config import CLASS_NAMES, SUBTYPE_NAMES
-from cxr.data import atomic_write_text
+from cxr.config import TASKS
+from cxr.io import atomic_write_text
 
-# task: (index column holding the class, (negative class, positive class)); as cxr.train.TASKS, without Keras.
-TASK_CLASSES: dict[str, tuple[str, tuple[str, str]]] = {
-    "pneumonia": ("label", tuple(CLASS_NAMES)),
-    "subtype": ("subtype", tuple(SUBTYPE_NAMES)),
-}
+# task: (index column holding the class, (negative class, positive class)), from the task table.
+TASK_CLASSES: dict[str, tuple[str, tuple[str, str]]] = {name: (t.column, tuple(t.class_names))
+                                                        for name, t in TASKS.items()}
 THRESHOLD_ON = ("raw", "calibrated")
 
 # The columns of a predictions file and their dtypes ("str": pandas' string dtype of the running version).

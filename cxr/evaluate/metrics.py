@@ -1,17 +1,14 @@
-"""Honest evaluation: a threshold chosen on validation, test metrics with bootstrap intervals, `metrics.json`.
+"""Test metrics and their bootstrap intervals: image-level (stratified by class) and patient-level (cluster).
 
 Every metric comes from scikit-learn except the expected calibration error (10 equal-width bins), and every
 interval from `scipy.stats.bootstrap` (percentile method, resampling **within each class**: a stratified
-bootstrap, as in pROC, so that every resample holds both classes and AUROC is always defined). The schema of
-`metrics.json` is described in `doc/metrics_schema.md`.
+bootstrap, as in pROC, so that every resample holds both classes and AUROC is always defined). With patient ids
+(`groups`), patients are resampled instead of images (a cluster bootstrap) and that interval is the headline.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +16,6 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
-from cxr.io import update_markdown  # noqa: F401  (evaluate.update_markdown: the results blocks of README/doc)
-
-SCHEMA_VERSION = 1
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy",
            "brier", "ece")
 METRIC_LABELS = {
@@ -33,31 +27,12 @@ CI_METHOD = "percentile bootstrap (scipy.stats.bootstrap), resampling within eac
 PATIENT_CI_METHOD = ("percentile cluster bootstrap (scipy.stats.bootstrap), resampling patients within each class "
                      "(stratified by the patient's label); every image of a drawn patient enters the resample")
 
-REFERENCES: dict[str, dict[str, Any]] = {
-    "Kermany et al. 2018": {
-        "citation": "Kermany D.S. et al., Identifying medical diagnoses and treatable diseases by image-based deep "
-                    "learning, Cell 172(5):1122-1131, 2018. doi:10.1016/j.cell.2018.02.010",
-        "metrics": {"auroc": 0.968, "accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901},
-        "protocol": "Pneumonia vs normal on the same 624 official test images; ImageNet Inception V3 transfer "
-                    "learning; no separate validation set: the model was selected on the test partition, so the "
-                    "numbers are optimistic.",
-    },
-    "MedMNIST+ (Doerrich et al. 2024)": {
-        "citation": "Doerrich S. et al., Rethinking model prototyping through the MedMNIST+ dataset collection, "
-                    "2024. arXiv:2404.15786",
-        "metrics": {"auroc": 0.989, "accuracy": 0.916},
-        "protocol": "PneumoniaMNIST at 224 px (same 624 test images); model selection on a held-out validation "
-                    "split, test scored once; best AUC and best ACC over the benchmarked models and training "
-                    "schemes (not necessarily the same model), threshold 0.5.",
-    },
-}
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inputs and threshold
+# Inputs
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     """0/1 integer labels and float64 probabilities of equal length, or a clear error."""
     y = np.asarray(y).reshape(-1)
     p = np.asarray(p, dtype="float64").reshape(-1)
@@ -72,38 +47,13 @@ def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(int), p
 
 
-def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden", target_sensitivity: float = 0.95) -> float:
-    """The decision threshold (predict positive when p >= threshold), chosen on VALIDATION data only.
-
-    - "youden": the ROC point maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold).
-    - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
-
-    The threshold is one of the validation scores (as `sklearn.metrics.roc_curve` gives them), kept inside the open
-    interval (0, 1) so that it stays a usable probability.
-    """
-    y, p = _check(y_val, p_val)
-    if len(np.unique(y)) < 2:
-        raise ValueError("choosing a threshold needs both classes in the validation labels")
-    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
-    if policy == "youden":
-        i = int(np.argmax(tpr - fpr))
-    elif policy == "sensitivity":
-        if not 0.0 < target_sensitivity <= 1.0:
-            raise ValueError("target_sensitivity must lie in (0, 1]")
-        i = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])  # tpr ends at 1, so one always exists
-    else:
-        raise ValueError(f"unknown threshold policy {policy!r}; choose 'youden' or 'sensitivity'")
-    eps = 1e-6
-    return float(np.clip(thresholds[i], eps, 1.0 - eps))  # thresholds[0] is +inf in scikit-learn
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Point metrics
 # ---------------------------------------------------------------------------------------------------------------
 
 def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
     """ECE: the sample-weighted mean |observed positive rate - mean predicted probability| over equal-width bins."""
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)  # p = 1.0 goes to the last bin
     count = np.bincount(bins, minlength=n_bins)
     gap = np.abs(np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(bins, weights=p, minlength=n_bins))
@@ -113,7 +63,7 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
 def metric_values(y: Any, p: Any, threshold: float) -> dict[str, float]:
     """All metrics at one threshold (positive when p >= threshold); NaN where a metric is undefined
     (e.g. AUROC with a single class, precision with no positive prediction)."""
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     return _metric_values(y, p, threshold)
 
 
@@ -139,7 +89,7 @@ def _metric_values(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
 
 def confusion(y: Any, p: Any, threshold: float) -> list[list[int]]:
     """[[tn, fp], [fn, tp]] at `threshold` (rows: true class 0/1, columns: predicted class 0/1)."""
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     return skm.confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).tolist()
 
 
@@ -333,10 +283,10 @@ def bootstrap_draws(y: Any, p: Any, threshold: float, groups: Any = None, n_boot
     """The bootstrap distribution behind the intervals: one row per resample, one column per metric (METRICS).
 
     The same resamples as `evaluate`/`task_report` with the same `groups`, `n_bootstrap` and `seed` (patient-level
-    with `groups`, image-level without), e.g. for PPV/NPV across prevalences (`cxr.clinical.prevalence_curves`)
+    with `groups`, image-level without), e.g. for PPV/NPV across prevalences (`cxr.evaluate.clinical.prevalence_curves`)
     from the `sensitivity` and `specificity` columns. Empty when no interval can be computed.
     """
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     setup = _resampler(y, p, [float(threshold)], groups)
     if n_bootstrap <= 0 or setup is None:
         return pd.DataFrame(columns=list(METRICS), dtype=float)
@@ -373,7 +323,7 @@ def evaluate(y: Any, p: Any, threshold: float, n_bootstrap: int = 2000, ci_level
     image-level "image_ci_low"/"image_ci_high"; "n_patients", "n_patients_positive", "ci_method" and
     "image_ci_method" are added (see `task_report`).
     """
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     out: dict[str, Any] = _with_image_intervals(y, p, [float(threshold)], n_bootstrap, ci_level, seed, groups)[0]
     out.update(confusion_matrix=confusion(y, p, threshold), n=int(y.size), n_positive=int(y.sum()),
                threshold=float(threshold))
@@ -399,7 +349,7 @@ def task_report(y: Any, p: Any, threshold: float, config: Any = None, n_bootstra
     n_bootstrap = n_bootstrap if n_bootstrap is not None else getattr(config, "n_bootstrap", 2000)
     ci_level = ci_level if ci_level is not None else getattr(config, "ci_level", 0.95)
     seed = seed if seed is not None else getattr(config, "seed", 0)
-    y, p = _check(y, p)
+    y, p = check_inputs(y, p)
     at_t, at_half = _with_image_intervals(y, p, [float(threshold), 0.5], n_bootstrap, ci_level, seed, groups)
     out = {
         "threshold": float(threshold),
@@ -413,187 +363,3 @@ def task_report(y: Any, p: Any, threshold: float, config: Any = None, n_bootstra
     if groups is not None:
         out.update(_patient_counts(y, groups))
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# metrics.json
-# ---------------------------------------------------------------------------------------------------------------
-
-def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The evaluation protocol of a run, from its `Config` (and the split counts from the index)."""
-    out: dict[str, Any] = {
-        "split": "official test split scored once; training patients re-split into train/val by patient",
-        "split_seed": config.seed,
-        "val_fraction": config.val_fraction,
-        "threshold_source": "validation split",
-        "threshold_policy": config.threshold_policy,
-        "target_sensitivity": config.target_sensitivity if config.threshold_policy == "sensitivity" else None,
-        "n_bootstrap": config.n_bootstrap,
-        "ci_level": config.ci_level,
-        "ci_method": CI_METHOD,
-        "ece_bins": 10,
-        "image_size": config.image_size,
-        "resize_policy": config.resize_policy,
-        "backbone": config.backbone,
-        "weights": config.weights,
-        "mode": config.mode,
-    }
-    if index is not None and "split" in index:
-        out["images_per_split"] = {str(k): int(v) for k, v in index["split"].value_counts().sort_index().items()}
-        if "patient_id" in index:
-            out["patients_per_split"] = {str(k): int(v) for k, v in
-                                         index.groupby("split")["patient_id"].nunique().sort_index().items()}
-    return out
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (null = undefined)."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return x.as_posix()
-    return x
-
-
-REQUIRED_TASK_KEYS = ("threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix")
-
-
-def metrics_document(protocol: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The `metrics.json` document: schema_version, created, protocol (with each task's threshold), tasks.
-
-    `tasks` maps a task name ("pneumonia", "subtype") to a `task_report`. See doc/metrics_schema.md.
-    """
-    for name, t in tasks.items():
-        missing = [k for k in REQUIRED_TASK_KEYS if k not in t]
-        if missing:
-            raise ValueError(f"task {name!r} lacks {missing}; build it with task_report()")
-    proto = {**protocol, "thresholds": {name: t["threshold"] for name, t in tasks.items()}}
-    main = "pneumonia" if "pneumonia" in tasks else (next(iter(tasks)) if len(tasks) == 1 else None)
-    proto["threshold"] = tasks[main]["threshold"] if main else None  # the main task's, for quick reading
-    doc = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "protocol": proto, "tasks": tasks}
-    return _clean(doc)
-
-
-def write_metrics(path: str | Path, doc: dict[str, Any]) -> Path:
-    """Write the document as strict JSON (no NaN), atomically (temporary file in the same folder, os.replace)."""
-    from cxr.io import atomic_write_text
-
-    return atomic_write_text(Path(path), json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """Read a `metrics.json`, checking its schema version."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    return doc
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tables for display
-# ---------------------------------------------------------------------------------------------------------------
-
-def fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
-    if not m or m.get("value") is None or not math.isfinite(m["value"]):
-        return "n/a"
-    lo, hi = m.get("ci_low"), m.get("ci_high")
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{m['value']:.{digits}f}"
-    return f"{m['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def report_table(task: dict[str, Any]) -> pd.DataFrame:
-    """One task's metrics as value [CI] at the validation threshold and at 0.5 (one row per metric)."""
-    level = "95%"
-    rows = {METRIC_LABELS[m]: {f"at threshold {task['threshold']:.3f} ({level} CI)": fmt(task["at_threshold"][m]),
-                               f"at 0.5 ({level} CI)": fmt(task["at_0.5"][m])} for m in METRICS}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = f"n = {task['n']} ({task['n_positive']} positive)"
-    return table
-
-
-def results_table(doc: dict[str, Any]) -> pd.DataFrame:
-    """Every task of a metrics document: rows (task, metric), columns value [CI] at the threshold and at 0.5."""
-    frames = []
-    for name, t in doc["tasks"].items():
-        frames.append(pd.DataFrame({
-            "task": name, "metric": list(METRICS),
-            "threshold": t["threshold"],
-            "at_threshold": [fmt(t["at_threshold"][m]) for m in METRICS],
-            "at_0.5": [fmt(t["at_0.5"][m]) for m in METRICS],
-        }))
-    if not frames:
-        return pd.DataFrame(columns=["threshold", "at_threshold", "at_0.5"])
-    return pd.concat(frames, ignore_index=True).set_index(["task", "metric"])
-
-
-def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFrame:
-    """Our pneumonia-vs-normal test metrics beside Kermany et al. 2018 and MedMNIST+, each with its protocol."""
-    cols = ("auroc", "accuracy", "sensitivity", "specificity")
-    rows = []
-    t = doc["tasks"].get(task)
-    if t is not None:
-        policy = doc.get("protocol", {}).get("threshold_policy", "?")
-        for key, label, note in (
-            ("at_threshold", f"This study (threshold {t['threshold']:.3f})",
-             f"patient-level split; threshold ({policy}) and epochs chosen on validation; test scored once; 95% CI"),
-            ("at_0.5", "This study (threshold 0.5)", "same model, fixed threshold 0.5 as most papers report"),
-        ):
-            rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "protocol": note})
-    for name, ref in REFERENCES.items():
-        rows.append({"model": name, **{c: (f"{ref['metrics'][c]:.3f}" if c in ref["metrics"] else "n/a") for c in cols},
-                     "protocol": ref["protocol"]})
-    return pd.DataFrame(rows).set_index("model").rename(columns={"auroc": "AUROC", "accuracy": "accuracy",
-                                                                 "sensitivity": "sensitivity",
-                                                                 "specificity": "specificity"})
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Markdown for README.md and doc/results.md (written from metrics.json, never typed by hand)
-# ---------------------------------------------------------------------------------------------------------------
-
-TASK_TITLES = {"pneumonia": "Pneumonia vs normal", "subtype": "Bacterial vs viral pneumonia"}
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json", headline: bool = False) -> str:
-    """The results as Markdown: each task's test metrics with 95% intervals (at the validation threshold and at
-    0.5), then the comparison with the literature, each with its protocol. `headline`: the comparison table and
-    one line per other task only (for the README)."""
-    p = doc.get("protocol", {})
-    parts = [
-        f"Official test set, scored once; thresholds chosen on validation ({p.get('threshold_policy', '?')}); "
-        f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
-        f"({p.get('ci_method', '')}). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
-        f"{p.get('image_size', '?')} px. Written by `python -m cxr results --run {Path(source).parent.as_posix()}` "
-        f"from `{source}`."
-    ]
-    for task, t in doc["tasks"].items():
-        if headline:
-            if task != "pneumonia":
-                parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, threshold {t['threshold']:.3f} from "
-                             "validation): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
-                                                         ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
-            continue
-        rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(t["at_0.5"][m])] for m in METRICS]
-        parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
-            ["metric", f"at validation threshold {t['threshold']:.3f}", "at 0.5"], rows))
-    if "pneumonia" in doc["tasks"]:
-        table = comparison_table(doc)
-        rows = [[name, *[str(v) for v in r[:-1]], r[-1]] for name, r in zip(table.index, table.to_numpy().tolist())]
-        parts.insert(1 if headline else len(parts),
-                     "**Pneumonia vs normal beside the literature** (the same 624 test images)\n\n"
-                     + _md_table(["model", *table.columns[:-1], "protocol"], rows))
-    return "\n\n".join(parts)

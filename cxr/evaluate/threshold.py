@@ -4,7 +4,7 @@ With validation AUROC near 0.99 the classes are almost separated: Youden's J is 
 it) over a wide range of thresholds, and its argmax (the highest threshold of the plateau) jumps from one model
 or resample to the next. Every policy here reads validation labels and probabilities only:
 
-- "youden": `cxr.evaluate.choose_threshold` (maximal J; ties to the highest threshold), for reference.
+- "youden": `choose_threshold` (maximal J; ties to the highest threshold), for reference.
 - "plateau": the middle (median by length in logit space) of the thresholds whose J is within `tolerance` of
   the maximum. Default tolerance 0.05 (DEFAULT_TOLERANCE): thresholds whose sensitivity + specificity is within
   5 points of the best are treated as equally good, about two standard errors of J on a validation set with a
@@ -14,7 +14,7 @@ or resample to the next. Every policy here reads validation labels and probabili
   (logit SD 0.45-2.2x Youden's) while 0.05 cut it to 0.06-0.36x (tests/test_threshold.py keeps one such case);
   on exactly separable sets Youden's threshold (the lowest positive score) already moved little and neither
   rule was consistently steadier.
-- "calibrated": the raw probability at which Platt-calibrated validation probabilities (`cxr.calibration`)
+- "calibrated": the raw probability at which Platt-calibrated validation probabilities (`cxr.evaluate.calibration`)
   reach `target` (0.5: sigmoid(-b / a)), a maximum-likelihood fit to every validation image. In the simulations above
   it was the steadiest on exactly separable sets and steadier than Youden otherwise (logit SD 0.4-0.6 against
   0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). (Temperature scaling alone keeps 0.5 at 0.5, so it
@@ -29,12 +29,37 @@ import pandas as pd
 from scipy import special
 from sklearn import metrics as skm
 
-from cxr.calibration import check_inputs, fit_platt, logit
-from cxr.evaluate import choose_threshold, patient_strata
+from cxr.evaluate.calibration import fit_platt, logit
+from cxr.evaluate.metrics import check_inputs, patient_strata
 
 POLICIES = ("youden", "plateau", "calibrated")
 EPS = 1e-6
 DEFAULT_TOLERANCE = 0.05
+
+
+def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden", target_sensitivity: float = 0.95) -> float:
+    """The decision threshold (predict positive when p >= threshold), chosen on VALIDATION data only.
+
+    - "youden": the ROC point maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold).
+    - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
+
+    The threshold is one of the validation scores (as `sklearn.metrics.roc_curve` gives them), kept inside the open
+    interval (0, 1) so that it stays a usable probability.
+    """
+    y, p = check_inputs(y_val, p_val)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation labels")
+    fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
+    if policy == "youden":
+        i = int(np.argmax(tpr - fpr))
+    elif policy == "sensitivity":
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError("target_sensitivity must lie in (0, 1]")
+        i = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])  # tpr ends at 1, so one always exists
+    else:
+        raise ValueError(f"unknown threshold policy {policy!r}; choose 'youden' or 'sensitivity'")
+    eps = 1e-6
+    return float(np.clip(thresholds[i], eps, 1.0 - eps))  # thresholds[0] is +inf in scikit-learn
 
 
 def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:

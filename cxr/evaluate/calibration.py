@@ -14,22 +14,12 @@ from scipy import optimize, special
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from cxr.evaluate import expected_calibration_error
+from cxr.evaluate.metrics import check_inputs, expected_calibration_error
 
 EPS = 1e-7
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
-def check_inputs(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 integer labels and float64 probabilities in [0, 1] of equal length, or a ValueError."""
-    y, p = np.asarray(y).reshape(-1), np.asarray(p, dtype="float64").reshape(-1)
-    if y.shape != p.shape or y.size == 0:
-        raise ValueError(f"need equal, non-zero numbers of labels and probabilities; got {y.size} and {p.size}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0/1")
-    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError("probabilities must be finite and lie in [0, 1]")
-    return y.astype(int), p
 
 
 def logit(p: Any) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.calibration import check_inputs
+from cxr.evaluate.metrics import check_inputs
 
 DEFAULT_PREVALENCES = np.round(np.linspace(0.01, 0.99, 99), 2)
 
