@@ -53,8 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for task in args.tasks:
         if not (run / task / "model.keras").is_file():
             continue
-        m, meta = model.load_model(run / task)
-        reports[task] = pipeline.score_test(config, prepared, task, m, meta["threshold"])[3]
+        reports[task] = pipeline.evaluate_saved(config, prepared, task, run / task, run)
     doc = pipeline.write_metrics(config, prepared, reports, run)
     print(evaluate.results_table(doc).to_string())
     return 0

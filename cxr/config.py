@@ -41,6 +41,10 @@ def task(name: str) -> Task:
     return TASKS[name]
 
 
+THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "calibrated")
+CALIBRATIONS = ("temperature", "platt", "none")
+
+
 @dataclass(frozen=True)
 class Config:
     """Every choice of a run. Change it with `dataclasses.replace` or `Config.preset(mode, **overrides)`."""
@@ -77,8 +81,14 @@ class Config:
     patience: int = 5  # early stopping on validation AUROC
     mixed_precision: str = "auto"  # "auto" (on GPU only), "on", "off"
     # evaluation
-    threshold_policy: str = "youden"  # "youden" or "sensitivity"
+    # the operating point, chosen on validation (cxr.evaluate.threshold): "plateau" (the middle of the thresholds
+    # whose Youden J is within `threshold_tolerance` of the best; stable on a saturated validation set), "youden",
+    # "sensitivity" (reach `target_sensitivity`) or "calibrated" (0.5 after Platt scaling on validation)
+    threshold_policy: str = "plateau"
+    threshold_tolerance: float = 0.05
     target_sensitivity: float = 0.95
+    calibration: str = "temperature"  # fitted on validation, saved with the model: "temperature", "platt", "none"
+    n_seeds: int = 1  # training runs per task (seeds seed, seed+1, ...); > 1 adds the seed spread and the ensemble
     n_bootstrap: int = 2000
     ci_level: float = 0.95
     # explanation
@@ -124,8 +134,12 @@ class Config:
             raise ValueError(f"mixed_precision must be 'auto', 'on' or 'off', not {self.mixed_precision!r}")
         if self.resize_policy not in RESIZE_POLICIES:
             raise ValueError(f"resize_policy must be 'squash' or 'letterbox', not {self.resize_policy!r}")
-        if self.threshold_policy not in ("youden", "sensitivity"):
-            raise ValueError(f"threshold_policy must be 'youden' or 'sensitivity', not {self.threshold_policy!r}")
+        if self.threshold_policy not in THRESHOLD_POLICIES:
+            raise ValueError(f"threshold_policy must be one of {THRESHOLD_POLICIES}, not {self.threshold_policy!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
+        if self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be at least 1, not {self.n_seeds!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must lie in (0, 1)")
 

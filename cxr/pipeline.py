@@ -1,21 +1,40 @@
 """One task end to end, the same for the notebook and `python -m cxr train`:
 
-    fit (train + val only) -> threshold on validation -> save the model -> score the test split ONCE -> report
+    fit (train + val only) -> on VALIDATION: operating point (and its stability), calibration
+    -> save the model (with threshold and calibration) -> score the test split ONCE -> report, predictions file,
+    one line in the test-access ledger
 
 and `run_study`, every task plus `metrics.json`. Each step is a call into the module that owns it (`train`,
-`model`, `evaluate`); this file only fixes their order.
+`model`, `evaluate.*`); this file only fixes their order. Nothing before "score the test split" reads a test label
+or a test image.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cxr import evaluate, model as cxr_model, train
 from cxr.config import Config, task as get_task
 from cxr.data import Prepared
+from cxr.evaluate import calibration, clinical, ledger, predictions, threshold as thresholds
+
+STABILITY_POLICIES = ("youden", "plateau", "calibrated")  # compared on validation resamples, whatever the policy
+
+
+@dataclass
+class Scores:
+    """One split's rows of a task: positions (into prepared.index / images), 0/1 labels, probabilities, and the
+    probabilities after the validation-fitted calibration (equal to `p` when calibration is "none")."""
+
+    positions: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
+    p_calibrated: np.ndarray
+    groups: np.ndarray  # patient ids
 
 
 @dataclass
@@ -23,41 +42,144 @@ class TaskOutcome:
     """What `run_task` produced for one task."""
 
     task: str
-    result: train.TrainResult  # the trained model, its history and timings
-    threshold: float  # chosen on validation by config.threshold_policy
-    positions: np.ndarray  # the test rows (positions into prepared.index / prepared.images)
-    y: np.ndarray  # their 0/1 labels
-    p: np.ndarray  # the model's probabilities of the positive class
-    report: dict[str, Any]  # evaluate.task_report: metrics with bootstrap intervals (an entry of metrics.json)
+    result: train.TrainResult  # the trained model, its history, stage selection and timings
+    threshold: float  # chosen on validation by config.threshold_policy (on the uncalibrated probability)
+    calibrator: dict[str, Any] | None  # fitted on validation (`evaluate.calibration.fit_calibrator`), or None
+    val: Scores
+    test: Scores
+    report: dict[str, Any]  # evaluate.task_report (+ calibration, operating point): an entry of metrics.json
+    stability: pd.DataFrame  # the threshold policies on bootstrap resamples of the validation set
+    draws: pd.DataFrame  # patient-level bootstrap draws of the test metrics at the threshold
+    predictions: pd.DataFrame  # every validation and test prediction (also written to predictions_<task>.csv)
     model_dir: Path  # the saved model folder (model.keras + model.json)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # the names the notebook used before the validation/test split of fields
+    @property
+    def positions(self) -> np.ndarray:
+        return self.test.positions
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.test.y
+
+    @property
+    def p(self) -> np.ndarray:
+        return self.test.p
 
 
-def score_test(config: Config, prepared: Prepared, task: str, model: Any,
-               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Score the test split once: (positions, labels, probabilities, the task report)."""
-    positions, y, p = train.predict_split(model, prepared.index, prepared.images, task, "test")
-    return positions, y, p, evaluate.task_report(y, p, threshold, config)
+def scores(config: Config, prepared: Prepared, task: str, model: Any, split: str,
+           calibrator: dict[str, Any] | None = None) -> Scores:
+    """Predict one split of `task` with `model` (and apply `calibrator` when given)."""
+    positions, y, p = train.predict_split(model, prepared.index, prepared.images, task, split)
+    p_cal = calibration.apply_calibrator(calibrator, p) if calibrator else p.copy()
+    groups = prepared.index["patient_id"].to_numpy()[positions]
+    return Scores(positions, y.astype(int), p, np.asarray(p_cal, dtype="float64"), groups)
+
+
+def operating_point(config: Config, val: Scores) -> tuple[float, pd.DataFrame]:
+    """The threshold of `config.threshold_policy` on validation, and how the policies move under patient-level
+    bootstrap resamples of the validation set (`evaluate.threshold.stability`)."""
+    t = thresholds.choose(val.y, val.p, config.threshold_policy, tolerance=config.threshold_tolerance,
+                          target_sensitivity=config.target_sensitivity)
+    policies = list(dict.fromkeys([config.threshold_policy, *STABILITY_POLICIES]))
+    n_boot = max(50, min(200, config.n_bootstrap // 10))
+    table = thresholds.stability(val.y, val.p, policy=policies, n_boot=n_boot, seed=config.seed, groups=val.groups)
+    return t, table
+
+
+def fit_calibration(config: Config, val: Scores) -> dict[str, Any] | None:
+    """The calibrator of `config.calibration`, fitted on validation only (None for "none")."""
+    if config.calibration == "none":
+        return None
+    return calibration.fit_calibrator(val.y, val.p, config.calibration)
+
+
+def score_test(config: Config, prepared: Prepared, task: str, model: Any, threshold: float,
+               calibrator: dict[str, Any] | None, val: Scores, run_dir: Path,
+               note: str = "") -> tuple[Scores, dict[str, Any], pd.DataFrame]:
+    """Score the test split ONCE: its scores, the task report (patient-level intervals as the headline, image-level
+    kept; calibration before/after) and the patient-level bootstrap draws; one line in the test-access ledger."""
+    test = scores(config, prepared, task, model, "test", calibrator)
+    report = evaluate.task_report(test.y, test.p, threshold, config, groups=test.groups)
+    if calibrator is not None:
+        report["calibration"] = calibration.calibrate_and_report(val.y, val.p, test.y, test.p, calibrator["method"])
+    draws = evaluate.bootstrap_draws(test.y, test.p, threshold, groups=test.groups,
+                                     n_bootstrap=config.n_bootstrap, seed=config.seed)
+    ledger.record_test_access(run_dir, task, config.to_dict(), ledger.metric_summary(report), note=note)
+    return test, report, draws
 
 
 def run_task(config: Config, prepared: Prepared, task: str, run_dir: str | Path | None = None,
              verbose: int = 0) -> TaskOutcome:
-    """Train `task`, choose its threshold on validation, save the model to `<run_dir>/<task>/` (with the run record
-    `<run_dir>/<task>_run.json`), then score the test split once. `run_dir` defaults to `config.run_dir`."""
+    """Train `task`; on validation choose its threshold and fit its calibration; save the model to
+    `<run_dir>/<task>/` (run record `<run_dir>/<task>_run.json`); then score the test split once and write
+    `<run_dir>/predictions_<task>.csv`. `run_dir` defaults to `config.run_dir`."""
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
     class_names = list(get_task(task).class_names)
     result = train.fit(config, prepared.index, prepared.images, task=task, verbose=verbose)
-    threshold = train.validation_threshold(result.model, config, prepared.index, prepared.images, task)
-    model_dir = cxr_model.save_model(result.model, run_dir / task, config, threshold, class_names)
+
+    val = scores(config, prepared, task, result.model, "val")
+    threshold, stability = operating_point(config, val)
+    calibrator = fit_calibration(config, val)
+    if calibrator is not None:
+        val.p_calibrated = calibration.apply_calibrator(calibrator, val.p)
+    model_dir = cxr_model.save_model(result.model, run_dir / task, config, threshold, class_names,
+                                     extra={"calibration": calibrator, "threshold_policy": config.threshold_policy})
     train.record(result, config, run_dir / f"{task}_run.json")
-    positions, y, p, report = score_test(config, prepared, task, result.model, threshold)
-    return TaskOutcome(task, result, threshold, positions, y, p, report, model_dir)
+
+    test, report, draws = score_test(config, prepared, task, result.model, threshold, calibrator, val, run_dir)
+    report["operating_point"] = {
+        "policy": config.threshold_policy, "tolerance": config.threshold_tolerance,
+        "validation_stability": _records(thresholds.stability_summary(stability)),
+    }
+    report["kept_stage"] = result.kept_stage
+    frame = pd.concat([predictions.predictions_frame(prepared.index, s.positions, split, task, s.p, s.p_calibrated,
+                                                     threshold) for split, s in (("val", val), ("test", test))],
+                      ignore_index=True)
+    predictions.write_predictions(frame, predictions.predictions_path(run_dir, task))
+    return TaskOutcome(task, result, threshold, calibrator, val, test, report, stability, draws, frame, model_dir)
+
+
+def evaluate_saved(config: Config, prepared: Prepared, task: str, model_dir: str | Path,
+                   run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-score a saved model of `task` (`python -m cxr evaluate`): its saved threshold and calibration, the
+    validation scores for the calibration report, then the test split once (a ledger line). The task report."""
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    model, meta = cxr_model.load_model(model_dir)
+    calibrator = meta.get("calibration")
+    val = scores(config, prepared, task, model, "val", calibrator)
+    _, report, _ = score_test(config, prepared, task, model, float(meta["threshold"]), calibrator, val, run_dir,
+                              note="re-scored by python -m cxr evaluate")
+    return report
+
+
+def clinical_curves(outcome: TaskOutcome, ci_level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the operating point means beyond the test set: PPV/NPV across prevalences, and its decision curve
+    (net benefit against threshold probability, at the test prevalence), both from the patient-level bootstrap
+    draws of test sensitivity and specificity."""
+    at = outcome.report["at_threshold"]
+    point = (at["sensitivity"]["value"], at["specificity"]["value"])
+    draws = outcome.draws
+    curves = clinical.prevalence_curves(draws["sensitivity"], draws["specificity"], point=point, ci_level=ci_level)
+    decision = clinical.operating_point_curve(draws["sensitivity"], draws["specificity"],
+                                              prevalence=float(outcome.test.y.mean()), point=point, ci_level=ci_level)
+    return curves, decision
+
+
+def _records(frame: pd.DataFrame) -> dict[str, Any]:
+    return {str(k): {c: (None if pd.isna(v) else float(v)) for c, v in row.items()} for k, row in frame.iterrows()}
 
 
 def write_metrics(config: Config, prepared: Prepared, reports: dict[str, dict[str, Any]],
                   run_dir: str | Path | None = None) -> dict[str, Any]:
-    """The metrics document (protocol + one report per task), written to `<run_dir>/metrics.json`."""
+    """The metrics document (protocol + one report per task + the test-access count), written to
+    `<run_dir>/metrics.json`."""
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
     doc = evaluate.metrics_document(evaluate.protocol(config, prepared.index), reports)
+    path = run_dir / ledger.LEDGER_NAME
+    doc["test_ledger"] = {"file": ledger.LEDGER_NAME, "scorings": ledger.count_test_accesses(path),
+                          "description": ledger.describe_ledger(path)}
     evaluate.write_metrics(run_dir / "metrics.json", doc)
     return doc
 

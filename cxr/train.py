@@ -253,8 +253,8 @@ def predict_split(model: keras.Model, index: pd.DataFrame, images: np.ndarray, t
 def validation_threshold(model: keras.Model, config: Config, index: pd.DataFrame, images: np.ndarray,
                          task: str) -> float:
     """The decision threshold of `task`, chosen on the validation split by `config.threshold_policy`."""
-    from cxr.evaluate import choose_threshold
+    from cxr.evaluate import choose
 
     _, y_val, p_val = predict_split(model, index, images, task, "val", config.batch_size)
-    return choose_threshold(y_val, p_val, policy=config.threshold_policy,
-                            target_sensitivity=config.target_sensitivity)
+    return choose(y_val, p_val, config.threshold_policy, tolerance=config.threshold_tolerance,
+                  target_sensitivity=config.target_sensitivity)

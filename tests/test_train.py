@@ -78,7 +78,7 @@ def test_threshold_never_reads_test_labels(trained):
     assert t1 == t2
     assert 0.0 <= t1 <= 1.0
     _, y_val, p_val = train.predict_split(result.model, index, images, "pneumonia", "val")
-    assert t1 == evaluate.choose_threshold(y_val, p_val, "youden")
+    assert t1 == evaluate.choose(y_val, p_val, cfg.threshold_policy, tolerance=cfg.threshold_tolerance)
 
 
 def test_training_ignores_the_test_split():
@@ -176,12 +176,22 @@ def test_run_task_is_fit_threshold_save_score_report(tmp_path):
     assert out.model_dir == tmp_path / "run" / "subtype"
     loaded, meta = cxr_model.load_model(out.model_dir)
     assert meta["class_names"] == ["bacteria", "virus"] and meta["threshold"] == pytest.approx(out.threshold)
-    assert out.threshold == train.validation_threshold(out.result.model, cfg, index, images, "subtype")
+    # the operating point and the calibration come from validation alone
+    _, y_val, p_val = train.predict_split(out.result.model, index, images, "subtype", "val")
+    assert out.threshold == evaluate.choose(y_val, p_val, cfg.threshold_policy, tolerance=cfg.threshold_tolerance)
+    assert meta["calibration"] == evaluate.fit_calibrator(y_val, p_val, cfg.calibration)
     np.testing.assert_array_equal(out.positions, prepared.rows("test", "subtype"))
     np.testing.assert_array_equal(out.y, prepared.labels("subtype", out.positions))
     np.testing.assert_allclose(out.p, train.predict_proba(loaded, images[out.positions]), atol=1e-5)
-    same = evaluate.task_report(out.y, out.p, out.threshold, cfg)
-    assert json.dumps(out.report, sort_keys=True) == json.dumps(same, sort_keys=True)  # NaN-safe equality
+    same = evaluate.task_report(out.y, out.p, out.threshold, cfg, groups=index.patient_id.to_numpy()[out.positions])
+    for key, value in same.items():  # NaN-safe equality; run_task adds calibration and the operating point
+        assert json.dumps(out.report[key], sort_keys=True) == json.dumps(value, sort_keys=True), key
+    assert out.report["ci_method"] == evaluate.PATIENT_CI_METHOD
     assert json.loads((tmp_path / "run" / "subtype_run.json").read_text())["task"] == "subtype"
+    # every validation and test prediction on record, and one scoring of the test split in the ledger
+    frame = evaluate.predictions.read_predictions(tmp_path / "run" / "predictions_subtype.csv")
+    assert len(frame) == len(out.val.y) + len(out.y) and set(frame.split) == {"val", "test"}
+    assert evaluate.ledger.count_test_accesses(tmp_path / "run") == 1
     doc = pipeline.write_metrics(cfg, prepared, {"subtype": out.report})
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["tasks"]["subtype"]["n"] == doc["tasks"]["subtype"]["n"]
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["tasks"]["subtype"]["n"] == doc["tasks"]["subtype"]["n"] and written["test_ledger"]["scorings"] == 1

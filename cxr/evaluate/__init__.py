@@ -16,6 +16,7 @@ from cxr.evaluate.metrics import (CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_
 from cxr.evaluate.threshold import choose, choose_threshold, stability, stability_summary, describe_stability
 from cxr.evaluate.calibration import (apply_calibrator, calibrate_and_report, fit_calibrator, fit_temperature,
                                       apply_temperature, reliability_table)
+from cxr.evaluate import clinical, ledger, predictions  # noqa: E402  (modules)
 from cxr.evaluate.document import (REFERENCES, SCHEMA_VERSION, TASK_TITLES, comparison_table, fmt, markdown_results,
                                    metrics_document, protocol, read_metrics, report_table, results_table,
                                    write_metrics)

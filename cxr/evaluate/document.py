@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr.evaluate.metrics import CI_METHOD, METRIC_LABELS, METRICS
+from cxr.evaluate.metrics import CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_METHOD
 from cxr.io import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -47,10 +47,16 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
         "val_fraction": config.val_fraction,
         "threshold_source": "validation split",
         "threshold_policy": config.threshold_policy,
+        "threshold_tolerance": getattr(config, "threshold_tolerance", None) if config.threshold_policy == "plateau"
+        else None,
         "target_sensitivity": config.target_sensitivity if config.threshold_policy == "sensitivity" else None,
+        "calibration": getattr(config, "calibration", None),
+        "calibration_source": "validation split",
         "n_bootstrap": config.n_bootstrap,
         "ci_level": config.ci_level,
-        "ci_method": CI_METHOD,
+        "ci_method": PATIENT_CI_METHOD,
+        "image_ci_method": CI_METHOD,
+        "seeds": getattr(config, "n_seeds", 1),
         "ece_bins": 10,
         "image_size": config.image_size,
         "resize_policy": config.resize_policy,
@@ -162,7 +168,8 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
         policy = doc.get("protocol", {}).get("threshold_policy", "?")
         for key, label, note in (
             ("at_threshold", f"This study (threshold {t['threshold']:.3f})",
-             f"patient-level split; threshold ({policy}) and epochs chosen on validation; test scored once; 95% CI"),
+             f"patient-level split; threshold ({policy}), epochs and stage chosen on validation; test scored once; "
+             "95% patient-level CI"),
             ("at_0.5", "This study (threshold 0.5)", "same model, fixed threshold 0.5 as most papers report"),
         ):
             rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "protocol": note})
@@ -195,7 +202,7 @@ def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json"
     parts = [
         f"Official test set, scored once; thresholds chosen on validation ({p.get('threshold_policy', '?')}); "
         f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
-        f"({p.get('ci_method', '')}). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
+        f"({p.get('ci_method', '')}; image-level intervals are in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
         f"{p.get('image_size', '?')} px. Written by `python -m cxr results --run {Path(source).parent.as_posix()}` "
         f"from `{source}`."
     ]
@@ -207,8 +214,15 @@ def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json"
                                                          ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
             continue
         rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(t["at_0.5"][m])] for m in METRICS]
+        cal = t.get("calibration")
+        if cal:
+            before, after = cal["test"]["before"], cal["test"]["after"]
+            rows.append([f"Expected calibration error after {cal['method']} scaling (fitted on validation)",
+                         f"{after['ece']:.3f} (before: {before['ece']:.3f})", ""])
         parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
             ["metric", f"at validation threshold {t['threshold']:.3f}", "at 0.5"], rows))
+    if doc.get("test_ledger") and not headline:
+        parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
     if "pneumonia" in doc["tasks"]:
         table = comparison_table(doc)
         rows = [[name, *[str(v) for v in r[:-1]], r[-1]] for name, r in zip(table.index, table.to_numpy().tolist())]

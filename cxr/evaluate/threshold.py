@@ -32,7 +32,7 @@ from sklearn import metrics as skm
 from cxr.evaluate.calibration import fit_platt, logit
 from cxr.evaluate.metrics import check_inputs, patient_strata
 
-POLICIES = ("youden", "plateau", "calibrated")
+POLICIES = ("youden", "sensitivity", "plateau", "calibrated")
 EPS = 1e-6
 DEFAULT_TOLERANCE = 0.05
 
@@ -88,9 +88,10 @@ def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
 
 
 def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | str = DEFAULT_TOLERANCE,
-           target: float | str = 0.5) -> float:
+           target: float | str = 0.5, target_sensitivity: float = 0.95) -> float:
     """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
 
+    `policy`: one of POLICIES ("youden" and "sensitivity" are `choose_threshold`'s rules).
     `tolerance`: for "plateau" (a J difference, or "one_error"). `target`: for "calibrated", the calibrated
     probability at which to call positive: 0.5 (fewest errors at the validation prevalence) or "prevalence"
     (the validation prevalence: the Bayes threshold for equal weight on sensitivity and specificity, Youden's aim).
@@ -98,8 +99,8 @@ def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | s
     y, p = check_inputs(y_val, p_val)
     if len(np.unique(y)) < 2:
         raise ValueError("choosing a threshold needs both classes in the validation labels")
-    if policy == "youden":
-        return choose_threshold(y, p, "youden")
+    if policy in ("youden", "sensitivity"):
+        return choose_threshold(y, p, policy, target_sensitivity)
     if policy == "plateau":
         return _plateau(y, p, tolerance)
     if policy == "calibrated":
