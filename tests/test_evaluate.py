@@ -330,3 +330,29 @@ def test_bootstrap_draws_are_the_draws_behind_the_intervals():
         assert np.percentile(draws[m], 2.5) == pytest.approx(r[m]["ci_low"])
         assert np.percentile(draws[m], 97.5) == pytest.approx(r[m]["ci_high"])
     assert E.bootstrap_draws([0, 1], [0.2, 0.8], 0.5).empty  # too few for an interval
+
+
+def test_interval_table_shows_both_intervals_and_their_ratio():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, y.size), 0, 1)
+    groups = np.repeat(np.arange(20), 4)  # four images per patient
+    report = E.task_report(y, p, 0.5, n_bootstrap=200, groups=groups)
+    table = E.interval_table(report)
+    assert list(table.columns) == ["value [patient-level 95% CI]", "image-level 95% CI", "width ratio"]
+    auroc = report["at_threshold"]["auroc"]
+    expected = (auroc["ci_high"] - auroc["ci_low"]) / (auroc["image_ci_high"] - auroc["image_ci_low"])
+    assert table.loc["AUROC", "width ratio"] == pytest.approx(round(expected, 2))
+    assert "20 patients" in table.index.name
+    assert list(E.interval_table(E.task_report(y, p, 0.5, n_bootstrap=50)).columns) == ["value [95% CI]"]
+
+
+def test_describe_calibration_says_what_happened_on_test():
+    rng = np.random.default_rng(1)
+    y_val, y_test = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    true_val, true_test = np.where(y_val, 0.7, 0.3), np.where(y_test, 0.7, 0.3)
+    sharpen = lambda q: 1 / (1 + np.exp(-3 * np.log(q / (1 - q))))  # over-confident scores  # noqa: E731
+    block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature")
+    text = E.describe_calibration(block)
+    assert text.startswith("Temperature scaling fitted on validation (T = ")
+    assert "improved" in text and f"{block['test']['before']['ece']:.3f} -> {block['test']['after']['ece']:.3f}" in text

@@ -10,16 +10,16 @@
 
 The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose_threshold`, ...).
 """
+from cxr.evaluate import calibration, clinical, ledger, predictions, threshold  # the modules themselves
+from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report, describe_calibration,
+                                      fit_calibrator, fit_temperature, reliability_table)
+from cxr.evaluate.document import (REFERENCES, SCHEMA_VERSION, TASK_TITLES, comparison_table, fmt, interval_table,
+                                   markdown_results, metrics_document, protocol, read_metrics, report_table,
+                                   results_table, write_metrics)
 from cxr.evaluate.metrics import (CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, bootstrap_draws,
                                   check_inputs, confusion, evaluate, expected_calibration_error, metric_values,
                                   patient_strata, task_report)
-from cxr.evaluate.threshold import choose, choose_threshold, stability, stability_summary, describe_stability
-from cxr.evaluate.calibration import (apply_calibrator, calibrate_and_report, fit_calibrator, fit_temperature,
-                                      apply_temperature, reliability_table)
-from cxr.evaluate import clinical, ledger, predictions  # noqa: E402  (modules)
-from cxr.evaluate.document import (REFERENCES, SCHEMA_VERSION, TASK_TITLES, comparison_table, fmt, markdown_results,
-                                   metrics_document, protocol, read_metrics, report_table, results_table,
-                                   write_metrics)
+from cxr.evaluate.threshold import choose, choose_threshold, describe_stability, stability, stability_summary
 from cxr.io import update_markdown  # the results blocks of README.md and doc/results.md
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -123,3 +123,20 @@ def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any,
     return {**params, "fitted_on": "validation",
             "validation": calibration_report(y_val, p_val, apply_calibrator(params, p_val)),
             "test": calibration_report(y_test, p_test, apply_calibrator(params, p_test))}
+
+
+def describe_calibration(block: dict[str, Any]) -> str:
+    """Two sentences from a `calibrate_and_report` block: what the validation-fitted calibration did on test."""
+    before, after = block["test"]["before"], block["test"]["after"]
+    params = (f"T = {block['temperature']:.2f}" if block["method"] == "temperature"
+              else f"a = {block['a']:.2f}, b = {block['b']:.2f}")
+    verdict = ("improved" if after["ece"] < before["ece"] - 0.005 else
+               "worsened" if after["ece"] > before["ece"] + 0.005 else "barely changed")
+    text = (f"{block['method'].capitalize()} scaling fitted on validation ({params}) {verdict} test calibration: "
+            f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}, Brier score "
+            f"{before['brier']:.3f} -> {after['brier']:.3f}, log-loss {before['log_loss']:.3f} -> "
+            f"{after['log_loss']:.3f}.")
+    if block["method"] == "temperature":
+        text += (" Temperature scaling keeps the ranking and the 0.5 point, so it cannot remove a shift in "
+                 "prevalence or acquisition between validation and test; what remains is that shift.")
+    return text

@@ -144,6 +144,30 @@ def report_table(task: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
+def interval_table(task: dict[str, Any], digits: int = 3) -> pd.DataFrame:
+    """One task's metrics at the validation threshold with both intervals: patient-level (the headline: patients
+    resampled, as images of one patient are not independent) and image-level, and how much wider the first is."""
+    rows = {}
+    for m in METRICS:
+        v = task["at_threshold"][m]
+        if "image_ci_low" not in v:  # a report without patient ids: one interval only
+            rows[METRIC_LABELS[m]] = {"value [95% CI]": fmt(v, digits)}
+            continue
+        width = (v["ci_high"] - v["ci_low"]) if v.get("ci_low") is not None else math.nan
+        image_width = (v["image_ci_high"] - v["image_ci_low"]) if v.get("image_ci_low") is not None else math.nan
+        rows[METRIC_LABELS[m]] = {
+            "value [patient-level 95% CI]": fmt(v, digits),
+            "image-level 95% CI": (f"[{v['image_ci_low']:.{digits}f}, {v['image_ci_high']:.{digits}f}]"
+                                   if v.get("image_ci_low") is not None else "n/a"),
+            "width ratio": round(width / image_width, 2) if image_width and image_width > 0 else math.nan,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    n_pat = task.get("n_patients")
+    table.index.name = (f"n = {task['n']} images" + (f", {n_pat} patients" if n_pat else "")
+                        + f"; threshold {task['threshold']:.3f}")
+    return table
+
+
 def results_table(doc: dict[str, Any]) -> pd.DataFrame:
     """Every task of a metrics document: rows (task, metric), columns value [CI] at the threshold and at 0.5."""
     frames = []
