@@ -138,7 +138,47 @@ def run_task(config: Config, prepared: Prepared, task: str, run_dir: str | Path 
                                                      threshold) for split, s in (("val", val), ("test", test))],
                       ignore_index=True)
     predictions.write_predictions(frame, predictions.predictions_path(run_dir, task))
-    return TaskOutcome(task, result, threshold, calibrator, val, test, report, stability, draws, frame, model_dir)
+    outcome = TaskOutcome(task, result, threshold, calibrator, val, test, report, stability, draws, frame, model_dir)
+    seeds = seed_runs(config, prepared, task, outcome, run_dir)
+    if seeds is not None:
+        report["seeds"] = seeds
+    return outcome
+
+
+def seed_runs(config: Config, prepared: Prepared, task: str, first: TaskOutcome,
+              run_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """With `config.n_seeds` > 1: train the same recipe with seeds seed+1, ..., each with its own validation
+    threshold, and score each on test (one ledger line each); report every seed's test metrics, their spread, and
+    the SEED ENSEMBLE (the mean of the seeds' probabilities, its threshold chosen on the ensemble's validation
+    probabilities) as a separate, pre-declared row. The extra models are not saved. None with one seed."""
+    if config.n_seeds <= 1:
+        return None
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    runs = [(config.seed, first.val, first.test, first.threshold, first.report)]
+    for k in range(1, config.n_seeds):
+        c = config.replace(seed=config.seed + k)
+        model = train.fit(c, prepared.index, prepared.images, task=task).model
+        val = scores(c, prepared, task, model, "val")
+        t = thresholds.choose(val.y, val.p, c.threshold_policy, tolerance=c.threshold_tolerance,
+                              target_sensitivity=c.target_sensitivity)
+        test = scores(c, prepared, task, model, "test")
+        report = evaluate.task_report(test.y, test.p, t, config, groups=test.groups)
+        ledger.record_test_access(run_dir, task, c.to_dict(), ledger.metric_summary(report), note=f"seed {c.seed}")
+        runs.append((c.seed, val, test, t, report))
+    val_p = np.mean([r[1].p for r in runs], axis=0)
+    test_p = np.mean([r[2].p for r in runs], axis=0)
+    t_ens = thresholds.choose(first.val.y, val_p, config.threshold_policy, tolerance=config.threshold_tolerance,
+                              target_sensitivity=config.target_sensitivity)
+    ensemble = evaluate.task_report(first.test.y, test_p, t_ens, config, groups=first.test.groups)
+    ledger.record_test_access(run_dir, task, config.to_dict(), ledger.metric_summary(ensemble),
+                              note=f"ensemble of {config.n_seeds} seeds")
+    per_seed = pd.DataFrame([{"seed": seed, "threshold": t, **{m: rep["at_threshold"][m]["value"]
+                                                                 for m in evaluate.METRICS}}
+                             for seed, _, _, t, rep in runs])
+    spread = {m: {"mean": float(per_seed[m].mean()), "sd": float(per_seed[m].std(ddof=1)),
+                  "min": float(per_seed[m].min()), "max": float(per_seed[m].max())} for m in evaluate.METRICS}
+    return {"n_seeds": config.n_seeds, "per_seed": per_seed.to_dict(orient="records"), "spread": spread,
+            "ensemble": ensemble}
 
 
 def evaluate_saved(config: Config, prepared: Prepared, task: str, model_dir: str | Path,

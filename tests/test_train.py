@@ -195,3 +195,23 @@ def test_run_task_is_fit_threshold_save_score_report(tmp_path):
     doc = pipeline.write_metrics(cfg, prepared, {"subtype": out.report})
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["tasks"]["subtype"]["n"] == doc["tasks"]["subtype"]["n"] and written["test_ledger"]["scorings"] == 1
+
+
+def test_seed_runs_report_the_spread_and_the_ensemble(tmp_path):
+    from cxr import pipeline
+    from cxr.data import Prepared
+
+    index, images = toy_data(n=10, seed=6)
+    cfg = tiny_config(head_epochs=2, finetune_epochs=0, n_seeds=2, output_dir=str(tmp_path / "run"))
+    prepared = Prepared(index=index, skipped=pd.DataFrame(), images=images, root=tmp_path, source=tmp_path)
+    out = pipeline.run_task(cfg, prepared, "pneumonia")
+    seeds = out.report["seeds"]
+    assert seeds["n_seeds"] == 2 and [r["seed"] for r in seeds["per_seed"]] == [cfg.seed, cfg.seed + 1]
+    aurocs = [r["auroc"] for r in seeds["per_seed"]]
+    assert seeds["per_seed"][0]["auroc"] == out.report["at_threshold"]["auroc"]["value"]
+    assert seeds["spread"]["auroc"]["min"] == min(aurocs) and seeds["spread"]["auroc"]["max"] == max(aurocs)
+    assert seeds["ensemble"]["n"] == out.report["n"]
+    # the first run, the second seed and the ensemble each scored the test split once
+    assert evaluate.ledger.count_test_accesses(tmp_path / "run") == 3
+    one = pipeline.run_task(cfg.replace(n_seeds=1, output_dir=str(tmp_path / "one")), prepared, "pneumonia")
+    assert "seeds" not in one.report

@@ -105,6 +105,8 @@ def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | s
         return _plateau(y, p, tolerance)
     if policy == "calibrated":
         a, b = fit_platt(y, p)
+        if not a > 1e-9:  # the scores do not rise with the label (an untrained model): no calibrated cut exists
+            return _plateau(y, p, tolerance)
         cut = special.logit(y.mean()) if target == "prevalence" else special.logit(float(target))
         return float(np.clip(special.expit((cut - b) / a), EPS, 1 - EPS))
     raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
