@@ -120,6 +120,9 @@ def test_prevalence_figure_draws_ppv_npv_bands_and_prevalence_lines(rc_unchanged
     fig = plots.prevalence_figure(curves[["prevalence", "ppv", "npv"]], 0.3, log_x=True)
     (ax,) = fig.axes
     assert len(ax.collections) == 0 and len(ax.get_lines()) == 3 and ax.get_xscale() == "log"
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert "1%" in shown and all(t.endswith("%") for t in shown)  # percentages, no 10^x labels
 
 
 def test_decision_curve_figure_model_treat_all_none_and_limits(rc_unchanged):

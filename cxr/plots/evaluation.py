@@ -90,6 +90,8 @@ def _draw_prevalence(ax: Any, curves: pd.DataFrame, test_prevalence: float | Non
             ax.axvline(value, color="k", ls=style, lw=1, label=f"{name} prevalence {value:.0%}")
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9]))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}" if v >= 0.01 else f"{v:.1%}"))
     ax.set(xlabel="prevalence of the positive class" + (" (log scale)" if log_x else ""),
            ylabel="predictive value", ylim=(0, 1.02), xlim=(x.min(), x.max()), title="PPV and NPV across prevalences")
