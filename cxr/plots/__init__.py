@@ -1,4 +1,4 @@
-"""Figures of the study, one module per stage: `data`, `training` (and evaluation), `explain`. Every function
+"""Figures of the study, one module per stage: `data`, `training`, `evaluation`, `explain`. Every function
 returns a matplotlib Figure (nothing here calls `plt.show` or changes matplotlib's global style);
 `save_figure` writes one as a PNG atomically."""
 from __future__ import annotations
@@ -11,6 +11,9 @@ from matplotlib.figure import Figure
 from cxr.io import atomic_write_bytes
 from cxr.plots.data import (augmentation_grid, class_balance, class_examples, example_grid,  # noqa: F401
                             image_sizes, images_per_patient)
+from cxr.plots.evaluation import (clinical_figure, confident_errors_figure, decision_curve_figure,  # noqa: F401
+                                  error_rates_figure, prevalence_figure, reliability, stage_selection_figure,
+                                  threshold_stability_figure)
 from cxr.plots.explain import (CELLS, confusion_grid, deletion_insertion_figure, overlay,  # noqa: F401
                                overlay_figure, pick_confusion_examples, randomization_figure, shortcut_figure)
 from cxr.plots.style import CLASS_COLORS, STYLE, SUBTYPE_COLORS, figure_style, style_rc  # noqa: F401

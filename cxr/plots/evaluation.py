@@ -1,0 +1,403 @@
+"""Figures of the evaluation a clinical reviewer asks for: calibration before and after, PPV/NPV across
+prevalences, decision curves, the stability of the operating point, error rates by group, the most confident
+errors beside their Grad-CAM, and the validation evidence for the kept training stage.
+
+Each function draws the output of one producer in `cxr.evaluate` (the tables are the data; nothing is
+recomputed here except the reliability bins, which come from `cxr.evaluate.calibration`).
+"""
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+from cxr.evaluate.calibration import calibration_metrics, reliability_table
+from cxr.plots.explain import _colorbar, _gray, overlay
+from cxr.plots.style import _figure, figure_style
+
+DEEP = sns.color_palette("deep").as_hex()  # explicit colours: "C0" would resolve at draw time, outside the style
+BEFORE_AFTER_COLORS = ("#C44E52", "#4C72B0")  # before calibration, after calibration
+PPV_NPV_COLORS = {"ppv": "#C44E52", "npv": "#4C72B0"}
+SENS_SPEC_COLORS = {"sensitivity": "#C44E52", "specificity": "#4C72B0"}
+PROBABILITY_TICKS = (  # tick sets of a logit axis, finest first
+    (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    (1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999),
+    (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999),
+)
+ERROR_TABLE_TITLES = {
+    "overall": "overall", "by_class": "by true class", "by_subtype": "by subtype", "by_family": "by file-name family",
+    "by_size": "by original size (long side, px)", "by_aspect": "by aspect ratio (width / height)",
+    "fpr_by_family": "by file-name family", "fpr_by_size": "by original size (long side, px)",
+    "fpr_by_aspect": "by aspect ratio (width / height)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------------------------
+
+@figure_style
+def reliability(y: Any, p_raw: Any, p_cal: Any = None, n_bins: int = 10, title: str = "",
+                labels: tuple[str, str] = ("before calibration", "after calibration")) -> Figure:
+    """Reliability diagram before vs after calibration: observed positive rate against mean predicted probability
+    per equal-width bin (`cxr.evaluate.reliability_table`), the diagonal, ECE and Brier score in the legend; below
+    it, the number of images per bin. `p_cal=None` draws the raw probabilities only.
+
+    Axes: [reliability, images per bin]. The reliability lines hold the non-empty bins only.
+    """
+    series = [(labels[0], p_raw, BEFORE_AFTER_COLORS[0])]
+    if p_cal is not None:
+        series.append((labels[1], p_cal, BEFORE_AFTER_COLORS[1]))
+    fig, axes = _figure(2, 1, size=(5.4, 3.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax, ax_n = axes[:, 0]
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    width = 1.0 / n_bins / (len(series) + 0.5)
+    for k, (name, p, color) in enumerate(series):
+        table = reliability_table(y, p, n_bins)
+        scores = calibration_metrics(y, p)
+        seen = table["count"] > 0
+        ax.plot(table.loc[seen, "mean_predicted"], table.loc[seen, "observed_rate"], marker="o", lw=2, color=color,
+                label=f"{name}: ECE {scores['ece']:.3f}, Brier {scores['brier']:.3f}")
+        centres = (table["lower"] + table["upper"]) / 2
+        ax_n.bar(centres + (k - (len(series) - 1) / 2) * width, table["count"], width=width, color=color,
+                 alpha=0.8, label=name)
+    ax.set(ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title or "Reliability")
+    ax.legend(loc="upper left", fontsize=9)
+    ax_n.set(xlabel="mean predicted probability (bins of width %.2g)" % (1.0 / n_bins), ylabel="images")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prevalence and decision curves
+# ---------------------------------------------------------------------------------------------------------------
+
+def _draw_prevalence(ax: Any, curves: pd.DataFrame, test_prevalence: float | None,
+                     train_prevalence: float | None, log_x: bool) -> None:
+    x = curves["prevalence"].to_numpy(float)
+    for key, name in (("ppv", "PPV (positive calls that are right)"), ("npv", "NPV (negative calls that are right)")):
+        color = PPV_NPV_COLORS[key]
+        ax.plot(x, curves[key], lw=2, color=color, label=name)
+        if {f"{key}_low", f"{key}_high"} <= set(curves.columns):
+            ax.fill_between(x, curves[f"{key}_low"], curves[f"{key}_high"], color=color, alpha=0.2, lw=0)
+    for value, name, style in ((test_prevalence, "test", "--"), (train_prevalence, "training", ":")):
+        if value is not None and np.isfinite(value):
+            ax.axvline(value, color="k", ls=style, lw=1, label=f"{name} prevalence {value:.0%}")
+    if log_x:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}" if v >= 0.01 else f"{v:.1%}"))
+    ax.set(xlabel="prevalence of the positive class" + (" (log scale)" if log_x else ""),
+           ylabel="predictive value", ylim=(0, 1.02), xlim=(x.min(), x.max()), title="PPV and NPV across prevalences")
+    ax.legend(loc="lower center", fontsize=8)
+
+
+def _draw_decision(ax: Any, curve: pd.DataFrame, model_label: str | None) -> None:
+    pt = curve["threshold"].to_numpy(float)
+    band = {"model_low", "model_high"} <= set(curve.columns)
+    label = model_label or ("chosen operating point" if band else "model")
+    ax.plot(pt, curve["model"], lw=2, color=DEEP[0], label=label)
+    if band:
+        ax.fill_between(pt, curve["model_low"], curve["model_high"], color=DEEP[0], alpha=0.2, lw=0,
+                        label="95% interval")
+    if "treat_all" in curve:
+        ax.plot(pt, curve["treat_all"], lw=1.5, color=DEEP[1], label="treat all")
+    none = curve["treat_none"] if "treat_none" in curve else np.zeros(pt.size)
+    ax.plot(pt, none, lw=1.5, color="grey", ls="--", label="treat none")
+    tops = [curve[c].to_numpy(float) for c in ("model", "model_high", "treat_all") if c in curve]
+    top = np.nanmax(np.concatenate(tops)) if tops and np.isfinite(np.concatenate(tops)).any() else 0.0
+    ax.set(xlabel="threshold probability", ylabel="net benefit", xlim=(pt.min(), pt.max()),
+           ylim=(-0.05, max(top, 0.05) * 1.1), title="Decision curve")
+    ax.legend(loc="best", fontsize=8)
+
+
+@figure_style
+def prevalence_figure(curves: pd.DataFrame, test_prevalence: float | None, train_prevalence: float | None = None,
+                      title: str = "", log_x: bool = False) -> Figure:
+    """PPV and NPV of the operating point against prevalence (`cxr.evaluate.clinical.prevalence_curves`), with
+    their interval bands when the table has ppv_low/high and npv_low/high, and vertical lines at the test (and
+    training) prevalence. One axes."""
+    fig, axes = _figure(size=(5.6, 4.2))
+    _draw_prevalence(axes[0, 0], curves, test_prevalence, train_prevalence, log_x)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def decision_curve_figure(curve: pd.DataFrame, title: str = "", model_label: str | None = None) -> Figure:
+    """Net benefit against threshold probability for the model, "treat all" and "treat none" (the output of
+    `decision_curve`, or of `operating_point_curve`, whose model_low/model_high become a band). The y axis runs
+    from -0.05 to 1.1 x the largest net benefit shown. One axes."""
+    fig, axes = _figure(size=(5.6, 4.2))
+    _draw_decision(axes[0, 0], curve, model_label)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def clinical_figure(curves: pd.DataFrame, curve: pd.DataFrame, test_prevalence: float | None,
+                    train_prevalence: float | None = None, title: str = "", log_x: bool = False,
+                    model_label: str | None = None) -> Figure:
+    """`prevalence_figure` (left) and `decision_curve_figure` (right) side by side. Two axes."""
+    fig, axes = _figure(1, 2, size=(5.6, 4.2))
+    _draw_prevalence(axes[0, 0], curves, test_prevalence, train_prevalence, log_x)
+    _draw_decision(axes[0, 1], curve, model_label)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Operating point
+# ---------------------------------------------------------------------------------------------------------------
+
+def _boxes(ax: Any, values: Sequence[np.ndarray], positions: Sequence[float], color: str, width: float) -> None:
+    data = [np.asarray(v, float)[np.isfinite(v)] for v in values]
+    keep = [i for i, d in enumerate(data) if d.size]
+    if not keep:
+        return
+    ax.boxplot([data[i] for i in keep], positions=[positions[i] for i in keep], orientation="horizontal",
+               widths=width, showfliers=False, manage_ticks=False, patch_artist=True,
+               boxprops={"facecolor": color, "alpha": 0.25, "edgecolor": color},
+               medianprops={"color": color, "lw": 2}, whiskerprops={"color": color}, capprops={"color": color})
+
+
+@figure_style
+def threshold_stability_figure(table: pd.DataFrame, chosen: dict[str, float] | None = None,
+                               title: str = "") -> Figure:
+    """How the operating point moves under bootstrap resampling of validation (`cxr.evaluate.threshold.stability`).
+
+    Left: per policy, the threshold chosen on each resample (points, and a box of their quartiles) on a
+    logit-scaled axis labelled in probabilities; `chosen` ({policy: threshold} on the whole validation set) is
+    marked with a black bar. Right: per policy, the whole-validation sensitivity and specificity at those
+    thresholds. Two axes; the left axes holds one point collection per policy, in the table's order.
+    """
+    policies = list(pd.unique(table["policy"]))
+    groups = {name: table[table["policy"] == name] for name in policies}
+    pos = np.arange(len(policies))[::-1].astype(float)  # first policy on top
+    fig, axes = _figure(1, 2, size=(5.2, 1.3 + 0.9 * max(len(policies), 1)))
+    ax_t, ax_m = axes[0]
+    rng = np.random.default_rng(0)
+    for y0, name in zip(pos, policies):
+        t = groups[name]["threshold"].to_numpy(float)
+        ax_t.scatter(t, y0 + rng.uniform(-0.18, 0.18, t.size), s=8, alpha=0.4, color=DEEP[0], lw=0)
+        if chosen and name in chosen:
+            ax_t.plot([chosen[name]] * 2, [y0 - 0.35, y0 + 0.35], color="k", lw=2.5,
+                      label="chosen on all of validation" if y0 == pos[0] else None)
+    _boxes(ax_t, [groups[n]["threshold"].to_numpy(float) for n in policies], pos, DEEP[0], 0.5)
+    ax_t.set_xscale("logit")
+    finite = table["threshold"].to_numpy(float)
+    finite = finite[np.isfinite(finite) & (finite > 0) & (finite < 1)]
+    if chosen:
+        finite = np.r_[finite, [v for v in chosen.values() if 0 < v < 1]]
+    if finite.size:
+        lo, hi = finite.min(), finite.max()
+        z_lo, z_hi = np.log(lo / (1 - lo)), np.log(hi / (1 - hi))
+        pad = max(0.25, 0.08 * (z_hi - z_lo))
+        ax_t.set_xlim(1 / (1 + np.exp(-(z_lo - pad))), 1 / (1 + np.exp(-(z_hi + pad))))
+        left, right = ax_t.get_xlim()
+        ticks = [v for v in PROBABILITY_TICKS[-1] if left <= v <= right]
+        for candidates in PROBABILITY_TICKS:  # the finest tick set that is not crowded
+            inside = [v for v in candidates if left <= v <= right]
+            if 3 <= len(inside) <= 7:
+                ticks = inside
+                break
+        ax_t.xaxis.set_major_locator(FixedLocator(ticks))
+        ax_t.xaxis.set_minor_locator(NullLocator())
+        ax_t.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_t.set_yticks(pos, policies)
+    ax_t.set_ylim(-0.6, len(policies) - 0.4)
+    n = table["resample"].nunique() if "resample" in table else len(table)
+    ax_t.set(xlabel="threshold (logit scale)", title=f"Threshold over {n} validation resamples")
+    if chosen:
+        ax_t.legend(loc="lower right", fontsize=8)
+
+    for k, metric in enumerate(("sensitivity", "specificity")):
+        column = f"full_{metric}" if f"full_{metric}" in table else metric
+        if column not in table:
+            continue
+        offset = 0.17 if k == 0 else -0.17
+        _boxes(ax_m, [groups[n][column].to_numpy(float) for n in policies], pos + offset,
+               SENS_SPEC_COLORS[metric], 0.28)
+        ax_m.plot([], [], color=SENS_SPEC_COLORS[metric], lw=6, alpha=0.4, label=metric)
+    ax_m.set_yticks(pos, policies)
+    ax_m.set_ylim(-0.6, len(policies) - 0.4)
+    ax_m.set(xlabel="value on the whole validation set", title="Sensitivity and specificity at those thresholds")
+    ax_m.legend(loc="lower left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------------------------
+
+@figure_style
+def error_rates_figure(analysis: dict[str, pd.DataFrame],
+                       keys: Sequence[str] = ("by_family", "by_subtype", "by_size"), title: str = "") -> Figure:
+    """Error rates by group from `cxr.evaluate.predictions.error_analysis`: one panel per table of `keys`,
+    horizontal bars of the rate (the false-positive rate among negatives for the fpr_* tables) with the Wilson
+    95% interval and "rate, n = ..." beside each bar, groups in the table's order from the top. Tables that are absent
+    or have fewer than two groups are skipped; with none left, one empty axes says so."""
+    shown = [k for k in keys if k in analysis and len(analysis[k]) >= 2]
+    fig, axes = _figure(1, max(len(shown), 1),
+                        size=(4.4, 1.4 + 0.45 * max([len(analysis[k]) for k in shown] or [2])))
+    if not shown:
+        ax = axes[0, 0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no table with two or more groups to compare", ha="center", va="center",
+                transform=ax.transAxes)
+        return fig
+    for ax, key in zip(axes[0], shown):
+        table = analysis[key]
+        rate = table["rate"].to_numpy(float)
+        pos = np.arange(len(table))[::-1]
+        low = np.clip(rate - table["ci_low"].to_numpy(float), 0, None)
+        high = np.clip(table["ci_high"].to_numpy(float) - rate, 0, None)
+        fpr = key.startswith("fpr_")
+        ax.barh(pos, rate, color=DEEP[3] if fpr else DEEP[0], alpha=0.8, height=0.6)
+        ax.errorbar(rate, pos, xerr=[low, high], fmt="none", ecolor="k", capsize=3, lw=1)
+        right = np.nanmax(np.r_[table["ci_high"].to_numpy(float), rate, 0.05])
+        for y0, r, hi, n in zip(pos, rate, table["ci_high"].to_numpy(float), table["n"]):
+            x0 = np.nanmax([r, hi, 0.0])
+            ax.text(x0 + 0.02 * right, y0, f"{r:.0%}, n = {int(n)}" if np.isfinite(r) else f"n = {int(n)}",
+                    va="center", fontsize=8)
+        ax.set_yticks(pos, [str(g) for g in table.index])
+        ax.set_xlim(0, min(1.0, right * 1.35) if right < 0.7 else 1.1)
+        ax.set(xlabel="false-positive rate among negatives" if fpr else "error rate",
+               title=ERROR_TABLE_TITLES.get(key, key.replace("_", " ")))
+        ax.grid(axis="y", visible=False)
+    fig.suptitle(title or "Error rates with Wilson 95% intervals")
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def confident_errors_figure(images: Any, cams: Any, rows: pd.DataFrame, class_names: Sequence[str],
+                            per_row: int = 2, alpha: float = 0.4, cmap: str = "jet") -> Figure:
+    """The most confident errors (`cxr.evaluate.predictions.most_confident_errors`), each as a pair: the image
+    (titled with the kind of error and the file name) and its Grad-CAM overlay (titled with the true and the
+    predicted class and the probability the threshold was applied to). `images` uint8 (k, H, W), `cams` float
+    (k, H, W) in [0, 1], in the order of `rows`; `class_names` = (negative, positive). `per_row` pairs per row,
+    one colour bar; with no rows, one empty axes says so."""
+    rows = rows.reset_index(drop=True)
+    k = len(rows)
+    if len(images) != k or len(cams) != k:
+        raise ValueError(f"{k} rows but {len(images)} images and {len(cams)} maps")
+    if k == 0:
+        fig, axes = _figure(size=(4.0, 1.5))
+        axes[0, 0].axis("off")
+        axes[0, 0].text(0.5, 0.5, "no errors to show", ha="center", va="center", transform=axes[0, 0].transAxes)
+        return fig
+    per_row = max(1, min(per_row, k))
+    nrows = -(-k // per_row)
+    fig, axes = _figure(nrows, 2 * per_row, size=(2.6, 2.9))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, row in rows.iterrows():
+        ax_i, ax_c = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        y = int(row["y"]) if "y" in row else int(row["label"] == class_names[1])
+        called = int(row["decision"]) if "decision" in row else 1 - y
+        calibrated = row.get("threshold_on", "raw") == "calibrated"
+        score = row["score"] if "score" in row else row["calibrated_probability" if calibrated else "probability"]
+        kind = row.get("error", "error")
+        ax_i.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+        ax_i.set_title(f"{kind}\n{PurePosixPath(str(row.get('path', ''))).name}", fontsize=8)
+        ax_c.imshow(overlay(images[i], cams[i], alpha, cmap))
+        ax_c.set_title(f"true {class_names[y]}, called {class_names[called]}\n"
+                       f"{'calibrated ' if calibrated else ''}P({class_names[1]}) = {float(score):.3f}", fontsize=8)
+    fig.suptitle("Most confident errors: image and Grad-CAM")
+    fig.tight_layout()
+    _colorbar(fig, axes.ravel().tolist(), cmap)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training stages
+# ---------------------------------------------------------------------------------------------------------------
+
+def _stage_x(history: pd.DataFrame, stages: list[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """Per stage: (x of its epochs, offset added to its epoch numbers). Stages whose epoch numbers restart are
+    shifted to follow the previous stage, so the stages read left to right in training order."""
+    out, end = {}, 0.0
+    for stage in stages:
+        part = history[history["stage"].astype(str) == stage]
+        epoch = part["epoch"].to_numpy(float) if "epoch" in part else np.arange(1, len(part) + 1, dtype=float)
+        offset = end if epoch.size and np.nanmin(epoch) <= end else 0.0
+        out[stage] = (epoch + offset, offset)
+        if epoch.size:
+            end = float(np.nanmax(epoch + offset))
+    return out
+
+
+@figure_style
+def stage_selection_figure(history: pd.DataFrame, selection: pd.DataFrame, kept: str | None = None,
+                           title: str = "") -> Figure:
+    """Validation log-loss per epoch for each training stage, with each stage's best epoch marked.
+
+    `history`: columns epoch, stage, val_loss (val_auroc adds a right panel); `selection`: one row per stage
+    with stage (column or index), best_epoch (in the history's epoch numbers) and best_val_loss, optionally a
+    boolean "kept". The kept stage is `kept`, else the selection's kept row, else the stage with the lowest
+    best_val_loss; it is named in the title (after `title` when one is given). Stages missing from either table and NaN values are tolerated.
+    Axes: [log-loss] or [log-loss, AUROC].
+    """
+    history = history.reset_index(drop=True)
+    selection = selection.reset_index() if "stage" not in selection.columns else selection.reset_index(drop=True)
+    selection = selection.assign(stage=selection["stage"].astype(str))
+    stages = list(pd.unique(history["stage"].astype(str))) if "stage" in history else []
+    stages += [s for s in selection["stage"] if s not in stages]
+    if kept is None and "kept" in selection and selection["kept"].astype(bool).any():
+        kept = str(selection.loc[selection["kept"].astype(bool), "stage"].iloc[0])
+    elif kept is None and "best_val_loss" in selection:
+        ran = set(history["stage"].astype(str)) if "stage" in history else set(stages)
+        loss = selection["best_val_loss"].astype(float).where(selection["stage"].isin(ran))
+        kept = str(selection.loc[loss.idxmin(), "stage"]) if loss.notna().any() else None
+    with_auroc = "val_auroc" in history and history["val_auroc"].notna().any()
+    fig, axes = _figure(1, 2 if with_auroc else 1, size=(5.0, 3.8))
+    ax, ax_a = axes[0, 0], (axes[0, 1] if with_auroc else None)
+    if "stage" not in history:
+        history = history.assign(stage=stages[0] if stages else "training")
+    xs = _stage_x(history, stages)
+    best = selection.set_index("stage")
+    for k, stage in enumerate(stages):
+        color = DEEP[k % len(DEEP)]
+        part = history[history["stage"].astype(str) == stage]
+        x, offset = xs[stage]
+        name = stage + (" (kept)" if stage == kept else "")
+        if len(part) == 0:
+            ax.plot([], [], color=color, label=f"{name}: not run")
+            continue
+        ax.plot(x, part["val_loss"].to_numpy(float), marker="o", ms=3, color=color, label=name)
+        if ax_a is not None:
+            ax_a.plot(x, part["val_auroc"].to_numpy(float), marker="o", ms=3, color=color, label=name)
+        if stage in best.index:
+            r = best.loc[stage]
+            e, v = float(r.get("best_epoch", np.nan)), float(r.get("best_val_loss", np.nan))
+            if np.isfinite(e) and np.isfinite(v):
+                ax.scatter([e + offset], [v], s=140, marker="*", color=color, edgecolor="k", zorder=3,
+                           label=f"{stage} best: {v:.3f} at its epoch {e:g}")
+    for a in (ax, ax_a):
+        if a is not None:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch (stages in training order)", ylabel="validation log-loss", title="Validation log-loss")
+    ax.legend(fontsize=8)
+    if ax_a is not None:
+        ax_a.set(xlabel="epoch (stages in training order)", ylabel="validation AUROC", title="Validation AUROC")
+        ax_a.legend(fontsize=8)
+    heading = title or "Stage selection on validation log-loss"
+    fig.suptitle(heading + ("" if kept is None else f" - kept stage: {kept}"))
+    fig.tight_layout()
+    return fig
