@@ -207,6 +207,29 @@ def clinical_curves(outcome: TaskOutcome, ci_level: float = 0.95) -> tuple[pd.Da
     return curves, decision
 
 
+def error_examples(outcome: TaskOutcome, prepared: Prepared, k: int = 4) -> tuple[pd.DataFrame, np.ndarray]:
+    """The most confident test errors of a task (`evaluate.predictions.most_confident_errors`: k false positives,
+    then k false negatives) and their images (uint8, (n, S, S)), in the same order."""
+    rows = predictions.most_confident_errors(outcome.predictions, k=k)
+    where = pd.Series(np.arange(len(prepared.index)), index=prepared.index["path"].to_numpy())
+    return rows, prepared.images[where.loc[rows["path"]].to_numpy()]
+
+
+def describe_seeds(report: dict[str, Any], accelerator: str = "cpu") -> str:
+    """One or two sentences on the variation between training runs, from the report's "seeds" block."""
+    seeds = report.get("seeds")
+    if not seeds:
+        return (f"One training run per task (n_seeds = 1, on the {accelerator.upper()}): the spread of the test "
+                "metrics across random seeds was not measured, so the intervals above cover the sampling of test "
+                "patients only, not the randomness of training.")
+    spread, ens = seeds["spread"], seeds["ensemble"]["at_threshold"]
+    parts = [f"{m} {spread[m]['min']:.3f}-{spread[m]['max']:.3f} (SD {spread[m]['sd']:.3f})"
+             for m in ("auroc", "accuracy", "specificity")]
+    return (f"Across {seeds['n_seeds']} seeds the test metrics ranged: " + ", ".join(parts) + ". The seed ensemble "
+            f"(pre-declared, threshold from its validation probabilities): AUROC {evaluate.fmt(ens['auroc'])}, "
+            f"accuracy {evaluate.fmt(ens['accuracy'])}, specificity {evaluate.fmt(ens['specificity'])}.")
+
+
 def _records(frame: pd.DataFrame) -> dict[str, Any]:
     return {str(k): {c: (None if pd.isna(v) else float(v)) for c, v in row.items()} for k, row in frame.iterrows()}
 

@@ -215,3 +215,18 @@ def test_seed_runs_report_the_spread_and_the_ensemble(tmp_path):
     assert evaluate.ledger.count_test_accesses(tmp_path / "run") == 3
     one = pipeline.run_task(cfg.replace(n_seeds=1, output_dir=str(tmp_path / "one")), prepared, "pneumonia")
     assert "seeds" not in one.report
+
+
+def test_error_examples_and_seed_statement(tmp_path):
+    from cxr import pipeline
+    from cxr.data import Prepared
+
+    index, images = toy_data(n=10, seed=7)
+    cfg = tiny_config(head_epochs=1, finetune_epochs=0, output_dir=str(tmp_path / "run"))
+    prepared = Prepared(index=index, skipped=pd.DataFrame(), images=images, root=tmp_path, source=tmp_path)
+    out = pipeline.run_task(cfg, prepared, "pneumonia")
+    rows, imgs = pipeline.error_examples(out, prepared, k=3)
+    assert 0 < len(rows) == len(imgs) and (rows["decision"] != rows["y"]).all()
+    for path, img in zip(rows["path"], imgs):  # each image is the row's own
+        np.testing.assert_array_equal(img, images[int(np.flatnonzero(index["path"].to_numpy() == path)[0])])
+    assert "not measured" in pipeline.describe_seeds(out.report)
