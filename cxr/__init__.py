@@ -23,7 +23,13 @@ __version__ = "0.1.0"
 
 class UserError(Exception):
     """Bad input from the user (a path, a setting, a dataset): the message says what is wrong and what to do, in one
-    line. The CLI prints it without a traceback (`--debug` or CXR_DEBUG=1 shows one)."""
+    line. The CLI prints it without a traceback (`--debug` or CXR_DEBUG=1 shows one); so does Jupyter/IPython."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython (Jupyter, papermill) shows this instead of a traceback: the one line that says what to do."""
+        if _os.environ.get("CXR_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+            raise NotImplementedError  # IPython then shows the full traceback
+        return [f"{type(self).__name__}: {self}"]
 
 
 def ensure_writable(folder: str | _os.PathLike, what: str = "output folder") -> None:

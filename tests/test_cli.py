@@ -256,6 +256,21 @@ def test_debug_shows_the_traceback(cli, tmp_path, monkeypatch):
         cli("predict", "a.jpeg", "--model", tmp_path / "nope")
 
 
+def test_jupyter_shows_the_one_line_too(monkeypatch):
+    """IPython (Jupyter, papermill) renders a UserError as its message, not a traceback; CXR_DEBUG=1 restores it."""
+    from cxr import data
+
+    monkeypatch.delenv("CXR_DEBUG", raising=False)
+    with pytest.raises(data.DataUnavailable) as error:
+        data.check_source("no/such/archive.zip")
+    assert error.value._render_traceback_() == ["DataUnavailable: The data source no/such/archive.zip does not exist: "
+                                                "pass the Kaggle zip or its extracted folder (see README, 'Getting "
+                                                "the data')."]
+    monkeypatch.setenv("CXR_DEBUG", "1")
+    with pytest.raises(NotImplementedError):
+        error.value._render_traceback_()
+
+
 def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
     """Only bad input is shortened to one line; an unexpected error keeps its traceback."""
     import cxr.__main__ as cli_module

@@ -29,8 +29,8 @@ from cxr.data.images import (CACHE_VERSION, build_cache, cache_is_valid, load_im
 from cxr.data.index import (INDEX_COLUMNS, KAGGLE_COUNTS, SKIPPED_COLUMNS, build_index, cached_index,  # noqa: F401
                             check_counts, count_table, patient_id, subtype_of)
 from cxr.data.sources import (HOW_TO_GET_DATA, INDEX_VERSION, KAGGLE_ZIP_NAME, SAMPLE_ZIP,  # noqa: F401
-                              SHARED_ZIP_NAME, DataUnavailable, download, extract, find_root, kaggle_credentials,
-                              resolve_source)
+                              SHARED_ZIP_NAME, DataUnavailable, check_source, download, extract, find_root,
+                              kaggle_credentials, resolve_source)
 from cxr.data.split import (EXCLUDED, cap_per_class, check_no_leakage, exclusion_summary, mark_excluded,  # noqa: F401
                             split_by_patient, split_summary)
 from cxr.io import atomic_write_bytes, atomic_write_csv, atomic_write_text  # noqa: F401  (old cxr.data names)

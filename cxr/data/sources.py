@@ -203,6 +203,26 @@ def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
     return SAMPLE_ZIP
 
 
+def check_source(source: str | Path | None) -> None:
+    """Check a data source the user gave, cheaply and silently (no extraction, no download): it exists and is a
+    folder or zip in the Kaggle layout. Raises `DataUnavailable` (one line) otherwise. None and "kaggle" pass
+    (resolved later). For the first cell of the notebook and the CLI, before any work starts."""
+    if source is None or str(source).lower() == "kaggle":
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataUnavailable(f"The data source {path} does not exist: pass the Kaggle zip or its extracted folder "
+                              "(see README, 'Getting the data').")
+    if path.is_dir():
+        find_root(path)
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            _zip_root(zf.namelist())
+    else:
+        raise DataUnavailable(f"{path} is neither a folder nor a zip archive: pass the Kaggle zip or its extracted "
+                              "folder (chest_xray/{train,test}/{NORMAL,PNEUMONIA}/).")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Extraction
 # ---------------------------------------------------------------------------------------------------------------
