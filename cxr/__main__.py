@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     with _one_line_warnings(debug):
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:  # `python -m cxr results | head`: the reader left; no traceback about it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except Exception as error:  # noqa: BLE001  (sorted below: bad input -> one line; a bug -> traceback)
             message = _user_message(error)
             if debug or message is None:

@@ -162,6 +162,10 @@ def setup_case(name: str, tmp: Path) -> list[str]:
     if name == "output folder is a file":
         put(tmp / "blocker", b"a file where a folder should be")
         return ["index", small_dataset(tmp / "s"), "--out", tmp / "blocker" / "index.csv"]
+    if name == "run folder cannot be written":
+        put(tmp / "blocker", b"a file where a folder should be")
+        return ["train", "--source", small_dataset(tmp / "s"), "--set", "backbone=tiny_cnn", "--run",
+                tmp / "blocker" / "run"]
     if name == "kaggle credentials missing":
         return ["train", "--source", "kaggle", "--run", tmp / "runs/x"]
     if name == "kaggle credentials refused":
@@ -197,6 +201,7 @@ CASES = {  # name: a pattern the one line must match (what is wrong and what to 
     "folder that is not a model": r"somewhere is not a saved model folder \(model\.keras missing\)",
     "damaged model file": r"cannot load the model in .*: pass a model folder",
     "output folder is a file": r"cannot write the index folder .*blocker is a file",
+    "run folder cannot be written": r"cannot write the run folder .*blocker is a file; choose another path",
     "kaggle credentials missing": r"No Kaggle credentials found: save an API token",
     "kaggle credentials refused": r"Kaggle refused the credentials in \$KAGGLE_USERNAME/\$KAGGLE_KEY",
     "no metrics document": r"no metrics file at .*metrics\.json: run the study first",
