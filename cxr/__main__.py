@@ -107,6 +107,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from cxr import evaluate
     from cxr.io import atomic_write_text, update_markdown
 
+    _config(args)  # a bad --mode or --set is an error here too
     source = _metrics_source(args)
     if not source.is_file():
         raise UserError(f"no metrics file at {source}: run the study first (`make run`, or `python -m cxr train "
