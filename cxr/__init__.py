@@ -21,6 +21,30 @@ _logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 __version__ = "0.1.0"
 
 
+class UserError(Exception):
+    """Bad input from the user (a path, a setting, a dataset): the message says what is wrong and what to do, in one
+    line. The CLI prints it without a traceback (`--debug` or CXR_DEBUG=1 shows one); so does Jupyter/IPython."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython (Jupyter, papermill) shows this instead of a traceback: the one line that says what to do."""
+        if _os.environ.get("CXR_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+            raise NotImplementedError  # IPython then shows the full traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def ensure_writable(folder: str | _os.PathLike, what: str = "output folder") -> None:
+    """Raise `UserError` unless `folder` exists as a writable folder or can be created (checked before any work,
+    so that a run never stops half-way for want of a place to write)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"cannot write the {what} {folder}: {existing} is a file; choose another path.")
+    if not _os.access(existing, _os.W_OK | _os.X_OK):
+        raise UserError(f"cannot write the {what} {folder}: no write permission in {existing}; choose another path.")
+
+
 @_contextlib.contextmanager
 def quiet_stderr():
     """Send file descriptor 2 to /dev/null for a moment: TensorFlow's C++ start-up lines (oneDNN, CUDA stub, absl)

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
+
+from cxr import UserError, ensure_writable
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED_METRICS = Path("doc") / "metrics.json"  # the metrics document of the committed run (README tables)
 
 
 def _config(args: argparse.Namespace):
@@ -15,16 +23,28 @@ def _config(args: argparse.Namespace):
     overrides = {k: v for k, v in flags.items() if v is not None}  # a flag not given keeps the preset's value
     if getattr(args, "run", None):
         overrides["output_dir"] = args.run
-    return Config.preset(args.mode, **{**overrides, **parse_settings(args.set)})
+    try:
+        return Config.preset(args.mode, **{**overrides, **parse_settings(args.set)})
+    except (TypeError, ValueError) as error:  # an unknown or badly typed setting
+        raise UserError(f"{error} (see `python -m cxr {args.command} --help`)") from None
+
+
+def _check_backbone(config) -> None:
+    from cxr.model import backbone_names
+
+    names = backbone_names()
+    if config.backbone not in names:
+        raise UserError(f"unknown backbone {config.backbone!r}: choose one of {', '.join(names)} "
+                        "(--set backbone=NAME).")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from cxr.data import index_cli
+    from cxr.data import index_source
 
     config = _config(args)
-    argv = [args.source, "--out", args.out, "--data-dir", config.data_dir, "--seed", str(config.seed),
-            "--val-fraction", str(config.val_fraction)]
-    return index_cli(argv + ([] if config.exclude_test_patients else ["--keep-test-patients"]))
+    index_source(args.source, args.out, config.data_dir, config.val_fraction, config.seed,
+                 exclude_test_patients=config.exclude_test_patients)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -32,9 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cxr.io import atomic_write_csv
 
     config = _config(args)
-    prepared = data.prepare(config)
+    _check_backbone(config)
+    ensure_writable(config.run_dir, "run folder")
+    prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop before any writing
     outcomes, doc = pipeline.run_study(config, prepared, args.tasks, verbose=2 if args.verbose else 0)
-    atomic_write_csv(config.run_dir / "index.csv", prepared.index)
+    atomic_write_csv(config.run_dir / "index.csv", prepared.inventory)
     for task, o in outcomes.items():
         print(f"{task}: kept stage {o.result.kept_stage}, validation threshold {o.threshold:.4f} -> {o.model_dir}")
     print(f"test scored once; {config.run_dir / 'metrics.json'}")
@@ -47,28 +69,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.config import Config, parse_settings
 
     run = _config(args).run_dir
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a run folder (no config.json): pass --run DIR, a folder written by "
+                        "`python -m cxr train --run DIR` or the notebook.")
+    tasks = [t for t in args.tasks if (run / t / "model.keras").is_file()]
+    if not tasks:
+        raise UserError(f"no saved model in {run} (looked for {', '.join(f'{t}/model.keras' for t in args.tasks)}): "
+                        "train first (`python -m cxr train --run DIR`).")
+    ensure_writable(run, "run folder")
     config = Config.load(run / "config.json").replace(output_dir=str(run), **parse_settings(args.set))
     prepared = data.prepare(config)
     reports = {}
-    for task in args.tasks:
-        if not (run / task / "model.keras").is_file():
-            continue
+    for task in tasks:
         reports[task] = pipeline.evaluate_saved(config, prepared, task, run / task, run)
     doc = pipeline.write_metrics(config, prepared, reports, run)
     print(evaluate.results_table(doc).to_string())
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from cxr import evaluate
-    from cxr.io import update_markdown
+def _metrics_source(args: argparse.Namespace) -> Path:
+    """The metrics.json to read: --metrics, else <run>/metrics.json when --run is given, else doc/metrics.json (the
+    committed run's, beside the figures)."""
+    if args.metrics:
+        return Path(args.metrics)
+    if args.run:
+        return Path(args.run) / "metrics.json"
+    if COMMITTED_METRICS.is_file() or not (REPO / COMMITTED_METRICS).is_file():
+        return COMMITTED_METRICS
+    return Path(os.path.relpath(REPO / COMMITTED_METRICS))
 
-    source = _config(args).run_dir / "metrics.json"
-    doc = evaluate.read_metrics(source)
-    text = evaluate.markdown_results(doc, source=source.as_posix())
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Write the results tables from a metrics document: print them, or update Markdown files' blocks; with
+    --copy-metrics, first copy the document there (`make notebook`: runs/full/metrics.json -> doc/metrics.json),
+    so that the tables name the committed copy as their source."""
+    from cxr import evaluate
+    from cxr.io import atomic_write_text, update_markdown
+
+    _config(args)  # a bad --mode or --set is an error here too
+    source = _metrics_source(args)
+    if not source.is_file():
+        raise UserError(f"no metrics file at {source}: run the study first (`make run`, or `python -m cxr train "
+                        "--run DIR` then --run DIR), or pass --metrics FILE.")
+    try:
+        doc = evaluate.read_metrics(source)
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{source} is not a metrics document of this version ({error}): re-run "
+                        "`python -m cxr evaluate --run DIR`.") from None
+    for target in args.update:  # everything is checked before anything is written
+        text = Path(target).read_text() if Path(target).is_file() else None
+        if text is None or not any(f"<!-- {m} -->" in text and f"<!-- /{m} -->" in text for m in ("results", "headline")):
+            raise UserError(f"cannot update {target}: " + ("no such file" if text is None else
+                            "it has no <!-- results --> ... <!-- /results --> (or headline) block") + ".")
+        ensure_writable(Path(target).parent, "folder of")
+    if args.copy_metrics:
+        ensure_writable(Path(args.copy_metrics).parent, "metrics folder")
+        if Path(args.copy_metrics).resolve() != source.resolve():
+            atomic_write_text(args.copy_metrics, source.read_text())
+            print(f"copied {source} -> {args.copy_metrics}")
+        source = Path(args.copy_metrics)
+    label = source.as_posix()
+    text = evaluate.markdown_results(doc, source=label)
     for target in args.update:  # a file with a <!-- headline --> block gets the short version there
         if "<!-- headline -->" in Path(target).read_text():
-            update_markdown(target, evaluate.markdown_results(doc, source.as_posix(), True), "headline")
+            update_markdown(target, evaluate.markdown_results(doc, label, True), "headline")
         else:
             update_markdown(target, text)
         print(f"updated {target}")
@@ -81,10 +145,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.predict import model_folder, predict_files
 
     folder = model_folder(args.model or _config(args).run_dir, args.task)
+    if args.gradcam:
+        ensure_writable(args.gradcam, "Grad-CAM folder")
     results = predict_files(folder, args.images, gradcam_dir=args.gradcam)
     for r in results:
         print(json.dumps(r))
-    return 0 if all("error" not in r for r in results) else 1
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} images could not be read (the JSON lines with \"error\"; the "
+              f"others were scored), e.g. {failed[0]['path']}: {failed[0]['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
@@ -92,8 +162,12 @@ def cmd_notebook(args: argparse.Namespace) -> int:
 
     from cxr.config import parse_settings
 
+    config = _config(args)  # bad settings, backbone, data source or output folder: stop before papermill starts
+    _check_backbone(config)
+    ensure_writable(config.run_dir, "run folder")
+    settings = parse_settings(args.set)
     return run_notebook(mode=args.mode, in_place=args.in_place, source=args.source, output_dir=args.run,
-                        settings=parse_settings(args.set))
+                        settings=settings)
 
 
 def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default: runs/<mode>)") -> None:
@@ -102,6 +176,7 @@ def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any Config field, parsed by its type (repeatable), e.g. --set seed=7 --set weights=none")
     p.add_argument("--run", help=run_help)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (or set CXR_DEBUG=1)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "score the test split once; write metrics.json")
     _common(p)
     p.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
-    p.add_argument("--source", help="zip or folder of the dataset (default: $CXR_DATA, ../shared, Kaggle, sample)")
+    p.add_argument("--source", help="zip or folder of the dataset, or 'kaggle' (default: $CXR_DATA, ../shared, "
+                                     "Kaggle, sample)")
     p.add_argument("--backbone")
     p.add_argument("--image-size", dest="image_size", type=int)
     p.add_argument("--seed", type=int)
@@ -132,10 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("results", help="the results tables of a run as Markdown (from its metrics.json)")
-    _common(p, "a run folder holding metrics.json (default: runs/<mode>)")
+    p = sub.add_parser("results", help="the results tables as Markdown, from doc/metrics.json (the committed run) "
+                                       "or a run's metrics.json")
+    _common(p, "a run folder holding metrics.json (default: read doc/metrics.json)")
+    p.add_argument("--metrics", metavar="FILE", help="the metrics.json to read (default: <run>/metrics.json with "
+                                                     "--run, else doc/metrics.json)")
     p.add_argument("--update", nargs="*", default=[], metavar="FILE",
                    help="replace the <!-- results --> block of these Markdown files instead of printing")
+    p.add_argument("--copy-metrics", metavar="FILE",
+                   help="copy the metrics document here first (make notebook: doc/metrics.json); the tables then "
+                        "name this copy as their source")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("predict", help="score images with a saved model; one JSON line per image")
@@ -148,18 +230,65 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("notebook", help="execute notebook.ipynb headless (papermill) and print the headline metrics")
     _common(p, "the run folder for its outputs (default: runs/<mode>)")
-    p.add_argument("--source")
+    p.add_argument("--source", help="zip or folder of the dataset, or 'kaggle' (default: $CXR_DATA, ../shared, "
+                                     "Kaggle, sample)")
     p.add_argument("--in-place", action="store_true", help="write the executed notebook over notebook.ipynb")
     p.set_defaults(func=cmd_notebook)
 
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as error:  # a bad --set, an unknown mode or value: one clear line, no traceback
-        if "--set" in str(error) or "unknown" in str(error) or "must be" in str(error):
-            print(f"error: {error}", file=sys.stderr)
+    debug = args.debug or os.environ.get("CXR_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    with _one_line_warnings(debug):
+        try:
+            return int(args.func(args) or 0)
+        except BrokenPipeError:  # `python -m cxr results | head`: the reader left; no traceback about it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except Exception as error:  # noqa: BLE001  (sorted below: bad input -> one line; a bug -> traceback)
+            message = _user_message(error)
+            if debug or message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             return 2
-        raise
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _user_message(error: BaseException) -> str | None:
+    """The one-line message of an error caused by the user's input, or None for anything else (a bug)."""
+    if isinstance(error, UserError):
+        text = str(error)
+    elif isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno in (30, 28)):
+        text = f"cannot write {error.filename or ''}: {error.strerror}; choose another output path or free space."
+    elif isinstance(error, FileNotFoundError) and error.filename:
+        text = f"{error.filename} does not exist ({error.strerror}); check the path."
+    else:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _one_line_warnings(debug: bool):
+    """Python warnings as one clean line on stderr ("warning: message"), without file paths or source lines;
+    each distinct message once. With `debug`, Python's own format."""
+    if debug:
+        yield
+        return
+    seen: set[str] = set()
+    saved = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 if __name__ == "__main__":

@@ -260,11 +260,23 @@ def save_model(model: keras.Model, directory: str | Path, config, threshold: flo
 
 
 def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
-    """Load a model saved by `save_model` (Keras safe mode) and its metadata."""
-    directory = Path(directory)
+    """Load a model saved by `save_model` (Keras safe mode) and its metadata. `directory`: the model folder
+    (holding model.keras and model.json) or its model.keras file. A wrong path raises `cxr.UserError` saying
+    what to pass."""
+    from cxr import UserError
+
+    path = Path(directory)
+    directory = path.parent if path.suffix == ".keras" else path
+    hint = "pass a model folder written by training (runs/<run>/pneumonia) or its model.keras file"
+    if not path.exists():
+        raise UserError(f"no saved model at {path}: {hint}.")
     for f in ("model.keras", "model.json"):
         if not (directory / f).is_file():
-            raise FileNotFoundError(f"{directory / f} missing: not a saved model folder")
-    meta = json.loads((directory / "model.json").read_text())
-    model = keras.saving.load_model(directory / "model.keras", safe_mode=True, compile=False)
+            raise UserError(f"{directory} is not a saved model folder ({f} missing): {hint}.")
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+        model = keras.saving.load_model(directory / "model.keras", safe_mode=True, compile=False)
+    except Exception as error:  # noqa: BLE001  (a damaged or foreign file: one clear line)
+        message = " ".join(str(error).split())[:200]
+        raise UserError(f"cannot load the model in {directory} ({type(error).__name__}: {message}): {hint}.") from None
     return model, meta

@@ -8,8 +8,11 @@ import numpy as np
 
 
 def model_folder(path: str | Path, task: str = "pneumonia") -> Path:
-    """A saved model folder: `path` itself, or `path/<task>` when `path` is a run folder."""
+    """A saved model folder: `path` itself, a model.keras file as is, or `path/<task>` when
+    `path` is a run folder. Whether it really holds a model is checked by `cxr.model.load_model`."""
     path = Path(path)
+    if path.suffix == ".keras":
+        return path  # `load_model` takes the file too (and names it in its error)
     if not (path / "model.keras").is_file() and (path / task / "model.keras").is_file():
         return path / task
     return path

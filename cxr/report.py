@@ -133,23 +133,33 @@ def run_notebook(mode: str = "full", in_place: bool = False, source: str | None 
     """
     import papermill as pm
 
+    from cxr import progress
     from cxr.data import resolve_source
 
     settings = dict(settings or {})
     output_dir = settings.pop("output_dir", None) or output_dir
     out_dir = Config.preset(mode, output_dir=str(output_dir) if output_dir else None, **settings).run_dir
     target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
+    resolved = resolve_source(source, Path(REPO / "data"))  # a bad source stops here, before any folder is made
     target.parent.mkdir(parents=True, exist_ok=True)
-    resolved = resolve_source(source, Path(REPO / "data"))
     print(f"data: {os.path.relpath(resolved)}")
     params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source, "SETTINGS": settings}
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    show_cells = progress.enabled()  # papermill's own bar of cells, in this terminal only
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
+    os.environ["CXR_PROGRESS"] = "0"  # cxr.progress: off in the kernel too (it inherits the environment)
     if in_place:  # the run behind the committed notebook also refreshes the README's figures
         os.environ["CXR_FIGURES_DIR"] = os.path.relpath(REPO / "doc" / "figures", REPO)
     # relative paths: papermill records them in the notebook's metadata, which must show no local absolute path
-    pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
-                        cwd=os.path.relpath(REPO), progress_bar=True, log_output=False)
+    try:
+        pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
+                            cwd=os.path.relpath(REPO), progress_bar=show_cells, log_output=False)
+    except pm.PapermillExecutionError as error:  # one line: where it stopped and why; the details are in the copy
+        from cxr import UserError
+
+        value = " ".join(str(error.evalue).split())[:300]
+        raise UserError(f"the notebook stopped in cell {error.exec_count}: {error.ename}: {value} "
+                        f"(the executed copy with the traceback: {os.path.relpath(target)})") from None
     metrics = REPO / out_dir / "metrics.json"
     print(f"executed notebook: {target.relative_to(REPO) if target.is_relative_to(REPO) else target}")
     if metrics.is_file():

@@ -302,25 +302,37 @@ def test_split_is_deterministic_whatever_the_row_order(indexed):
     assert any(not other.equals(reference) for other in others)  # the seed matters
 
 
-def test_split_drops_training_copies_of_test_images(indexed, capsys):
+def test_split_excludes_training_copies_of_test_images_and_keeps_their_rows(indexed, capsys):
     index, _ = indexed
     test_row = index[index["official_split"] == "test"].iloc[0]
     train_rows = index.index[index["official_split"] == "train"][:1]
     leaky = index.copy()
     leaky.loc[train_rows, "sha1"] = test_row["sha1"]
-    with pytest.warns(UserWarning, match="byte-identical to test"):
-        split = data.split_by_patient(leaky, 0.25, seed=0)
-    assert len(split) == len(index) - 1
-    assert split.groupby("sha1")["split"].nunique().max() == 1
+    split = data.split_by_patient(leaky, 0.25, seed=0)
+    assert "1 training images are byte-identical to official test images; excluded" in capsys.readouterr().out
+    assert len(split) == len(index)  # the inventory keeps the row ...
+    excluded = split[split["split"] == "excluded"]
+    assert list(excluded["path"]) == [index.loc[train_rows[0], "path"]]  # ... as excluded, with its reason
+    assert list(excluded["excluded_reason"]) == ["byte-identical to an official test image"]
+    assert split.loc[split["split"] != "excluded", "excluded_reason"].eq("").all()
+    kept_rows = split[split["split"] != "excluded"]
+    assert kept_rows.groupby("sha1")["split"].nunique().max() == 1
+    data.check_no_leakage(split)  # excluded rows are ignored by the check
     leaked = index.copy()
     leaked.loc[train_rows, "patient_id"] = test_row["patient_id"]
     dropped = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=True)
     assert "also appears in the official test" in capsys.readouterr().out  # reported, with the count
-    assert len(dropped) == len(index) - 1
-    assert not set(dropped.loc[dropped["split"] != "test", "patient_id"]) & {test_row["patient_id"]}
+    assert len(dropped) == len(index) and dropped["split"].eq("excluded").sum() == 1
+    assert dropped.loc[dropped["split"] == "excluded", "excluded_reason"].iloc[0] == "patient id also in the official test"
+    assert not set(dropped.loc[dropped["split"].isin(["train", "val"]), "patient_id"]) & {test_row["patient_id"]}
     data.check_no_leakage(dropped, patients_vs_test=True)
+    assert "excluded by the split" in data.exclusion_summary(dropped) and "1 images" in data.exclusion_summary(dropped)
+    summary = data.split_summary(dropped)
+    assert list(summary.index) == ["train", "val", "test"]  # no "excluded" row
+    assert summary[("images", "total")].sum() == len(index) - 1
+    assert data.split_summary(dropped, by="official_split")[("images", "total")].sum() == len(index)  # what was found
     kept = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=False)
-    assert len(kept) == len(index) and "kept" in capsys.readouterr().out
+    assert len(kept) == len(index) and not kept["split"].eq("excluded").any() and "kept" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="patient_id"):
         data.check_no_leakage(kept, patients_vs_test=True)
     bad = data.split_by_patient(index, 0.25, seed=0)
@@ -494,13 +506,19 @@ def test_prepare_on_a_kaggle_style_zip(tree, tmp_path, capsys):
                     max_per_class=12)
     prepared = data.prepare(config, workers=1)
     out = capsys.readouterr().out
-    assert "counts differ from the Kaggle dataset" in out and "train/NORMAL/IM-0704-0001.jpeg: corrupt" in out
+    assert "counts found differ from the Kaggle dataset" in out and "train/NORMAL/IM-0704-0001.jpeg: corrupt" in out
     index = prepared.index
     assert prepared.images.shape == (len(index), 32, 32)
     assert index.groupby(["official_split", "label"]).size().max() <= 12
+    assert set(index["split"]) == {"train", "val", "test"}
     data.check_no_leakage(index)
-    saved = pd.read_csv(tmp_path / "data" / "index.csv", dtype=str)
-    assert list(saved["path"]) == list(index["path"]) and "split" in saved
+    saved = pd.read_csv(tmp_path / "data" / "index.csv", dtype=str, keep_default_na=False)
+    # index.csv: every readable image; the ones over the smoke cap are excluded with their reason
+    assert len(saved) == len(data.build_index(prepared.root, workers=1)[0])
+    assert list(saved["path"]) == list(prepared.inventory["path"])
+    over = saved[saved["split"] == "excluded"]
+    assert len(over) == len(prepared.excluded) > 0 and over["excluded_reason"].str.startswith("over max_per_class=12").all()
+    assert list(saved.loc[saved["split"] != "excluded", "path"]) == list(index["path"])
     # the nested duplicate and top-level junk are not even extracted (the extraction message counts them)
     assert "left out 1 in __MACOSX/, 53 beside chest_xray/{train,val,test}/ (nested duplicate, junk)" in out
     assert set(pd.read_csv(tmp_path / "data" / "skipped.csv")["path"]) == set(EXPECTED_SKIPS) - {".DS_Store",
@@ -520,10 +538,12 @@ def test_index_cli(tree, tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "train/NORMAL/notes.txt: not an image" in printed and "8 files skipped" in printed
     index = pd.read_csv(out)
-    assert {"split", "sha1", "patient_id"} <= set(index.columns)
+    assert {"split", "sha1", "patient_id", "excluded_reason"} <= set(index.columns)
+    assert len(index) == len(data.build_index(tree / "chest_xray", workers=1)[0])  # every readable image
     assert len(pd.read_csv(tmp_path / "index-skipped.csv")) == len(EXPECTED_SKIPS)
-    assert data.index_cli([str(tmp_path / "missing.zip"), "--out", str(out)]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert data.index_cli([str(tmp_path / "missing.zip"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bundled_sample(tmp_path):
@@ -537,7 +557,7 @@ def test_bundled_sample(tmp_path):
     assert not set(index.loc[index["official_split"] == "test", "patient_id"]) & set(
         index.loc[index["official_split"] == "train", "patient_id"])
     split = data.split_by_patient(data.cap_per_class(index, 24), 0.15, 42)
-    assert (split["split"] == "val").sum() > 0
+    assert (split["split"] == "val").sum() > 0 and not split["split"].eq("excluded").any()
     assert index[["width", "height"]].eq(224).all().all()
 
 
@@ -557,6 +577,13 @@ def test_shared_zip_index_and_split(shared_data, tmp_path):
     assert set(skipped["path"]) == {"train/.DS_Store", "test/.DS_Store"}
     duplicated = index[index["sha1"].duplicated(keep=False)]
     assert duplicated["sha1"].nunique() >= 20  # the byte-identical groups the README mentions
+    split = data.split_by_patient(index, 0.15, 42, drop_test_patients=True)
+    data.check_no_leakage(split, patients_vs_test=True)
+    assert len(split) == 5840 and split["split"].value_counts().to_dict() == {"train": 4079, "excluded": 457,
+                                                                              "val": 680, "test": 624}
+    assert split.loc[split["split"] == "excluded", "official_split"].eq("train").all()
+    assert data.check_counts(split) == data.check_counts(index)  # the count check is about what was found
+    assert not any("PNEUMONIA: 3418" in line for line in data.check_counts(split))  # no "-457" false alarm
     split = data.split_by_patient(index, 0.15, 42)
     data.check_no_leakage(split)
     assert (split["split"] == "test").sum() == 624
@@ -602,3 +629,61 @@ def test_prepared_rows_labels_and_batch():
         prepared.rows("train", "fracture")
     with pytest.raises(ValueError, match="unknown split"):
         prepared.rows("training")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small datasets
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_index(per_subtype: dict[str, int], test: int = 2) -> pd.DataFrame:
+    rows, n = [], 0
+    for subtype, count in per_subtype.items():
+        label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+        for i in range(count):
+            n += 1
+            rows.append({"path": f"train/{label}/{subtype}{i}.jpeg", "official_split": "train", "label": label,
+                         "subtype": subtype, "patient_id": f"{subtype}{i}", "sha1": f"{n:040x}"})
+    for i in range(test):
+        for label, subtype in (("NORMAL", "normal"), ("PNEUMONIA", "bacteria")):
+            n += 1
+            rows.append({"path": f"test/{label}/t{subtype}{i}.jpeg", "official_split": "test", "label": label,
+                         "subtype": subtype, "patient_id": f"t{subtype}{i}", "sha1": f"{n:040x}"})
+    return pd.DataFrame(rows)
+
+
+def test_small_pool_is_split_into_fewer_folds_and_says_so(capsys):
+    index = _tiny_index({"normal": 3, "bacteria": 3, "virus": 2})
+    split = data.split_by_patient(index, 0.15, 42)  # scikit-learn alone: "n_splits=7 cannot be greater ..."
+    out = capsys.readouterr().out
+    assert "validation takes 1 of 3 folds (about 33%) instead of 1 of 7 (15%)" in out
+    assert split["split"].eq("val").sum() >= 2 and set(split["split"]) == {"train", "val", "test"}
+    data.check_no_leakage(split)
+    usual = _tiny_index({"normal": 20, "bacteria": 12, "virus": 9})
+    data.split_by_patient(usual, 0.15, 42)
+    assert "folds" not in capsys.readouterr().out  # enough images: the usual split, no note
+
+
+def test_a_pool_that_cannot_be_split_stops_with_the_numbers():
+    with pytest.raises(data.DataUnavailable, match=r"1 image\(s\) of 1 patient\(s\).*at least 2 patients"):
+        data.split_by_patient(_tiny_index({"normal": 1}), 0.15, 42)
+    with pytest.raises(data.DataUnavailable, match="Too few training images"):
+        data.split_by_patient(_tiny_index({"normal": 1, "virus": 1}), 0.15, 42)
+
+
+def test_check_trainable_names_the_missing_class():
+    split = data.split_by_patient(_tiny_index({"normal": 4, "bacteria": 4, "virus": 4}), 0.15, 42)
+    data.check_trainable(split, ["pneumonia", "subtype"])
+    no_virus = split[~(split["subtype"].eq("virus") & split["split"].eq("val"))]
+    with pytest.raises(data.DataUnavailable, match="Task 'subtype' cannot be trained.*its val split has 0 virus"):
+        data.check_trainable(no_virus, ["pneumonia", "subtype"])
+    data.check_trainable(no_virus, ["pneumonia"])
+
+
+def test_prepared_rows_ignore_excluded_rows():
+    index = pd.DataFrame({"split": ["train", "excluded", "val", "test"], "label": ["NORMAL", "PNEUMONIA"] * 2,
+                          "subtype": ["normal", "virus", "normal", "bacteria"], "path": list("abcd")})
+    prepared = data.Prepared(index=index, skipped=pd.DataFrame(), images=np.zeros((4, 2, 2), np.uint8),
+                             root=Path("."), source=Path("."))
+    np.testing.assert_array_equal(prepared.rows("train"), [0])
+    assert sum(len(prepared.rows(s)) for s in ("train", "val", "test")) == 3

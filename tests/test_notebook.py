@@ -54,6 +54,10 @@ def _assert_clean(nb: dict) -> None:
                 assert "Warning" not in stream and "WARNING" not in stream, stream[:300]
                 assert not re.search(r"^[IWE]\d{4} ", stream, re.M), stream[:300]  # absl/TensorFlow C++ logs
                 assert "\r" not in stream, stream[:300]  # progress bars
+            # no progress output of any kind: tqdm text bars, Keras' own bars, tqdm.auto widgets
+            for trace in ("%|", "it/s", "img/s", "Epoch 1/", "━━"):
+                assert trace not in text, (trace, text[:300])
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), "a progress widget"
 
 
 def test_committed_notebook_outputs_are_clean():

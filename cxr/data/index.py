@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from cxr import progress
 from cxr.config import CLASS_NAMES, SPLITS
 from cxr.data.sources import INDEX_VERSION, _is_macosx
 from cxr.io import atomic_write_csv
@@ -108,9 +109,8 @@ def _parallel(fn: Callable[[list], Any], items: list, workers: int | None, desc:
     Small jobs (or workers=1) run in this process: a pool costs about a second to start."""
     workers = _default_workers() if workers is None else max(1, workers)
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    # small jobs get no bar; otherwise tqdm's defaults apply, so TQDM_DISABLE=1 (headless notebook runs) turns it off
-    quiet = {"disable": True} if len(items) < 100 else {}
-    with tqdm(total=len(items), desc=desc, unit="img", leave=False, **quiet) as bar:
+    # small jobs get no bar; others a live bar in interactive sessions only (cxr.progress), never in logs
+    with (progress.bar(total=len(items), desc=desc) if len(items) >= 100 else tqdm(disable=True)) as bar:
         if workers == 1 or len(items) < 4 * chunk:
             for part in chunks:
                 result = fn(part)

@@ -12,8 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-from tqdm import tqdm  # text bars everywhere (no ipywidgets needed); TQDM_DISABLE=1 turns them off
-
+from cxr import UserError, progress
 from cxr.config import KAGGLE_DATASET, SPLITS
 from cxr.io import atomic_folder, atomic_write_text
 
@@ -25,8 +24,9 @@ KAGGLE_ZIP_NAME = "chest-xray-pneumonia.zip"
 INDEX_VERSION = 1  # version of the extraction and the index layout (a change invalidates both)
 
 
-class DataUnavailable(RuntimeError):
-    """The data cannot be obtained or read; the message says what to do (print it, no traceback needed)."""
+class DataUnavailable(UserError, RuntimeError):
+    """The data cannot be obtained or read; the message's first line says what is wrong and what to do (print it,
+    no traceback needed); more lines, if any, give details."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,6 +53,25 @@ def kaggle_credentials() -> str | None:
         if (config_dir / name).is_file():
             return str(config_dir / name)
     return None
+
+
+def _scrub(error: object) -> str:
+    """The text of `error` with any Kaggle credential value replaced by ***: a credential is never printed."""
+    text = " ".join(str(error).split())
+    secrets = [os.environ.get(v, "") for v in ("KAGGLE_API_TOKEN", "KAGGLE_KEY", "KAGGLE_USERNAME")]
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")).expanduser()
+    for name in ("kaggle.json", "access_token"):
+        try:
+            raw = (config_dir / name).read_text()
+        except OSError:
+            continue
+        try:
+            secrets += [str(v) for v in json.loads(raw).values()]
+        except (ValueError, AttributeError):
+            secrets.append(raw.strip())
+    for secret in sorted({x for x in secrets if len(x) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text[:300]
 
 
 def _download_marker(zip_path: Path) -> Path:
@@ -85,14 +104,18 @@ def download(dest: str | Path, force: bool = False) -> Path:
         return zip_path
     where = kaggle_credentials()
     if where is None:
-        raise DataUnavailable("No Kaggle credentials found.\n" + HOW_TO_GET_DATA)
+        raise DataUnavailable("No Kaggle credentials found: save an API token as ~/.kaggle/kaggle.json (or set "
+                              "KAGGLE_API_TOKEN), or download the archive by hand and set CXR_DATA=/path/to/archive.zip."
+                              "\n" + HOW_TO_GET_DATA)
     dest.mkdir(parents=True, exist_ok=True)
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi  # noqa: F401  (authenticates on import)
     except ImportError:
         KaggleApi = None
     except SystemExit:  # the client exits when it does not accept the credentials
-        raise DataUnavailable(f"The Kaggle client rejected the credentials in {where}.\n" + HOW_TO_GET_DATA) from None
+        raise DataUnavailable(f"Kaggle refused the credentials in {where}: create a new API token on "
+                              "https://www.kaggle.com/settings, or set CXR_DATA to a downloaded archive.\n"
+                              + HOW_TO_GET_DATA) from None
 
     if KaggleApi is None:
         try:
@@ -103,7 +126,8 @@ def download(dest: str | Path, force: bool = False) -> Path:
         try:
             return Path(kagglehub.dataset_download(KAGGLE_DATASET))
         except Exception as error:  # noqa: BLE001  (network, auth: all become one clear message)
-            raise DataUnavailable(f"kagglehub could not download {KAGGLE_DATASET}: {error}\n"
+            raise DataUnavailable(f"kagglehub could not download {KAGGLE_DATASET}: {_scrub(error)}; check the "
+                                  "credentials and the network, or set CXR_DATA to a downloaded archive.\n"
                                   + HOW_TO_GET_DATA) from None
 
     tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".download-"))
@@ -121,8 +145,10 @@ def download(dest: str | Path, force: bool = False) -> Path:
     except DataUnavailable:
         raise
     except (Exception, SystemExit) as error:  # noqa: BLE001  (network, auth, disk: one clear message)
-        raise DataUnavailable(f"Downloading {KAGGLE_DATASET} from Kaggle failed "
-                              f"({type(error).__name__}: {error}).\n" + HOW_TO_GET_DATA) from None
+        refused = any(w in str(error).lower() for w in ("401", "403", "unauthori", "forbidden", "credential"))
+        what = f"Kaggle refused the credentials in {where}" if refused else f"Downloading {KAGGLE_DATASET} failed"
+        raise DataUnavailable(f"{what} ({type(error).__name__}: {_scrub(error)}); check the token (or the network), "
+                              "or set CXR_DATA to a downloaded archive.\n" + HOW_TO_GET_DATA) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return zip_path
@@ -143,12 +169,18 @@ def _display_path(path: Path) -> str:
 
 def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
     """Where the data comes from: `source` > $CXR_DATA > ../shared/data copy > earlier or new Kaggle download
-    > the bundled sample (with a message on how to get the full data). Returns a zip or a folder."""
+    > the bundled sample (with a message on how to get the full data). Returns a zip or a folder.
+
+    `source="kaggle"` asks for the Kaggle download explicitly: missing or refused credentials are then an error
+    (otherwise they fall back to the bundled sample with a one-line message)."""
+    if str(source).lower() == "kaggle":
+        return download(data_dir)
     for given, origin in ((source, "argument"), (os.environ.get("CXR_DATA") or None, "$CXR_DATA")):
         if given is not None:
             path = Path(given).expanduser()
             if not path.exists():
-                raise DataUnavailable(f"The data source {path} (from {origin}) does not exist.\n" + HOW_TO_GET_DATA)
+                raise DataUnavailable(f"The data source {path} (from {origin}) does not exist: pass the Kaggle zip "
+                                      "or its extracted folder (see README, 'Getting the data').\n" + HOW_TO_GET_DATA)
             print(f"Data: {path} (from {origin})")
             return path
     for candidate in _shared_candidates():
@@ -163,12 +195,32 @@ def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
         try:
             return download(data_dir)
         except DataUnavailable as error:
-            print(f"Data: {error}\nFalling back to the bundled sample.", file=sys.stderr)
+            print(f"Data: {str(error).splitlines()[0]} Falling back to the bundled sample.", file=sys.stderr)
     if not SAMPLE_ZIP.is_file():
         raise DataUnavailable(f"The bundled sample {SAMPLE_ZIP} is missing.\n" + HOW_TO_GET_DATA)
     print(f"Data: the bundled sample {SAMPLE_ZIP.name} (a few dozen real images, enough for a smoke run only).\n"
           + HOW_TO_GET_DATA)
     return SAMPLE_ZIP
+
+
+def check_source(source: str | Path | None) -> None:
+    """Check a data source the user gave, cheaply and silently (no extraction, no download): it exists and is a
+    folder or zip in the Kaggle layout. Raises `DataUnavailable` (one line) otherwise. None and "kaggle" pass
+    (resolved later). For the first cell of the notebook and the CLI, before any work starts."""
+    if source is None or str(source).lower() == "kaggle":
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataUnavailable(f"The data source {path} does not exist: pass the Kaggle zip or its extracted folder "
+                              "(see README, 'Getting the data').")
+    if path.is_dir():
+        find_root(path)
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            _zip_root(zf.namelist())
+    else:
+        raise DataUnavailable(f"{path} is neither a folder nor a zip archive: pass the Kaggle zip or its extracted "
+                              "folder (chest_xray/{train,test}/{NORMAL,PNEUMONIA}/).")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,8 +244,8 @@ def _zip_root(names: list[str]) -> str:
                 seen.setdefault("/".join(parts[:i]), set()).add(part.lower())
     roots = [prefix for prefix, splits in seen.items() if {"train", "test"} <= splits]
     if not roots:
-        raise DataUnavailable("No train/ and test/ folders found in the archive; expected the Kaggle layout "
-                              "chest_xray/{train,test}/{NORMAL,PNEUMONIA}/.")
+        raise DataUnavailable("Not a chest X-ray dataset: no train/ and test/ folders in the archive; expected the "
+                              "Kaggle layout chest_xray/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg.")
     best = min(roots, key=lambda p: (p.count("/") + bool(p), p))
     return best + "/" if best else ""
 
@@ -210,8 +262,8 @@ def find_root(folder: str | Path, max_depth: int = 4) -> Path:
         level = [p for d in level for p in sorted(d.iterdir()) if p.is_dir() and not _is_macosx([p.name])]
         if not level:
             break
-    raise DataUnavailable(f"No train/ and test/ folders found under {folder}; expected the Kaggle layout "
-                          "chest_xray/{train,test}/{NORMAL,PNEUMONIA}/.")
+    raise DataUnavailable(f"Not a chest X-ray dataset: no train/ and test/ folders under {folder}; expected the "
+                          "Kaggle layout chest_xray/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg.")
 
 
 def extract(archive: str | Path, dest: str | Path) -> Path:
@@ -224,7 +276,8 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
     if archive.is_dir():
         return find_root(archive)
     if not zipfile.is_zipfile(archive):
-        raise DataUnavailable(f"{archive} is neither a folder nor a zip archive.")
+        raise DataUnavailable(f"{archive} is neither a folder nor a zip archive: pass the Kaggle zip or its extracted "
+                              "folder (chest_xray/{train,test}/{NORMAL,PNEUMONIA}/).")
     dest = Path(dest)
     stat = archive.stat()
     stamp = {"archive": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -259,7 +312,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
             else:
                 left_out[kinds[1]] += 1
         with atomic_folder(dest) as tmp:
-            for name in tqdm(keep, desc=f"extract {archive.name}", unit="file", leave=False):
+            for name in progress.bar(keep, desc=f"extract {archive.name}"):
                 zf.extract(name, tmp)
             (tmp / ".extracted.json").write_text(json.dumps(stamp))
     skipped = ", ".join(f"{n} {kind}" for kind, n in left_out.items() if n)

@@ -9,10 +9,18 @@ import numpy as np
 import pandas as pd
 
 from cxr.config import CLASS_NAMES, SPLITS
+from cxr.data.sources import DataUnavailable
+
+EXCLUDED = "excluded"  # the `split` of an image found and readable but left out of train/val/test (see its reason)
+TEST_PATIENT = "patient id also in the official test"
+TEST_COPY = "byte-identical to an official test image"
 
 
 def split_summary(index: pd.DataFrame, by: str = "split") -> pd.DataFrame:
-    """Images and patients per split (`by`: "split" or "official_split") and label, with each split's pneumonia share."""
+    """Images and patients per split (`by`: "split" or "official_split") and label, with each split's pneumonia share.
+    By "split", excluded rows are left out; by "official_split", every image found counts."""
+    if by == "split":
+        index = index[index[by].isin(SPLITS)]
     images = pd.crosstab(index[by], index["label"]).reindex(columns=list(CLASS_NAMES), fill_value=0)
     patients = index.groupby([by, "label"])["patient_id"].nunique().unstack(fill_value=0)
     patients = patients.reindex(columns=list(CLASS_NAMES), fill_value=0)
@@ -63,51 +71,91 @@ def check_no_leakage(index: pd.DataFrame, patients_vs_test: bool = False) -> Non
 
 def split_by_patient(index: pd.DataFrame, val_fraction: float = 0.15, seed: int = 42,
                      drop_test_patients: bool = False) -> pd.DataFrame:
-    """Add a `split` column (train/val/test): the official train + val is re-split into train and val, grouped by
-    patient and by identical sha1, stratified by subtype (so by label too) with scikit-learn's
-    StratifiedGroupKFold (val is one of round(1/val_fraction) folds); the official test is kept as it is.
+    """Add a `split` column (train/val/test/excluded) and an `excluded_reason` column (empty unless excluded): the
+    official train + val is re-split into train and val, grouped by patient and by identical sha1, stratified by
+    subtype (so by label too) with scikit-learn's StratifiedGroupKFold (val is one of round(1/val_fraction) folds);
+    the official test is kept as it is.
 
-    Deterministic for a seed whatever the row order (rows are sorted by path; the result is sorted by path).
-    Training images byte-identical to a test image are dropped (with a warning). The Kaggle file names reuse
-    person numbers in train and test; those images are kept and reported unless `drop_test_patients`.
+    Every row is kept (the index is the inventory of what was found). Training images byte-identical to a test
+    image are `excluded`; so are training images whose patient id is also in the official test when
+    `drop_test_patients` (the Kaggle file names reuse person numbers; otherwise they are kept and reported).
+    The train/val split is computed on the kept rows only. Deterministic for a seed whatever the row order (the
+    result is sorted by path). A pool too small for round(1/val_fraction) folds is split into fewer folds (said
+    in a note); one that cannot be split at all (fewer than 2 patients, or no class with 2 images) raises
+    `DataUnavailable` saying how many images are needed.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
     index = index.sort_values("path", ignore_index=True).copy()
     is_test = index["official_split"].eq("test")
-    test_sha1 = set(index.loc[is_test, "sha1"])
-    drop = ~is_test & index["sha1"].isin(test_sha1)
-    test_patients = set(index.loc[is_test, "patient_id"])
-    shared_patients = ~is_test & index["patient_id"].isin(test_patients)
-    if drop.any():
-        warnings.warn(f"dropped {int(drop.sum())} training images byte-identical to test images", stacklevel=2)
+    reason = pd.Series("", index=index.index, dtype=object)
+    copies = ~is_test & index["sha1"].isin(set(index.loc[is_test, "sha1"]))
+    reason[copies] = TEST_COPY
+    shared_patients = ~is_test & index["patient_id"].isin(set(index.loc[is_test, "patient_id"]))
+    if copies.any():
+        print(f"Note: {int(copies.sum())} training images are byte-identical to official test images; excluded.")
     if shared_patients.any():
         message = (f"{int(shared_patients.sum())} training images carry a patient id "
                    f"({index.loc[shared_patients, 'patient_id'].nunique()} ids) that also appears in the official test")
         if drop_test_patients:
-            drop |= shared_patients
-            print(f"Note: {message}; left out of train/val so that no patient id is in two splits.")
+            reason[shared_patients & ~copies] = TEST_PATIENT
+            print(f"Note: {message}; excluded from train/val so that no patient id is in two splits.")
         else:
             print(f"Note: {message} (Kaggle numbering; test kept unchanged, images kept).")
-    index = index[~drop].reset_index(drop=True)
-    is_test = index["official_split"].eq("test")
+    excluded = reason.ne("")
+    kept = index[~excluded].reset_index(drop=True)
+    is_test = kept["official_split"].eq("test")
 
-    index["split"] = np.where(is_test, "test", "train")
-    pool = index[~is_test]
+    kept["split"] = np.where(is_test, "test", "train")
+    pool = kept[~is_test]
     groups = _group_ids(pool)
     mixed = pool.groupby(groups)["label"].nunique()
     if (mixed > 1).any():
-        warnings.warn(f"{int((mixed > 1).sum())} groups of identical images carry both labels", stacklevel=2)
+        print(f"Note: {int((mixed > 1).sum())} groups of identical images carry both labels.")
     n_groups = len(np.unique(groups))
-    if n_groups >= 2:
-        n_splits = int(min(max(2, round(1 / val_fraction)), n_groups))
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny data
-            _, val_rows = next(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups))
-        index.loc[pool.index[val_rows], "split"] = "val"
-    check_no_leakage(index, patients_vs_test=drop_test_patients)
-    return index
+    counts = pool["subtype"].value_counts()
+    if n_groups < 2 or counts.max() < 2:
+        raise DataUnavailable(
+            f"Too few training images to split into train and validation: {len(pool)} image(s) of {n_groups} "
+            f"patient(s) in the official train/val folders; at least 2 patients with 2 images of one class are needed "
+            f"(in practice, 10 or more patients per class): add images to train/NORMAL and train/PNEUMONIA.")
+    n_splits = int(min(max(2, round(1 / val_fraction)), n_groups))
+    if (counts < n_splits).all():  # scikit-learn needs n_splits <= the largest class: fewer, larger folds
+        wanted, n_splits = n_splits, int(counts.max())
+        print(f"Note: only {len(pool)} training images ({n_groups} patients, largest class {counts.idxmax()} with "
+              f"{counts.max()}): validation takes 1 of {n_splits} folds (about {1 / n_splits:.0%}) instead of 1 of "
+              f"{wanted} ({val_fraction:.0%}); {wanted} or more images of a class give the usual split.")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny data
+        _, val_rows = next(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups))
+    kept.loc[pool.index[val_rows], "split"] = "val"
+    for label in sorted(set(pool["label"])):
+        missing = [s for s in ("train", "val") if not (kept["split"].eq(s) & kept["label"].eq(label)).any()]
+        if missing:
+            print(f"Note: no {label} image in {' or '.join(missing)}: too few {label} patients "
+                  f"({pool.loc[pool['label'] == label, 'patient_id'].nunique()}) to have both; training needs both.")
+    kept["excluded_reason"] = ""
+    check_no_leakage(kept, patients_vs_test=drop_test_patients)
+    out = index[excluded].assign(split=EXCLUDED, excluded_reason=reason[excluded])
+    return pd.concat([kept, out]).sort_values("path", ignore_index=True)
+
+
+def exclusion_summary(index: pd.DataFrame) -> str:
+    """The exclusions of the split, one line per reason (a decision of the split, not a defect of the archive)."""
+    if "split" not in index or not index["split"].eq(EXCLUDED).any():
+        return "excluded by the split: none"
+    ex = index[index["split"] == EXCLUDED]
+    lines = [f"excluded by the split (kept in the index with split = {EXCLUDED!r}): {len(ex)} images"]
+    for why, rows in ex.groupby("excluded_reason", sort=True):
+        lines.append(f"  {why}: {len(rows)} images ({rows['patient_id'].nunique()} patient ids)")
+    return "\n".join(lines)
+
+
+def mark_excluded(index: pd.DataFrame, subset: pd.DataFrame, reason: str) -> pd.DataFrame:
+    """`subset` (a split index) plus the rows of `index` that are not in it, as excluded with `reason`."""
+    rest = index[~index["path"].isin(set(subset["path"]))].assign(split=EXCLUDED, excluded_reason=reason)
+    return pd.concat([subset, rest]).sort_values("path", ignore_index=True)
 
 
 def cap_per_class(index: pd.DataFrame, max_per_class: int | None, seed: int = 42) -> pd.DataFrame:
