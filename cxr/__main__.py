@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-score the saved models of a run folder on the test split and rewrite its metrics.json."""
-    from cxr import data, evaluate, model, pipeline
+    from cxr import data, evaluate, pipeline
     from cxr.config import Config, parse_settings
 
     run = _config(args).run_dir
