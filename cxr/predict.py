@@ -22,10 +22,13 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
                   batch_size: int = 32) -> list[dict[str, Any]]:
     """Probability, label and threshold for each image; `{"path", "error"}` for a file that cannot be read.
 
-    Images go through the same decoding and resize policy as training (`cxr.data.load_image`). With
+    `probability` is the model's own output, the one the validation threshold applies to (`label`);
+    `calibrated_probability` applies the calibration fitted on validation and saved with the model
+    (`model.json`: temperature or Platt scaling; absent for models saved without one). Images go through the same
+    decoding and resize policy as training (`cxr.data.load_image`). With
     `gradcam_dir`, a Grad-CAM overlay PNG per image is written there and its path added to the result.
     """
-    from cxr import data, model as cxr_model
+    from cxr import data, evaluate, model as cxr_model
 
     model, meta = cxr_model.load_model(model_folder(model_dir))
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
@@ -43,9 +46,13 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
         return results
     batch = np.stack(images)[..., None]
     probs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype="float64").reshape(-1)
-    for i, p in zip(ok, probs):
+    calibrator = meta.get("calibration")
+    calibrated = evaluate.apply_calibrator(calibrator, probs) if calibrator else None
+    for j, (i, p) in enumerate(zip(ok, probs)):
         results[i].update(probability=round(float(p), 6), label=names[int(p >= threshold)],
                           threshold=round(threshold, 6), positive_class=names[1])
+        if calibrated is not None:
+            results[i]["calibrated_probability"] = round(float(calibrated[j]), 6)
     if gradcam_dir is not None:
         from cxr import explain, plots
 

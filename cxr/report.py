@@ -82,22 +82,29 @@ class RunLog:
 
     def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None, sanity: pd.DataFrame | None = None,
                     faith: Any = None) -> None:
-        """The headline numbers and what the Grad-CAM checks showed, written from the results (never typed by hand)."""
+        """The headline numbers, what the calibration and the Grad-CAM checks showed, and how often the test split
+        was scored, written from the results (never typed by hand)."""
         from IPython.display import Markdown, display
 
         from cxr import evaluate, explain
 
         lines = []
-        for task, title in (("pneumonia", "Pneumonia vs normal"), ("subtype", "Bacterial vs viral")):
-            if task not in doc["tasks"]:
-                continue
-            t = doc["tasks"][task]
+        for task, t in doc["tasks"].items():
             m = t["at_threshold"]
+            stage = {"finetune": "fine-tuned backbone", "head": "head on frozen features"}.get(t.get("kept_stage"),
+                                                                                             None)
             lines.append(
-                f"* **{title}** (test, n = {t['n']}, threshold {t['threshold']:.3f} from validation): "
-                + ", ".join(f"{k} {evaluate.fmt(m[k])}" for k in ("auroc", "accuracy", "sensitivity", "specificity"))
-                + "."
+                f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, n = {t['n']}"
+                + (f" images of {t['n_patients']} patients" if t.get("n_patients") else "")
+                + f"; threshold {t['threshold']:.3f} from validation" + (f"; kept: {stage}" if stage else "") + "): "
+                + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
+                            for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                + (" (95% patient-level intervals)." if t.get("n_patients") else ".")
             )
+            if t.get("calibration"):
+                lines.append("  " + evaluate.describe_calibration(t["calibration"]))
+        if doc.get("test_ledger"):
+            lines.append("* " + doc["test_ledger"]["description"])
         if sanity is not None and len(sanity):
             lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
         if faith is not None:
