@@ -218,7 +218,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json", headline: bool = False) -> str:
+def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", headline: bool = False) -> str:
     """The results as Markdown: each task's test metrics with 95% intervals (at the validation threshold and at
     0.5), then the comparison with the literature, each with its protocol. `headline`: the comparison table and
     one line per other task only (for the README)."""
@@ -227,8 +227,7 @@ def markdown_results(doc: dict[str, Any], source: str = "runs/full/metrics.json"
         f"Official test set, scored once; thresholds chosen on validation ({p.get('threshold_policy', '?')}); "
         f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
         f"({p.get('ci_method', '')}; image-level intervals are in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
-        f"{p.get('image_size', '?')} px. Written by `python -m cxr results --run {Path(source).parent.as_posix()}` "
-        f"from `{source}`."
+        f"{p.get('image_size', '?')} px. Written by `python -m cxr results` from `{source}`."
     ]
     for task, t in doc["tasks"].items():
         if headline:
