@@ -71,3 +71,36 @@ def test_compilations_are_bounded_and_independent_of_the_number_of_batches():
     few, many = _compiles_of_a_run(16), _compiles_of_a_run(32)  # 2 vs 4 training batches per epoch, x2 val/test
     assert few == many
     assert 0 < few <= 40  # a handful per model and mode, not one per batch
+
+
+_DP_RUN = """
+import sys
+sys.path.insert(0, "tests")
+from test_train import toy_data, tiny_config
+from cxr import train
+index, images = toy_data(n=16, seed=6)
+r = train.fit(tiny_config(head_epochs=2, finetune_epochs=2, dropout=0.0), index, images)
+print("RESULT", r.devices, r.batch_size, *r.history["val_loss"].round(6))
+"""
+
+
+@jax_only
+def test_fit_runs_data_parallel_with_the_same_losses_as_one_device():
+    """Two simulated CPU devices (keras.distribution.DataParallel) give the validation losses of one device."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def run(extra: dict[str, str]) -> list[str]:
+        env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO), **extra}
+        out = subprocess.run([sys.executable, "-c", _DP_RUN], capture_output=True, text=True, cwd=REPO, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return next(line for line in out.stdout.splitlines() if line.startswith("RESULT")).split()[1:]
+
+    one = run({})
+    two = run({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "CXR_DATA_PARALLEL": "cpu"})
+    assert one[:2] == ["1", "16"] and two[:2] == ["2", "16"]
+    np.testing.assert_allclose(np.array(two[2:], float), np.array(one[2:], float), rtol=1e-3, atol=1e-4)

@@ -82,8 +82,11 @@ def batch_size(config: Config, n_devices: int = 1) -> int:
 
 
 def data_parallel() -> keras.distribution.Distribution | None:
-    """`keras.distribution.DataParallel` over the visible accelerators when there are several (JAX), else None."""
-    return distribute.data_parallel()
+    """`keras.distribution.DataParallel` over the visible accelerators when there are several (JAX), else None.
+
+    The environment variable CXR_DATA_PARALLEL set to a device type ("cpu", "gpu") uses every device of that type
+    instead, e.g. simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2`) in tests."""
+    return distribute.data_parallel(os.environ.get("CXR_DATA_PARALLEL") or None)
 
 
 def environment() -> dict[str, Any]:

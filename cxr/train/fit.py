@@ -43,7 +43,8 @@ from cxr.config import TASKS, Config, task as get_task  # noqa: F401  (train.TAS
 from cxr.data import Prepared
 from cxr.io import atomic_write_text
 from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predict, predict_proba
-from cxr.train.device import batch_size as auto_batch_size, environment, precision_policy, precision_scope
+from cxr.train.device import (batch_size as auto_batch_size, data_parallel, environment, precision_policy,
+                              precision_scope)
 
 BALANCE_OPTIONS = ("weights", "sampling", "none")
 
@@ -87,10 +88,13 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         p = np.asarray(padded_predict(self.predictor, self.x, self.batch_size), "float64").reshape(-1)
-        p = np.clip(p, 1e-7, 1 - 1e-7)
         if logs is not None:
-            logs["val_loss"] = float(log_loss(self.y, p, labels=[0, 1]))
-            logs["val_auroc"] = float(roc_auc_score(self.y, p))
+            if np.isfinite(p).all():  # a diverged model (NaN outputs) gets an infinite loss, never the best
+                p = np.clip(p, 1e-7, 1 - 1e-7)
+                logs["val_loss"] = float(log_loss(self.y, p, labels=[0, 1]))
+                logs["val_auroc"] = float(roc_auc_score(self.y, p))
+            else:
+                logs["val_loss"], logs["val_auroc"] = float("inf"), float("nan")
             lr = self.model.optimizer.learning_rate
             logs["lr"] = float(keras.ops.convert_to_numpy(lr))
 
@@ -130,6 +134,8 @@ def _run_stage(train_model: keras.Model, predictor: keras.Model, keep: keras.Mod
 
 
 def _summary(history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
+    if best_epoch < 1:  # no epoch with a finite validation loss
+        return {"epochs": len(history), "best_epoch": 0, "val_loss": float("inf"), "val_auroc": float("nan")}
     row = history.iloc[best_epoch - 1]
     return {"epochs": len(history), "best_epoch": int(best_epoch), "val_loss": float(row["val_loss"]),
             "val_auroc": float(row["val_auroc"])}
@@ -173,7 +179,7 @@ def fit(config: Config, index: pd.DataFrame, images: np.ndarray, task: str = "pn
     if len(np.unique(y_va)) < 2:
         raise ValueError(f"task {task!r}: the validation split holds a single class; log-loss/AUROC undefined")
     balanced_class_weight(y_tr)  # a clear error for single-class training labels
-    dist = distribute.data_parallel()
+    dist = data_parallel()
     batch = auto_batch_size(config, distribute.device_count(dist))
     with precision_scope(precision_policy(config)) as policy, distribute.distributed(dist):
         keras.utils.set_random_seed(config.seed)
