@@ -122,6 +122,19 @@ def test_fit_restores_the_global_dtype_policy():
     assert keras.mixed_precision.global_policy().name == before
 
 
+def test_batch_size_and_precision_follow_the_accelerator():
+    from cxr.train import device
+
+    if device.accelerator() == "cpu":
+        assert train.batch_size(Config()) == 32 and train.batch_size(Config(), n_devices=2) == 64
+        assert train.precision_policy(Config()) == "float32"
+    assert train.batch_size(Config(batch_size=48), n_devices=4) == 48
+    with pytest.raises(ValueError, match="multiple"):
+        train.batch_size(Config(batch_size=30), n_devices=4)
+    assert train.precision_policy(Config(mixed_precision="on")) == "mixed_bfloat16"  # on every backend
+    assert train.precision_policy(Config(mixed_precision="off")) == "float32"
+
+
 def test_train_batches_are_full_reshuffled_and_balanced():
     y = np.array([0] * 10 + [1] * 40, dtype="float32")
     x = np.arange(50, dtype="float32")[:, None]

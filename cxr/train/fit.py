@@ -196,7 +196,7 @@ def _fit(config: Config, data: Prepared, tr, va, y_tr, y_va, task: str, batch: i
     # Stage 1: head on frozen features, computed once.
     t0 = time.perf_counter()
     features = cxr_model.feature_model(model)
-    f_tr, f_va = padded_predict(features, x_tr, batch), padded_predict(features, x_va, batch)
+    f_tr, f_va = (padded_predict(features, x, batch).astype("float32") for x in (x_tr, x_va))  # bf16 on a GPU
     seconds["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     start = model.get_layer("logit").get_weights()
@@ -246,8 +246,8 @@ def _fit(config: Config, data: Prepared, tr, va, y_tr, y_va, task: str, batch: i
 
 def record(result: TrainResult, config: Config, path: str | os.PathLike) -> dict[str, Any]:
     """Write the run record (configuration, environment, history, selection, timings) as JSON, atomically."""
-    def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return json.loads(frame.to_json(orient="records"))
+    def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:  # strict JSON: inf (a diverged stage) -> null
+        return json.loads(frame.replace([np.inf, -np.inf], np.nan).to_json(orient="records"))
 
     doc = {
         "task": result.task, "config": config.to_dict(), "environment": environment(),
