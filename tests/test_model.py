@@ -62,21 +62,90 @@ def test_lite0_model_shapes_and_imagenet_weights(lite):
     assert p.shape == (2, 1) and np.isfinite(p).all()
 
 
-def test_augmentation_only_in_training(tiny):
+def test_training_wrapper_shares_layers_and_augments_only_in_training(tiny):
+    from cxr.augment import XRayAugment
+
     x = _images(4)
     a, b = _np(tiny(x, training=False)), _np(tiny(x, training=False))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(_np(tiny.predict(x, verbose=0)), a, rtol=1e-6)
-    aug = tiny.get_layer("augment")
+    trainer = M.training_model(tiny, _config())
+    assert [layer.name for layer in trainer.layers] == ["image", "to_float", "augment", *M.LAYER_ORDER[2:]]
+    for name in M.LAYER_ORDER[1:]:
+        assert trainer.get_layer(name) is tiny.get_layer(name)
+    assert isinstance(trainer.get_layer("augment"), XRayAugment)
+    np.testing.assert_allclose(_np(trainer(x, training=False)), a, rtol=1e-6)  # identity at inference
+    aug = trainer.get_layer("augment")
     xf = x.astype("float32")
     np.testing.assert_array_equal(_np(aug(xf, training=False)), xf)
     assert np.abs(_np(aug(xf, training=True)) - xf).max() > 1.0
-    kinds = [type(layer).__name__ for layer in aug.layers]
-    assert kinds == ["RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness"]
-    flip = M.build_model(_config(horizontal_flip=True)).get_layer("augment")
-    assert type(flip.layers[-1]).__name__ == "RandomFlip"
-    none = M.build_model(_config(rotation=0, zoom=0, translation=0, contrast=0, brightness=0)).get_layer("augment")
-    np.testing.assert_array_equal(_np(none(xf, training=True)), xf)
+    flip = M.augmentation(_config(horizontal_flip=True))
+    assert [type(layer).__name__ for layer in flip.layers] == ["XRayAugment", "RandomFlip"]
+    off = dict(aug_rotation=0, aug_scale=0, aug_shift=0, aug_shear=0, aug_brightness=0, aug_contrast=0, aug_gamma=0,
+               aug_noise=0)
+    np.testing.assert_array_equal(_np(M.augmentation(_config(**off))(xf, training=True)), xf)
+
+
+def test_augmentation_grid_takes_the_layer_or_the_wrapper(tiny):
+    from cxr import plots
+
+    image = _images(1)[..., 0]
+    assert plots.augmentation_grid(M.augmentation(_config()), image, n=3) is not None
+    assert plots.augmentation_grid(M.training_model(tiny, _config()), image, n=3) is not None
+    with pytest.raises(ValueError, match="no 'augment' layer"):
+        plots.augmentation_grid(tiny, image, n=3)
+
+
+def _old_style_model(config) -> keras.Model:
+    """The model as built before the augmentation left it: an "augment" Sequential of Keras Random* layers."""
+    size, layers = config.image_size, keras.layers
+    inputs = keras.Input((size, size, 1), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0, name="to_float")(inputs)
+    x = keras.Sequential([layers.RandomRotation(0.03, fill_mode="constant", seed=1),
+                          layers.RandomZoom(0.1, fill_mode="constant", seed=2),
+                          layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=3),
+                          layers.RandomContrast(0.1, value_range=(0, 255), seed=4),
+                          layers.RandomBrightness(0.1, value_range=(0, 255), seed=5)], name="augment")(x)
+    new = M.build_model(config)
+    for name in M.LAYER_ORDER[2:]:
+        x = new.get_layer(name)(x)
+    return keras.Model(inputs, x, name="pneumonia"), new
+
+
+def test_old_models_with_augment_layers_still_load_and_predict(tmp_path):
+    old, new = _old_style_model(_config())
+    x = _images(5)
+    folder = M.save_model(old, tmp_path / "old", _config(), threshold=0.5, class_names=CLASS_NAMES)
+    loaded, meta = M.load_model(folder)
+    assert "augment" in [layer.name for layer in loaded.layers]
+    expected = _np(new.predict(x, verbose=0))  # the same layers without augmentation
+    np.testing.assert_allclose(_np(loaded.predict(x, verbose=0)), expected, rtol=1e-5, atol=1e-6)
+    from cxr import train
+
+    np.testing.assert_allclose(train.predict_proba(loaded, x, batch_size=4), expected.reshape(-1), rtol=1e-5,
+                               atol=1e-6)
+    (folder / "model.keras").write_bytes(b"not a keras file")
+    from cxr import UserError
+
+    with pytest.raises(UserError, match="cannot load the model.*retrain it"):
+        M.load_model(folder)
+
+
+def test_lite0_stochastic_depth_is_a_rate_not_a_structure():
+    on = lite0.build_lite0((32, 32, 3), drop_connect_rate=0.2)
+    off = lite0.build_lite0((32, 32, 3), drop_connect_rate=0.0)
+    assert [layer.name for layer in on.layers] == [layer.name for layer in off.layers]
+    drops_on = [layer.rate for layer in on.layers if isinstance(layer, keras.layers.Dropout)]
+    drops_off = [layer.rate for layer in off.layers if isinstance(layer, keras.layers.Dropout)]
+    assert max(drops_on) > 0.15 and drops_off == [0.0] * len(drops_on)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    on.set_weights(off.get_weights())
+    on.trainable = off.trainable = False  # BatchNorm in inference mode: only the drop-connect layers differ
+    np.testing.assert_array_equal(_np(off(x, training=True)), _np(off(x, training=False)))
+    assert not np.allclose(_np(on(x, training=True)), _np(on(x, training=False)), rtol=1e-4, atol=0)
+    model = M.build_model(_config(backbone="efficientnet_lite0", weights=None))  # config.stochastic_depth = 0
+    assert all(layer.rate == 0.0 for layer in model.get_layer("backbone").layers
+               if isinstance(layer, keras.layers.Dropout))
 
 
 @pytest.mark.parametrize("backbone, scale, offset", [("tiny_cnn", 1 / 255, 0.0),
@@ -118,6 +187,10 @@ def test_set_trainable_freezes_blocks_and_batchnorm(lite):
     assert not lite.get_layer("to_backbone").trainable
     counts = M.count_params(lite)
     assert counts["total"] == counts["trainable"] + counts["non_trainable"] and 0 < counts["trainable"] < counts["backbone"]
+    M.set_trainable(lite, -1)  # the whole backbone, BatchNorm still frozen
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in weighted)
+    assert backbone.get_layer("stem_conv").trainable and not lite.get_layer("to_backbone").trainable
     M.set_trainable(lite, 0)
 
 

@@ -118,7 +118,7 @@ def test_augmentation_grid_uses_the_models_augment_layer():
     from cxr.config import Config
 
     cfg = Config.preset("smoke", backbone="tiny_cnn", image_size=32)
-    net = model.build_model(cfg)
+    net = model.training_model(model.build_model(cfg), cfg)  # the inference model itself holds no augmentation
     image = (np.random.default_rng(0).random((1, 32, 32)) * 255).astype(np.uint8)
     fig = plots.augmentation_grid(net, image, n=4, seed=0)
     shown = [im.get_array() for ax in fig.axes for im in ax.images]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import log_loss
 
 from conftest import REPO
 from cxr import evaluate, model as cxr_model, train
@@ -41,8 +42,9 @@ def toy_data(n: int = 24, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 
 def tiny_config(**changes) -> Config:
     base = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, batch_size=16, head_epochs=8, head_lr=3e-3,
-                finetune_epochs=2, finetune_blocks=1, finetune_lr=1e-3, patience=8, n_bootstrap=50,
-                mixed_precision="off", rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0, brightness=0.0)
+                finetune_epochs=3, finetune_lr=1e-2, patience=8, n_bootstrap=50, mixed_precision="off",
+                class_balance="none", aug_rotation=0.0, aug_scale=0.0, aug_shift=0.0, aug_shear=0.0,
+                aug_brightness=0.0, aug_contrast=0.0, aug_gamma=0.0, aug_noise=0.0)
     return Config(**{**base, **changes})
 
 
@@ -53,17 +55,106 @@ def trained():
     return cfg, index, images, train.fit(cfg, index, images, task="pneumonia")
 
 
-def test_fit_lowers_the_loss_and_records_both_stages(trained):
+def val_log_loss(model, index, images, task="pneumonia") -> float:
+    _, y, p = train.predict_split(model, index, images, task, "val")
+    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
+def test_fit_lowers_the_validation_loss_and_keeps_the_finetuned_stage(trained):
+    """The whole backbone fine-tuned beats the frozen-feature head on validation log-loss, so it is kept, and the
+    kept model is the best fine-tuning epoch (its validation log-loss is the one recorded)."""
     cfg, index, images, result = trained
     h = result.history
     assert list(h["stage"].unique()) == ["head", "finetune"]
-    head = h[h["stage"] == "head"]
-    assert head["loss"].iloc[-1] < head["loss"].iloc[0]
-    assert h["val_auroc"].max() > 0.9  # the square is easy to see
-    assert result.kept_stage in ("head", "finetune")
+    assert {"epoch", "loss", "val_loss", "val_auroc", "lr"} <= set(h.columns)
+    assert h["val_loss"].iloc[-1] < h["val_loss"].iloc[0]
+    sel = result.selection.set_index("stage")
+    assert sel.loc["finetune", "val_loss"] < sel.loc["head", "val_loss"]
+    assert result.kept_stage == "finetune" and sel.loc["finetune", "kept"] and not sel.loc["head", "kept"]
+    ft = h[h["stage"] == "finetune"]
+    assert sel.loc["finetune", "val_loss"] == pytest.approx(ft["val_loss"].min())
+    assert sel.loc["finetune", "epochs"] == cfg.finetune_epochs
+    assert val_log_loss(result.model, index, images) == pytest.approx(sel.loc["finetune", "val_loss"], rel=1e-4)
     assert set(result.seconds) >= {"features", "head", "finetune"}
+    assert result.batch_size == 16 and result.precision == "float32"
     _, y, p = train.predict_split(result.model, index, images, "pneumonia", "val")
-    assert evaluate.metric_values(y, p, 0.5)["auroc"] > 0.9
+    assert evaluate.metric_values(y, p, 0.5)["auroc"] > 0.9  # the square is easy to see
+    assert [layer.name for layer in result.model.layers] == list(cxr_model.LAYER_ORDER)  # no augmentation inside
+
+
+def test_a_finetune_that_does_not_beat_the_head_is_rolled_back():
+    """A learning rate that wrecks the backbone: the head stage is kept, with exactly its weights."""
+    index, images = toy_data(n=12, seed=1)
+    cfg = tiny_config(head_epochs=3, finetune_epochs=1)
+    head_only = train.fit(cfg.replace(finetune_epochs=0), index, images)
+    wrecked = train.fit(cfg.replace(finetune_lr=1e4, weight_decay=0.0), index, images)
+    assert wrecked.kept_stage == "head" and list(wrecked.selection["stage"]) == ["head", "finetune"]
+    sel = wrecked.selection.set_index("stage")
+    assert sel.loc["finetune", "val_loss"] >= sel.loc["head", "val_loss"] and sel.loc["head", "kept"]
+    assert head_only.kept_stage == "head" and list(head_only.selection["stage"]) == ["head"]
+    for a, b in zip(head_only.model.get_weights(), wrecked.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_class_balance_auto_compares_the_options_on_validation_log_loss():
+    index, images = toy_data(n=12, seed=2)
+    keep = ~((index["split"] == "train") & (index["label"] == "NORMAL") & (np.arange(len(index)) % 4 != 0))
+    index, images = index[keep].reset_index(drop=True), images[keep.to_numpy()]  # 1 NORMAL : 4 PNEUMONIA in train
+    result = train.fit(tiny_config(head_epochs=3, finetune_epochs=0, class_balance="auto"), index, images)
+    table = result.class_balance
+    assert sorted(table["option"]) == ["none", "sampling", "weights"] and table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "option"].item() == result.balance
+    assert table.loc[table["chosen"], "val_loss"].item() == table["val_loss"].min()
+    assert result.selection.loc[0, "val_loss"] == pytest.approx(table["val_loss"].min())
+    assert val_log_loss(result.model, index, images) == pytest.approx(table["val_loss"].min(), rel=1e-4)
+    single = train.fit(tiny_config(head_epochs=3, finetune_epochs=0, class_balance="weights"), index, images)
+    assert list(single.class_balance["option"]) == ["weights"] and single.balance == "weights"
+
+
+def test_fit_restores_the_global_dtype_policy():
+    import keras
+
+    index, images = toy_data(n=8)
+    before = keras.mixed_precision.global_policy().name
+    result = train.fit(tiny_config(head_epochs=1, finetune_epochs=0, mixed_precision="on"), index, images)
+    assert result.precision == "mixed_bfloat16"
+    assert result.model.get_layer("logit").dtype_policy.name == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == before
+
+
+def test_batch_size_and_precision_follow_the_accelerator():
+    from cxr.train import device
+
+    if device.accelerator() == "cpu":
+        assert train.batch_size(Config()) == 32 and train.batch_size(Config(), n_devices=2) == 64
+        assert train.precision_policy(Config()) == "float32"
+    assert train.batch_size(Config(batch_size=48), n_devices=4) == 48
+    with pytest.raises(ValueError, match="multiple"):
+        train.batch_size(Config(batch_size=30), n_devices=4)
+    assert train.precision_policy(Config(mixed_precision="on")) == "mixed_bfloat16"  # on every backend
+    assert train.precision_policy(Config(mixed_precision="off")) == "float32"
+
+
+def test_train_batches_are_full_reshuffled_and_balanced():
+    y = np.array([0] * 10 + [1] * 40, dtype="float32")
+    x = np.arange(50, dtype="float32")[:, None]
+    plain = train.TrainBatches(x, y, 16, seed=0)
+    assert len(plain) == 3 and all(plain[i][0].shape == (16, 1) for i in range(3))
+    first = np.concatenate([plain[i][0][:, 0] for i in range(3)])
+    assert len(np.unique(first)) == 48  # a permutation, partial last batch dropped
+    plain.on_epoch_end()
+    assert not np.array_equal(first, np.concatenate([plain[i][0][:, 0] for i in range(3)]))
+    weighted = train.TrainBatches(x, y, 16, class_weight=train.balanced_class_weight(y))
+    xb, yb, wb = weighted[0]
+    np.testing.assert_allclose(wb, np.where(yb == 0, 2.5, 0.625))
+    balanced = train.TrainBatches(x, y, 16, balance=True, seed=1)
+    share = []
+    for _ in range(40):
+        share += [balanced[i][1].mean() for i in range(len(balanced))]
+        balanced.on_epoch_end()
+    assert np.mean(share) == pytest.approx(0.5, abs=0.05)
+    tiny = train.TrainBatches(x[:5], y[36:41], 16)
+    assert len(tiny) == 1 and tiny[0][0].shape == (16, 1)  # fewer rows than a batch: drawn to fill it
 
 
 def test_threshold_never_reads_test_labels(trained):
@@ -84,7 +175,7 @@ def test_threshold_never_reads_test_labels(trained):
 def test_training_ignores_the_test_split():
     """Training on data whose test rows are garbage gives the same weights as training on clean data."""
     index, images = toy_data(n=12, seed=3)
-    cfg = tiny_config(head_epochs=2, finetune_epochs=1)
+    cfg = tiny_config(head_epochs=2, finetune_epochs=1, aug_rotation=10.0, aug_noise=3.0)
     a = train.fit(cfg, index, images)
     garbage = images.copy()
     garbage[(index["split"] == "test").to_numpy()] = 255
@@ -98,6 +189,13 @@ def test_training_ignores_the_test_split():
 def test_fit_refuses_single_class_validation():
     index, images = toy_data(n=8)
     index.loc[(index["split"] == "val") & (index["label"] == "NORMAL"), "split"] = "train"
+    with pytest.raises(ValueError, match="single class"):
+        train.fit(tiny_config(head_epochs=1, finetune_epochs=0), index, images)
+
+
+def test_fit_refuses_single_class_training_labels():
+    index, images = toy_data(n=8)
+    index.loc[(index["split"] == "train") & (index["label"] == "NORMAL"), "split"] = "test"
     with pytest.raises(ValueError, match="single class"):
         train.fit(tiny_config(head_epochs=1, finetune_epochs=0), index, images)
 

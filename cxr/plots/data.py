@@ -117,13 +117,21 @@ def class_examples(prepared: Any, per_class: int = 4, seed: int = 0, split: str 
 
 @figure_style
 def augmentation_grid(model: Any, images: np.ndarray, n: int = 8, seed: int = 0) -> Figure:
-    """The original image and `n - 1` passes through the model's "augment" layer in training mode."""
+    """The original image and `n - 1` passes through an augmentation in training mode: `model` is the augmentation
+    layer itself (`cxr.model.augmentation(config)`), or a model holding one named "augment" (the training wrapper
+    `cxr.model.training_model`, or a model saved before the augmentation moved out of the inference model)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     image = np.asarray(images)[0]
     x = np.repeat(image.reshape(1, *image.shape[:2], 1).astype("float32"), max(1, n - 1), axis=0)
-    out = keras.ops.convert_to_numpy(model.get_layer("augment")(x, training=True))
+    names = [layer.name for layer in getattr(model, "layers", [])] if isinstance(model, keras.Model) else []
+    if isinstance(model, keras.Model) and "augment" in names:
+        model = model.get_layer("augment")
+    elif isinstance(model, keras.Model) and model.name != "augment":
+        raise ValueError("this model has no 'augment' layer (the inference model holds none): pass "
+                         "cxr.model.augmentation(config) or cxr.model.training_model(model, config)")
+    out = keras.ops.convert_to_numpy(model(x, training=True))
     out = np.clip(out[..., 0], 0, 255).astype("uint8")
     return example_grid([image.squeeze()] + list(out), ["original"] + [f"augmented {i + 1}" for i in range(len(out))],
                         ncols=min(n, 4))

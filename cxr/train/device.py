@@ -1,0 +1,135 @@
+"""Where a run computes: the accelerator, the dtype policy, the batch size, data parallelism, and the record of
+versions and hardware."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from typing import Any, Iterator
+
+from cxr import cpu_model, quiet_stderr
+
+with quiet_stderr():  # TensorFlow's C++ start-up lines
+    import keras
+import numpy as np
+import pandas as pd
+
+from cxr import distribute
+from cxr.config import Config
+
+CPU_BATCH, GPU_BATCH_PER_DEVICE = 32, 128
+
+
+def accelerator() -> str:
+    """'gpu' or 'cpu': what the active Keras backend computes on."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with quiet_stderr():  # "Could not find cuda drivers" and friends
+            return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "cpu"
+
+
+def precision_policy(config: Config) -> str:
+    """The Keras dtype policy a run of `config` trains with: "mixed_bfloat16" on a GPU (every backend) when
+    `config.mixed_precision` is "auto", or always when "on"; "float32" otherwise (CPU: bfloat16 is slow there)."""
+    wanted = config.mixed_precision
+    if wanted == "auto":
+        wanted = "on" if accelerator() != "cpu" else "off"
+    return "mixed_bfloat16" if wanted == "on" else "float32"
+
+
+def setup_precision(config: Config) -> str:
+    """Set Keras' GLOBAL dtype policy to `precision_policy(config)` and return it (for scripts such as the bench;
+    `fit` uses `precision_scope`, which restores the previous policy)."""
+    policy = precision_policy(config)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+@contextlib.contextmanager
+def precision_scope(policy: str) -> Iterator[str]:
+    """The global dtype policy is `policy` inside the block and what it was before after it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def batch_size(config: Config, n_devices: int = 1) -> int:
+    """The batch size of every step (training, validation, prediction) of a run: `config.batch_size`, or, when it
+    is None, 32 on a CPU and 128 per GPU. It must be a multiple of the device count (data parallel)."""
+    if config.batch_size is not None:
+        size = int(config.batch_size)
+    elif accelerator() == "cpu":
+        size = CPU_BATCH * n_devices
+    else:
+        size = GPU_BATCH_PER_DEVICE * n_devices
+    if size % n_devices:
+        raise ValueError(f"batch_size {size} is not a multiple of the {n_devices} devices")
+    return size
+
+
+def data_parallel() -> keras.distribution.Distribution | None:
+    """`keras.distribution.DataParallel` over the visible accelerators when there are several (JAX), else None.
+
+    The environment variable CXR_DATA_PARALLEL set to a device type ("cpu", "gpu") uses every device of that type
+    instead, e.g. simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2`) in tests."""
+    return distribute.data_parallel(os.environ.get("CXR_DATA_PARALLEL") or None)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware of this run, for the record."""
+    import sys
+
+    import PIL
+    import scipy
+    import sklearn
+
+    versions = {
+        "python": sys.version.split()[0], "keras": keras.__version__, "numpy": np.__version__,
+        "pandas": pd.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__,
+        "pillow": PIL.__version__,
+    }
+    backend = keras.backend.backend()
+    for name in {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(backend, []):
+        versions[name] = __import__(name).__version__
+    return {
+        "backend": backend, "accelerator": accelerator(), "gpu": _gpu_name(),
+        "devices": distribute.device_count(data_parallel()),
+        "platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+def _gpu_name() -> str | None:
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return gpus[0].device_kind if gpus else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None
+    except Exception:  # a record, not a requirement
+        return None
+    return None
