@@ -14,7 +14,6 @@ import keras
 from keras import layers
 
 from cxr import explain
-from cxr.explain import cam as cam_module
 
 pytestmark = pytest.mark.backend
 SIZE = 16
@@ -80,7 +79,7 @@ def test_weights_are_arguments_not_captured():
     assert explain.cam_function(model, batch_size=4) is fn  # cached per (model, layer, batch size)
     assert explain.cam_function(model, batch_size=8) is not fn
     zeros = [np.zeros(v.shape, v.dtype) for v in model.variables]
-    logit_kernel = [i for i, v in enumerate(model.variables) if v.path.endswith("logit/kernel")][0]
+    logit_kernel = next(i for i, v in enumerate(model.variables) if v.path.endswith("logit/kernel"))
     zeros[logit_kernel][:] = 1.0  # logit = sum of pooled features of an all-zero backbone = 0
     _, g, z = fn(fn.weights(zeros), next(fn.batches(x))[1])
     assert np.all(z == 0) and np.allclose(g, 1.0 / g[0, ..., 0].size)  # d(mean pool)/dA

@@ -1,7 +1,8 @@
 """The class activation map (CAM) mechanism and its two methods, Grad-CAM and Grad-CAM++.
 
-The model (`cxr.model.build_model`) is a linear chain image -> to_float -> augment -> to_backbone -> backbone ->
-pool -> dropout -> logit -> prob, with the backbone a NESTED functional model. In Keras 3 the usual recipe
+The model (`cxr.model.build_model`) is a linear chain image -> to_float -> to_backbone -> backbone -> pool -> dropout
+-> logit -> prob (models saved before issue 12 also carry an "augment" layer before to_backbone; whatever sits before
+"backbone" is replayed with training=False), with the backbone a NESTED functional model. In Keras 3 the usual recipe
 `keras.Model(model.inputs, [model.get_layer(...).output, model.output])` fails for a layer inside a nested model
 (its tensors belong to the backbone's own graph, not to the outer one). So the graph is rebuilt connected:
 
@@ -22,12 +23,16 @@ all weights of one image by sigmoid'(z) > 0, which the per-image normalisation r
 underflows for confident predictions).
 
 One base mechanism (`cams`): activations A (B, h, w, K) and gradients dS/dA from the backend's autodiff
-(TensorFlow GradientTape, jax.grad, torch.autograd), then a weighting rule (a short function of (A, dS/dA) -> (B, K) weights; a new method is a
-new rule) -- Grad-CAM: w_k = mean over space of
-dS/dA_k; Grad-CAM++: the alpha weighting of Chattopadhay et al. (2018) in the closed form used by pytorch-grad-cam
--- then one shared path: cam = relu(sum_k w_k A_k), bilinear resize to the input image size, division by the
-per-image maximum. A map with no positive value (all weighted activations negative or zero) is all zeros, never
-NaN. Output: numpy float32 (B, H, W) in [0, 1], 0 = no evidence, 1 = the strongest evidence in that image.
+(TensorFlow GradientTape, jax.grad, torch.autograd), computed by ONE compiled function of (weights, images) per
+(model, target layer, batch size) (`cam_function`, `CamFunction`): the variable values are arguments bound with
+`keras.StatelessScope` (as `Layer.stateless_call` does), compiled with `jax.jit` under JAX and `tf.function` under
+TensorFlow (eager under torch); batches are padded to the batch size and the padded outputs dropped, so the number
+of images never triggers a new compilation, and the randomisation test runs its randomised weight values through
+the same function. Then a weighting rule (a short function of (A, dS/dA) -> (B, K) weights; a new method is a new
+rule) -- Grad-CAM: w_k = mean over space of dS/dA_k; Grad-CAM++: the alpha weighting of Chattopadhay et al.
+(2018) in the closed form used by pytorch-grad-cam -- then one shared path: cam = relu(sum_k w_k A_k), bilinear
+resize to the input image size, division by the per-image maximum. A map with no positive value (all weighted
+activations negative or zero) is all zeros, never NaN. Output: numpy float32 (B, H, W) in [0, 1], 0 = no evidence, 1 = the strongest evidence in that image.
 
 Limits: the target layer must be a "cut point" of the backbone (every path from the input to the output passes
 through it); a layer inside a residual block (bypassed by a skip connection) is refused with a clear error --
@@ -239,7 +244,8 @@ class CamFunction:
             return self.model(x, training=False)
 
     def weights(self, values=None) -> list:
-        """Backend tensors for `values` (a list matching `model.variables`; default: the variables' current values)."""
+        """Backend tensors for `values` (a list in the order of `self.variables`, i.e. `model.variables`; default:
+        the variables' current values)."""
         if values is None:
             return [keras.ops.convert_to_tensor(v) for v in self.variables]
         values = list(values)
@@ -274,9 +280,10 @@ def cam_function(model: keras.Model, layer: str | None = None, batch_size: int =
         cache = {}
         object.__setattr__(model, "_cxr_cam_functions", cache)  # bypass Keras attribute tracking
     key = (layer or find_target_layer(model), int(batch_size))
-    if key not in cache:
-        cache[key] = CamFunction(model, layer, batch_size)
-    return cache[key]
+    fn = cache.get(key)
+    if fn is None or [id(v) for v in fn.variables] != [id(v) for v in model.variables]:  # built, or stale
+        fn = cache[key] = CamFunction(model, layer, batch_size)
+    return fn
 
 
 def _replay_error(own: np.ndarray, logit: np.ndarray) -> float:

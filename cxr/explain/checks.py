@@ -20,7 +20,7 @@ from cxr import quiet_stderr
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
 
-from cxr.explain.cam import METHODS
+from cxr.explain.cam import METHODS, cam_function
 from cxr.model import BACKBONE, LOGIT
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,8 +104,9 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     cams = [original]
     backbone = model.get_layer(BACKBONE)
     # the cascade works on weight VALUES, fed to the same compiled CAM function; the model is never modified
-    position = {id(v): i for i, v in enumerate(model.variables)}
-    values = [keras.ops.convert_to_numpy(v) for v in model.variables]
+    variables = cam_function(model, layer, batch_size).variables  # the order its `weights` argument follows
+    position = {id(v): i for i, v in enumerate(variables)}
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
     done = 0
     for step, cut in _progress(enumerate(idx, start=1), total=len(idx), desc="randomisation test"):
         for scope, name in order[done:cut + 1]:
