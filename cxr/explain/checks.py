@@ -22,18 +22,10 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
 
 from cxr.explain.cam import METHODS, cam_function
 from cxr.model import BACKBONE, LOGIT
+from cxr.progress import bar
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sanity check: cascading randomisation (Adebayo et al. 2018)
-
-
-def _progress(iterable, total: int | None = None, desc: str = ""):
-    """`cxr.progress.bar` when that module exists, else the plain iterable."""
-    try:
-        from cxr.progress import bar
-    except ImportError:
-        return iterable
-    return bar(iterable, total=total, desc=desc)
 
 
 def _weighted_layers_top_down(model: keras.Model) -> list[tuple[str, str]]:
@@ -108,7 +100,7 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     position = {id(v): i for i, v in enumerate(variables)}
     values = [keras.ops.convert_to_numpy(v) for v in variables]
     done = 0
-    for step, cut in _progress(enumerate(idx, start=1), total=len(idx), desc="randomisation test"):
+    for step, cut in bar(enumerate(idx, start=1), total=len(idx), desc="randomisation test"):
         for scope, name in order[done:cut + 1]:
             lay = model.get_layer(name) if scope == "outer" else backbone.get_layer(name)
             for v, new in zip(lay.weights, _randomised_values(lay, rng)):
@@ -247,7 +239,7 @@ def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target
 
     names = [f"{k}_{o}" for k in ("deletion", "insertion") for o in ("heat", "random")]
     curves = {name: np.zeros((n, steps + 1)) for name in names}
-    for j, f in _progress(enumerate(fractions), total=len(fractions), desc="deletion/insertion"):
+    for j, f in bar(enumerate(fractions), total=len(fractions), desc="deletion/insertion"):
         k = int(round(f * h * w))
         variants = []
         for name in names:
