@@ -1,14 +1,16 @@
 """Explanations: where in the image the evidence for a score lies, and whether those maps can be trusted.
 
-- `cam`: the one CAM mechanism (`cams`) and its methods, `grad_cam` and `grad_cam_plus_plus` (each a weighting
-  rule); `METHODS` names them. A new method is a new weighting rule plus one line in `METHODS`.
+- `cam`: the one CAM mechanism (`cams`, running the model's cached compiled `cam_function` of (weights, images))
+  and its methods, `grad_cam` and `grad_cam_plus_plus` (each a weighting rule); `METHODS` names them. A new
+  method is a new weighting rule plus one line in `METHODS`.
 - `checks`: the randomisation sanity check, deletion/insertion faithfulness and the shortcut audit, each with a
   `describe_*` verdict in plain sentences.
 
 Figures of both are in `cxr.plots.explain` (`overlay`, `confusion_grid`, `randomization_figure`, ...).
 """
-from cxr.explain.cam import (METHODS, cams, find_target_layer, finish_cams, grad_cam,  # noqa: F401
-                             grad_cam_plus_plus, gradcam_pp_weights, gradcam_weights, replay_check)
+from cxr.explain.cam import (METHODS, CamFunction, cam_function, cams, find_target_layer,  # noqa: F401
+                             finish_cams, grad_cam, grad_cam_plus_plus, gradcam_pp_weights, gradcam_weights,
+                             replay_check)
 from cxr.explain.checks import (BODY_BOX, Faithfulness, deletion_insertion, describe_audit,  # noqa: F401
                                 describe_faithfulness, describe_randomization, heat_shares, randomization_test,
                                 shortcut_audit)

@@ -1,7 +1,8 @@
 """The class activation map (CAM) mechanism and its two methods, Grad-CAM and Grad-CAM++.
 
-The model (`cxr.model.build_model`) is a linear chain image -> to_float -> augment -> to_backbone -> backbone ->
-pool -> dropout -> logit -> prob, with the backbone a NESTED functional model. In Keras 3 the usual recipe
+The model (`cxr.model.build_model`) is a linear chain image -> to_float -> to_backbone -> backbone -> pool -> dropout
+-> logit -> prob (models saved before issue 12 also carry an "augment" layer before to_backbone; whatever sits before
+"backbone" is replayed with training=False), with the backbone a NESTED functional model. In Keras 3 the usual recipe
 `keras.Model(model.inputs, [model.get_layer(...).output, model.output])` fails for a layer inside a nested model
 (its tensors belong to the backbone's own graph, not to the outer one). So the graph is rebuilt connected:
 
@@ -22,12 +23,16 @@ all weights of one image by sigmoid'(z) > 0, which the per-image normalisation r
 underflows for confident predictions).
 
 One base mechanism (`cams`): activations A (B, h, w, K) and gradients dS/dA from the backend's autodiff
-(TensorFlow GradientTape, jax.grad, torch.autograd), then a weighting rule (a short function of (A, dS/dA) -> (B, K) weights; a new method is a
-new rule) -- Grad-CAM: w_k = mean over space of
-dS/dA_k; Grad-CAM++: the alpha weighting of Chattopadhay et al. (2018) in the closed form used by pytorch-grad-cam
--- then one shared path: cam = relu(sum_k w_k A_k), bilinear resize to the input image size, division by the
-per-image maximum. A map with no positive value (all weighted activations negative or zero) is all zeros, never
-NaN. Output: numpy float32 (B, H, W) in [0, 1], 0 = no evidence, 1 = the strongest evidence in that image.
+(TensorFlow GradientTape, jax.grad, torch.autograd), computed by ONE compiled function of (weights, images) per
+(model, target layer, batch size) (`cam_function`, `CamFunction`): the variable values are arguments bound with
+`keras.StatelessScope` (as `Layer.stateless_call` does), compiled with `jax.jit` under JAX and `tf.function` under
+TensorFlow (eager under torch); batches are padded to the batch size and the padded outputs dropped, so the number
+of images never triggers a new compilation, and the randomisation test runs its randomised weight values through
+the same function. Then a weighting rule (a short function of (A, dS/dA) -> (B, K) weights; a new method is a new
+rule) -- Grad-CAM: w_k = mean over space of dS/dA_k; Grad-CAM++: the alpha weighting of Chattopadhay et al.
+(2018) in the closed form used by pytorch-grad-cam -- then one shared path: cam = relu(sum_k w_k A_k), bilinear
+resize to the input image size, division by the per-image maximum. A map with no positive value (all weighted
+activations negative or zero) is all zeros, never NaN. Output: numpy float32 (B, H, W) in [0, 1], 0 = no evidence, 1 = the strongest evidence in that image.
 
 Limits: the target layer must be a "cut point" of the backbone (every path from the input to the output passes
 through it); a layer inside a residual block (bypassed by a skip connection) is refused with a clear error --
@@ -152,45 +157,137 @@ def _to_numpy(t) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float32)
 
 
-def _activations_and_gradients(graph: _Graph, x: np.ndarray, sign: float):
-    """A (B,h,w,K), dS/dA (B,h,w,K) and S (B,) for score S = sign * logit, by the backend's autodiff."""
+def _activations_and_gradients(graph: _Graph, x):
+    """A (B,h,w,K), dz/dA (B,h,w,K) and z (B,) for the pre-sigmoid logit z, by the backend's autodiff (traced or
+    eager code: it runs inside the compiled function of `CamFunction`). The gradient flows through the head only."""
     backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        a = graph.activations(x)
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            z = graph.logit(a)
+        return a, tape.gradient(z, a), z  # non-scalar target: gradient of the sum; images are independent
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a = graph.activations(x)
+
+        def total(a_):
+            z_ = graph.logit(a_)
+            return jnp.sum(z_), z_
+
+        g, z = jax.grad(total, has_aux=True)(a)
+        return a, g, z
     if backend == "torch":
         import torch
 
         with torch.no_grad():  # no autograd graph through the layers below A
-            a = graph.activations(keras.ops.convert_to_tensor(x))
-    else:
-        a = graph.activations(keras.ops.convert_to_tensor(x))
+            a = graph.activations(x)
+        a = a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = graph.logit(a)
+            (g,) = torch.autograd.grad(z.sum(), a)
+        return a, g, z.detach()
+    raise NotImplementedError(f"Grad-CAM has no gradient code for the {backend!r} backend")
+
+
+def _compile(fn: Callable) -> Callable:
+    """jax.jit under JAX, tf.function under TensorFlow (weights are arguments, so new values reuse the trace),
+    eager under torch."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            score = sign * graph.logit(a)
-        grads = tape.gradient(score, a)  # non-scalar target: gradient of the sum; images are independent
-    elif backend == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        def total(a_):
-            s = sign * graph.logit(a_)
-            return jnp.sum(s), s
-
-        grads, score = jax.grad(total, has_aux=True)(a)
-    elif backend == "torch":
-        a = a.detach().requires_grad_(True)
-        with torch.enable_grad():
-            score = sign * graph.logit(a)
-            (grads,) = torch.autograd.grad(score.sum(), a)
-    else:
-        raise NotImplementedError(f"Grad-CAM has no gradient code for the {backend!r} backend")
-    return _to_numpy(a), _to_numpy(grads), _to_numpy(score)
+        return tf.function(fn, reduce_retracing=True)
+    return fn
 
 
-def _replay_error(model: keras.Model, batch: np.ndarray, logit: np.ndarray) -> float:
-    """Largest |sigmoid(replayed logit) - the model's own output| on one batch."""
-    own = _to_numpy(model(keras.ops.convert_to_tensor(batch), training=False)).reshape(-1)
+class CamFunction:
+    """One compiled function of (weights, images) -> (A, dz/dA, z) for a model, target layer and batch size.
+
+    `weights` are the values of `model.variables` (same order), passed as ARGUMENTS and bound to the variables
+    with `keras.StatelessScope` (what `Layer.stateless_call` does), so randomised weight values run through the
+    same compiled function without rebuilding or cloning the model. Compiled with `jax.jit` (JAX) or `tf.function`
+    (TensorFlow); eager under torch. Shapes are fixed: every batch is padded to `batch_size` (zeros) and the padded
+    outputs are dropped, so N and 2N images compile the same single function. `prob(weights, x)`, the model's own
+    output under the same weights, is compiled likewise (for the replay check). Get one with `cam_function`.
+    """
+
+    def __init__(self, model: keras.Model, layer: str | None = None, batch_size: int = 32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.graph = _graph(model, layer)
+        self.model = model
+        self.variables = list(model.variables)
+        self.batch_size = int(batch_size)
+        self.traces = 0  # times the Python body ran: once when compiled (JAX, TensorFlow), every call on torch
+        self._cam = _compile(self._cam_fn)
+        self._prob = _compile(self._prob_fn)
+
+    def _scope(self, weights):
+        return keras.StatelessScope(state_mapping=list(zip(self.variables, weights)))
+
+    def _cam_fn(self, weights, x):
+        self.traces += 1
+        with self._scope(weights):
+            return _activations_and_gradients(self.graph, x)
+
+    def _prob_fn(self, weights, x):
+        with self._scope(weights):
+            return self.model(x, training=False)
+
+    def weights(self, values=None) -> list:
+        """Backend tensors for `values` (a list in the order of `self.variables`, i.e. `model.variables`; default:
+        the variables' current values)."""
+        if values is None:
+            return [keras.ops.convert_to_tensor(v) for v in self.variables]
+        values = list(values)
+        if len(values) != len(self.variables):
+            raise ValueError(f"{len(values)} weight values for {len(self.variables)} model variables")
+        return [keras.ops.convert_to_tensor(np.asarray(w) if not hasattr(w, "shape") else w, dtype=v.dtype)
+                for w, v in zip(values, self.variables)]
+
+    def batches(self, x: np.ndarray):
+        """(n_real, padded batch) for consecutive slices of `x`; every padded batch has `batch_size` images."""
+        for start in range(0, len(x), self.batch_size):
+            batch = x[start:start + self.batch_size]
+            n = len(batch)
+            if n < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
+            yield n, batch
+
+    def __call__(self, weights: list, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, dz/dA, z) as float32 numpy for one padded batch (no outputs dropped here)."""
+        a, g, z = self._cam(weights, keras.ops.convert_to_tensor(batch))
+        return _to_numpy(a), _to_numpy(g), _to_numpy(z)
+
+    def prob(self, weights: list, batch: np.ndarray) -> np.ndarray:
+        """The model's own output (B,) under `weights`."""
+        return _to_numpy(self._prob(weights, keras.ops.convert_to_tensor(batch))).reshape(-1)
+
+
+def cam_function(model: keras.Model, layer: str | None = None, batch_size: int = 32) -> CamFunction:
+    """The `CamFunction` of (model, layer, batch size), built once and cached on the model."""
+    cache = getattr(model, "_cxr_cam_functions", None)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_cxr_cam_functions", cache)  # bypass Keras attribute tracking
+    key = (layer or find_target_layer(model), int(batch_size))
+    fn = cache.get(key)
+    if fn is None or [id(v) for v in fn.variables] != [id(v) for v in model.variables]:  # built, or stale
+        fn = cache[key] = CamFunction(model, layer, batch_size)
+    return fn
+
+
+def _replay_error(own: np.ndarray, logit: np.ndarray) -> float:
+    """Largest |sigmoid(replayed logit) - the model's own output|."""
     replay = 1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))
     return float(np.max(np.abs(replay - own))) if len(own) else 0.0
 
@@ -204,13 +301,13 @@ def _assert_replay(diff: float, atol: float) -> None:
 def replay_check(model: keras.Model, images, layer: str | None = None, atol: float = 1e-4,
                  batch_size: int = 32) -> float:
     """Assert that sigmoid(replayed logit) equals the model's output on `images`; return the largest difference."""
-    graph = _graph(model, layer)
-    x = _model_input(images, graph)
+    fn = cam_function(model, layer, batch_size)
+    x = _model_input(images, fn.graph)
+    weights = fn.weights()
     diff = 0.0
-    for i in range(0, len(x), batch_size):
-        batch = x[i:i + batch_size]
-        logit = _to_numpy(graph.logit(graph.activations(keras.ops.convert_to_tensor(batch))))
-        diff = max(diff, _replay_error(model, batch, logit))
+    for n, batch in fn.batches(x):
+        _, _, z = fn(weights, batch)
+        diff = max(diff, _replay_error(fn.prob(weights, batch)[:n], z[:n]))
     _assert_replay(diff, atol)
     return diff
 
@@ -257,46 +354,50 @@ def finish_cams(cams, size: tuple[int, int]) -> np.ndarray:
 
 
 def cams(model: keras.Model, images, weighting: Callable, target_class: int = 1, layer: str | None = None,
-         batch_size: int = 32, check: bool = True) -> np.ndarray:
+         batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
     """THE base mechanism: maps (B, H, W) float32 in [0, 1] with channel weights from `weighting(A, dS/dA)`.
 
     Grad-CAM and Grad-CAM++ are this with their rule; see the module docstring for the score and the shared path.
-    `check`: on the first batch, assert that the replayed score reproduces the model's output."""
+    Runs the model's cached compiled `CamFunction` (see `cam_function`). `weights`: values for `model.variables`
+    to use instead of the current ones (e.g. randomised); the model is not modified. `check`: on the first batch,
+    assert that the replayed score reproduces the model's output (under the same weights)."""
     if target_class not in (0, 1):
         raise ValueError(f"target_class must be 0 (negative, e.g. NORMAL) or 1 (positive, e.g. PNEUMONIA), "
                          f"got {target_class!r}")
-    graph = _graph(model, layer)
-    x = _model_input(images, graph)
-    sign = 1.0 if target_class == 1 else -1.0
+    fn = cam_function(model, layer, batch_size)
+    x = _model_input(images, fn.graph)
+    w_args = fn.weights(weights)
+    sign = np.float32(1.0 if target_class == 1 else -1.0)  # S = sign * z: dS/dA = sign * dz/dA, exactly
     out = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
-        a, g, score = _activations_and_gradients(graph, batch, sign)
-        if check and start == 0:
-            _assert_replay(_replay_error(model, batch, sign * score), atol=1e-3)
+    for i, (n, batch) in enumerate(fn.batches(x)):
+        a, g, z = fn(w_args, batch)
+        g, score = sign * g, sign * z
+        if check and i == 0:
+            _assert_replay(_replay_error(fn.prob(w_args, batch)[:n], sign * score[:n]), atol=1e-3)
         w = weighting(a, g)  # (B, K)
         cam = np.einsum("bhwk,bk->bhw", a.astype(np.float32), w.astype(np.float32))
-        out.append(finish_cams(cam, x.shape[1:3]))
+        out.append(finish_cams(cam, x.shape[1:3])[:n])  # finished on the full batch (fixed shapes), then cut
     if not out:
         return np.zeros((0, *x.shape[1:3]), np.float32)
     return np.concatenate(out)
 
 
 def grad_cam(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
-             batch_size: int = 32, check: bool = True) -> np.ndarray:
+             batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
     """Grad-CAM maps (B, H, W) float32 in [0, 1] for `images` (B, H, W[, 1]) as the model sees them.
 
     target_class 1 explains the positive class (score = logit), 0 the negative class (score = -logit).
     `layer`: a backbone layer name (default: `find_target_layer`). `check`: on the first batch, verify that the
-    replayed score reproduces the model's output.
+    replayed score reproduces the model's output. `weights`: values for `model.variables` to use instead of the
+    current ones (the model is not modified; the same compiled function runs).
     """
-    return cams(model, images, gradcam_weights, target_class, layer, batch_size, check)
+    return cams(model, images, gradcam_weights, target_class, layer, batch_size, check, weights)
 
 
 def grad_cam_plus_plus(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
-                       batch_size: int = 32, check: bool = True) -> np.ndarray:
+                       batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
     """Grad-CAM++ maps; same base, arguments and output as `grad_cam`, different channel weights."""
-    return cams(model, images, gradcam_pp_weights, target_class, layer, batch_size, check)
+    return cams(model, images, gradcam_pp_weights, target_class, layer, batch_size, check, weights)
 
 
 METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}

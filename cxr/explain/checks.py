@@ -20,27 +20,12 @@ from cxr import quiet_stderr
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
 
-from cxr.explain.cam import METHODS
+from cxr.explain.cam import METHODS, cam_function
 from cxr.model import BACKBONE, LOGIT
+from cxr.progress import bar
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sanity check: cascading randomisation (Adebayo et al. 2018)
-
-
-def _clone(model: keras.Model) -> keras.Model:
-    """An independent copy with the same weights (the user's model is never modified)."""
-    try:
-        copy = keras.models.clone_model(model)
-        copy.set_weights(model.get_weights())
-        return copy
-    except Exception:  # a layer that clone_model cannot rebuild: round trip through a temporary file
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "clone.keras"
-            model.save(path)
-            return keras.saving.load_model(path, compile=False)
 
 
 def _weighted_layers_top_down(model: keras.Model) -> list[tuple[str, str]]:
@@ -51,8 +36,8 @@ def _weighted_layers_top_down(model: keras.Model) -> list[tuple[str, str]]:
     return order
 
 
-def _randomise_layer(layer, rng: np.random.Generator) -> None:
-    """Re-initialise each weight at random: zero-mean normal with the original's spread (as a fresh initialiser
+def _randomised_values(layer, rng: np.random.Generator) -> list[np.ndarray]:
+    """New values for each weight of `layer`: zero-mean normal with the original's spread (as a fresh initialiser
     would); BatchNorm scales and variances are drawn around 1 and kept positive."""
     new = []
     for v in layer.weights:
@@ -62,7 +47,7 @@ def _randomise_layer(layer, rng: np.random.Generator) -> None:
         if v.name in ("gamma", "moving_variance"):
             r = np.abs(1.0 + r) + 1e-3
         new.append(r.astype(np.dtype(v.dtype)))
-    layer.set_weights(new)
+    return new
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,7 +65,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def randomization_test(model: keras.Model, images, layers: list[str] | None = None, seed: int = 0,
                        target_class: int = 1, method: str = "gradcam", layer: str | None = None,
                        max_steps: int = 8, batch_size: int = 32) -> pd.DataFrame:
-    """Cascading model-parameter randomisation: from the logit down through the backbone, on a CLONE.
+    """Cascading model-parameter randomisation: from the logit down through the backbone, on weight values.
 
     Step 0 is the trained model. Step i has every weighted layer from the top down to `layers[i-1]` randomised
     (cumulative). `layers`: cut points in top-down order ("logit" or backbone layer names); default: "logit" plus
@@ -89,11 +74,12 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     images whose trained map is empty (no heat) are left out of the means (n_images counts those kept); a
     randomised map that is empty counts as correlation 0 (n_empty counts them). The maps are in
     `df.attrs["cams"]` (a list of (B, H, W) arrays per step) for `randomization_figure`. A trustworthy method
-    gives a correlation that falls as more of the network is randomised.
+    gives a correlation that falls as more of the network is randomised. The randomised weights are VALUES passed
+    to the model's one compiled CAM function (`cxr.explain.cam.cam_function`): no model is cloned or rebuilt per
+    step, nothing is recompiled, and the user's model is never modified.
     """
     cam_fn = METHODS[method]
-    clone = _clone(model)
-    order = _weighted_layers_top_down(clone)
+    order = _weighted_layers_top_down(model)
     names = [n for _, n in order]
     if layers is None:
         idx = sorted(set(np.linspace(0, len(order) - 1, min(max_steps, len(order))).round().astype(int)))
@@ -108,13 +94,20 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     rows = [dict(step=0, randomised_to="none (trained)", n_randomised=0, spearman_mean=1.0, spearman_std=0.0,
                  n_images=n_original, n_empty=len(original) - n_original)]
     cams = [original]
-    backbone = clone.get_layer(BACKBONE)
+    backbone = model.get_layer(BACKBONE)
+    # the cascade works on weight VALUES, fed to the same compiled CAM function; the model is never modified
+    variables = cam_function(model, layer, batch_size).variables  # the order its `weights` argument follows
+    position = {id(v): i for i, v in enumerate(variables)}
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
     done = 0
-    for step, cut in enumerate(idx, start=1):
+    for step, cut in bar(enumerate(idx, start=1), total=len(idx), desc="randomisation test"):
         for scope, name in order[done:cut + 1]:
-            _randomise_layer(clone.get_layer(name) if scope == "outer" else backbone.get_layer(name), rng)
+            lay = model.get_layer(name) if scope == "outer" else backbone.get_layer(name)
+            for v, new in zip(lay.weights, _randomised_values(lay, rng)):
+                values[position[id(v)]] = new
         done = cut + 1
-        cam = cam_fn(clone, images, target_class=target_class, layer=layer, batch_size=batch_size, check=False)
+        cam = cam_fn(model, images, target_class=target_class, layer=layer, batch_size=batch_size, check=False,
+                     weights=values)
         rho = np.array([_spearman(o, c) for o, c in zip(original, cam)])
         ok = rho[np.isfinite(rho)]
         rows.append(dict(step=step, randomised_to=names[cut], n_randomised=done,
@@ -246,7 +239,7 @@ def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target
 
     names = [f"{k}_{o}" for k in ("deletion", "insertion") for o in ("heat", "random")]
     curves = {name: np.zeros((n, steps + 1)) for name in names}
-    for j, f in enumerate(fractions):
+    for j, f in bar(enumerate(fractions), total=len(fractions), desc="deletion/insertion"):
         k = int(round(f * h * w))
         variants = []
         for name in names:
