@@ -28,7 +28,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
     decoding and resize policy as training (`cxr.data.load_image`). With
     `gradcam_dir`, a Grad-CAM overlay PNG per image is written there and its path added to the result.
     """
-    from cxr import data, evaluate, model as cxr_model
+    from cxr import data, evaluate, model as cxr_model, train
 
     model, meta = cxr_model.load_model(model_folder(model_dir))
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
@@ -45,7 +45,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
     if not images:
         return results
     batch = np.stack(images)[..., None]
-    probs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype="float64").reshape(-1)
+    probs = train.predict_proba(model, batch, batch_size=batch_size)  # fixed-shape (padded) batches
     calibrator = meta.get("calibration")
     calibrated = evaluate.apply_calibrator(calibrator, probs) if calibrator else None
     for j, (i, p) in enumerate(zip(ok, probs)):

@@ -23,6 +23,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
 from cxr.explain.cam import METHODS, cam_function
 from cxr.model import BACKBONE, LOGIT
 from cxr.progress import bar
+from cxr.train.batches import predict_proba
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sanity check: cascading randomisation (Adebayo et al. 2018)
@@ -234,7 +235,7 @@ def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target
 
     def prob(batch):
         batch = np.clip(np.rint(batch), 0, 255).astype(dtype) if np.issubdtype(dtype, np.integer) else batch
-        p = np.asarray(model.predict(batch[..., None], batch_size=batch_size, verbose=0), np.float64).reshape(-1)
+        p = predict_proba(model, batch[..., None], batch_size=batch_size)  # fixed-shape (padded) batches
         return p if target_class == 1 else 1 - p
 
     names = [f"{k}_{o}" for k in ("deletion", "insertion") for o in ("heat", "random")]
