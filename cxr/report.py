@@ -71,14 +71,17 @@ class RunLog:
         save_figure(fig, self.figure(name))
 
     def training(self, result: Any) -> None:
-        """One line per stage (epochs run, best validation AUROC, seconds). The run record (configuration,
-        versions, history, timings) is `<run>/<task>_run.json`, written by `pipeline.run_task`."""
-        h = result.history
-        for stage, rows in h.groupby("stage", sort=False):
-            print(f"{result.task} / {stage}: {len(rows)} epochs, best val AUROC {rows['val_auroc'].max():.4f}, "
-                  f"{result.seconds.get(stage, 0.0):.0f} s")
-        if "features" in result.seconds:
-            print(f"backbone features computed once in {result.seconds['features']:.0f} s; kept stage: {result.kept_stage}")
+        """One line per stage (epochs run, the best epoch by validation log-loss, its AUROC, seconds) and the kept
+        stage. The run record (configuration, versions, history, selection, timings) is `<run>/<task>_run.json`,
+        written by `pipeline.run_task`."""
+        for _, r in result.selection.iterrows():
+            print(f"{result.task} / {r['stage']}: {int(r['epochs'])} epochs, best epoch {int(r['best_epoch'])} "
+                  f"(val log-loss {r['val_loss']:.4f}, val AUROC {r['val_auroc']:.4f}), "
+                  f"{result.seconds.get(r['stage'], 0.0):.0f} s")
+        balance = f"; class imbalance: {result.balance}" if getattr(result, "balance", None) else ""
+        features = (f"backbone features computed once in {result.seconds['features']:.0f} s; "
+                    if "features" in result.seconds else "")
+        print(f"{features}kept stage: {result.kept_stage} (lower best validation log-loss){balance}")
 
     def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None, sanity: pd.DataFrame | None = None,
                     faith: Any = None) -> None:

@@ -357,6 +357,8 @@ def stage_selection_figure(history: pd.DataFrame, selection: pd.DataFrame, kept:
     history = history.reset_index(drop=True)
     selection = selection.reset_index() if "stage" not in selection.columns else selection.reset_index(drop=True)
     selection = selection.assign(stage=selection["stage"].astype(str))
+    if "best_val_loss" not in selection and "val_loss" in selection:  # `cxr.train.TrainResult.selection`
+        selection = selection.rename(columns={"val_loss": "best_val_loss"})
     stages = list(pd.unique(history["stage"].astype(str))) if "stage" in history else []
     stages += [s for s in selection["stage"] if s not in stages]
     if kept is None and "kept" in selection and selection["kept"].astype(bool).any():
