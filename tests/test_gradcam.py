@@ -285,3 +285,15 @@ def test_describe_randomization_and_faithfulness_verdicts():
     assert deletion.startswith("Deletion") and "supported" in deletion and "NOT" not in deletion
     assert "12 of 12" in deletion
     assert insertion.startswith("Insertion") and "NOT supported" in insertion and "0 of 12" in insertion
+
+
+def test_faithfulness_verdict_needs_a_significant_test():
+    rng = np.random.default_rng(1)
+    r = rng.uniform(0.6, 0.8, 12)
+    noisy = pd.DataFrame({"deletion_heat": r + np.tile([-0.1, 0.09], 6), "deletion_random": r,  # mean -0.005
+                          "insertion_heat": r, "insertion_random": r})
+    few = noisy.iloc[:4].assign(deletion_heat=lambda d: d.deletion_random - 0.1)
+    deletion = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, noisy)).splitlines()[0]
+    assert "not significant" in deletion and "supported" not in deletion  # right direction, within the noise
+    short = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, few)).splitlines()[0]
+    assert "too few images for a test (4; at least 6)" in short and "no test" in short

@@ -180,10 +180,18 @@ def describe_faithfulness(result: Faithfulness) -> str:
         diff = h - r
         p = float(wilcoxon(diff).pvalue) if len(diff) >= 6 and np.any(diff != 0) else float("nan")
         ok = (h.mean() < r.mean()) if kind == "deletion" else (h.mean() > r.mean())
+        if not ok:
+            verdict = f"NOT supported, {meaning.replace('faster', 'no faster')} than random."
+        elif np.isnan(p):
+            verdict = f"too few images for a test ({len(h)}; at least 6), though on average {meaning} than random."
+        elif p >= 0.05:
+            verdict = f"not significant: on average {meaning} than random, but not beyond chance."
+        else:
+            verdict = f"supported, {meaning} than random."
+        test = f"paired Wilcoxon p = {p:.2g}" if np.isfinite(p) else "no test"
         lines.append(f"{kind.capitalize()}: area {h.mean():.3f} in heat order vs {r.mean():.3f} in random order "
-                     f"({better} is more faithful); heat order wins for {wins} of {len(h)} images (paired Wilcoxon "
-                     f"p = {p:.2g}): " + (f"supported, {meaning} than random." if ok else
-                                          f"NOT supported, {meaning.replace('faster', 'no faster')} than random."))
+                     f"({better} is more faithful); heat order wins for {wins} of {len(h)} images ({test}): "
+                     + verdict)
     return "\n".join(lines)
 
 
