@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
-from cxr import distribute, model as cxr_model, optim
+from cxr import distribute, model as cxr_model, optim, progress
 from cxr.config import TASKS, Config, task as get_task  # noqa: F401  (train.TASKS: the task table)
 from cxr.data import Prepared
 from cxr.io import atomic_write_text
@@ -119,7 +119,7 @@ class BestEpoch(keras.callbacks.Callback):
 
 def _run_stage(train_model: keras.Model, predictor: keras.Model, keep: keras.Model, data: TrainBatches,
                x_va: np.ndarray, y_va: np.ndarray, batch: int, epochs: int, patience: int | None,
-               verbose: int) -> tuple[pd.DataFrame, int]:
+               verbose: int, desc: str = "training") -> tuple[pd.DataFrame, int]:
     """`train_model.fit` for up to `epochs` epochs with validation metrics of `predictor`, early stopping on
     val_loss after `patience` epochs without improvement (None: never), and the best epoch's weights of `keep`
     restored. Returns (history with a 1-based `epoch` column, best epoch, 1-based)."""
@@ -127,6 +127,8 @@ def _run_stage(train_model: keras.Model, predictor: keras.Model, keep: keras.Mod
     callbacks: list[keras.callbacks.Callback] = [ValidationMetrics(predictor, x_va, y_va, batch), best]
     if patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience))
+    if not verbose:  # a live bar in interactive sessions only (none in headless runs, CI or saved notebooks)
+        callbacks += progress.keras_callbacks(desc)
     h = train_model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
     history = pd.DataFrame(h.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
@@ -152,7 +154,7 @@ def _train_head(model: keras.Model, config: Config, f_tr, y_tr, f_va, y_va, batc
     head.compile(optimizer=keras.optimizers.Adam(learning_rate=config.head_lr), loss="binary_crossentropy",
                  metrics=[keras.metrics.AUC(name="auroc")], jit_compile="auto")
     return _run_stage(head, head, head, _batches(f_tr, y_tr, batch, balance, config.seed), f_va, y_va, batch,
-                      config.head_epochs, config.patience, verbose)
+                      config.head_epochs, config.patience, verbose, desc=f"head ({balance})")
 
 
 def finetune_optimizer(model: keras.Model, config: Config, steps: int) -> optim.LayerwiseAdamW:
@@ -228,7 +230,7 @@ def _fit(config: Config, data: Prepared, tr, va, y_tr, y_va, task: str, batch: i
                         loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auroc")], jit_compile="auto")
         t0 = time.perf_counter()
         h2, best_ft = _run_stage(trainer, model, model, stream, x_va, y_va, batch, config.finetune_epochs, None,
-                                 verbose)
+                                 verbose, desc="fine-tune")
         seconds["finetune"] = time.perf_counter() - t0
         stages.append({"stage": "finetune", **_summary(h2, best_ft)})
         history = pd.concat([history, h2.assign(stage="finetune")], ignore_index=True)
