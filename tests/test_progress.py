@@ -50,7 +50,7 @@ def test_off_under_pytest_by_default():
     assert not progress.enabled()  # PYTEST_CURRENT_TEST is set while a test runs
 
 
-def test_headless_runner_turns_progress_off(monkeypatch):
+def test_headless_runner_turns_progress_off(monkeypatch, tmp_path):
     """`run_notebook` (make run, make notebook) sets the variables the kernel inherits."""
     import cxr.report as report
 
@@ -73,9 +73,9 @@ def test_headless_runner_turns_progress_off(monkeypatch):
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     monkeypatch.setattr("cxr.data.resolve_source", lambda source, data_dir: report.REPO / "cxr/sample/x.zip")
     with pytest.raises(Stop):
-        report.run_notebook(mode="smoke", output_dir="runs/pytest-progress-never-written")
+        report.run_notebook(mode="smoke", output_dir=str(tmp_path / "run"))
     assert seen == {"CXR_PROGRESS": "0", "TQDM_DISABLE": "1", "progress_bar": False}
-    assert not (report.REPO / "runs/pytest-progress-never-written/notebook.ipynb").exists()
+    assert not (tmp_path / "run" / "notebook.ipynb").exists()
 
 
 def test_bar_counts_when_on_and_is_silent_when_off(env):
