@@ -320,6 +320,10 @@ def test_error_examples_and_seed_statement(tmp_path):
     from cxr.data import Prepared
 
     index, images = toy_data(n=10, seed=7)
+    # a NORMAL test image identical to a PNEUMONIA one: whatever the model learns, one of the two is an error
+    test = index["split"] == "test"
+    twin = np.flatnonzero(test & (index["label"] == "NORMAL"))[0]
+    images[twin] = images[np.flatnonzero(test & (index["label"] == "PNEUMONIA"))[0]]
     cfg = tiny_config(head_epochs=1, finetune_epochs=0, output_dir=str(tmp_path / "run"))
     prepared = Prepared(index=index, skipped=pd.DataFrame(), images=images, root=tmp_path, source=tmp_path)
     out = pipeline.run_task(cfg, prepared, "pneumonia")
