@@ -122,3 +122,32 @@ def test_keras_callbacks(env):
     closed.clear()
     model.predict(x, batch_size=8, verbose=0, callbacks=progress.keras_callbacks("features"))
     assert [(c[0], c[1]) for c in closed] == [("features", 4)]
+
+
+def test_feature_extraction_shows_a_bar_of_its_batches(env):
+    """`padded_predict(..., desc=...)` (the backbone features of each training run) shows a bar of its batches
+    when progress is on, and none without `desc` or when progress is off; the outputs are the same."""
+    clean_env(env)
+    import keras
+    from tqdm import tqdm
+
+    from cxr.train.batches import padded_predict
+
+    closed = []
+
+    class Recording(tqdm):
+        def close(self):
+            if not self.disable:
+                closed.append((self.desc, self.n))
+            super().close()
+
+    env.setattr(progress, "_tqdm", lambda: Recording)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype("float32")
+    with_bar = padded_predict(model, x, 8, desc="pneumonia / backbone features (train)")
+    assert closed == [("pneumonia / backbone features (train)", 3)]  # 20 rows in 3 padded batches of 8
+    closed.clear()
+    np.testing.assert_allclose(padded_predict(model, x, 8), with_bar, rtol=1e-6)
+    env.setenv("CXR_PROGRESS", "0")
+    np.testing.assert_allclose(padded_predict(model, x, 8, desc="features"), with_bar, rtol=1e-6)
+    assert closed == []

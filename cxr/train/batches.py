@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from cxr import quiet_stderr
+from cxr import progress, quiet_stderr
 
 with quiet_stderr():
     import keras
@@ -84,12 +84,14 @@ class PredictBatches(keras.utils.PyDataset):
         return _as_input(np.asarray(self.x[np.minimum(rows, len(self.x) - 1)]))
 
 
-def padded_predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def padded_predict(model: keras.Model, x: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
     """`model.predict` of every row of `x` in full batches of `batch_size` (the last padded), padded outputs
-    dropped: (len(x), ...) outputs, the same as an unpadded predict."""
+    dropped: (len(x), ...) outputs, the same as an unpadded predict. With `desc`, a live bar of the batches in
+    interactive sessions (`cxr.progress`; none in headless runs)."""
     if len(x) == 0:
         raise ValueError("nothing to predict: no rows")
-    out = model.predict(PredictBatches(x, batch_size), verbose=0)
+    callbacks = progress.keras_callbacks(desc) if desc else []
+    out = model.predict(PredictBatches(x, batch_size), verbose=0, callbacks=callbacks)
     return np.asarray(out)[:len(x)]
 
 

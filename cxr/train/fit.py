@@ -198,7 +198,8 @@ def _fit(config: Config, data: Prepared, tr, va, y_tr, y_va, task: str, batch: i
     # Stage 1: head on frozen features, computed once.
     t0 = time.perf_counter()
     features = cxr_model.feature_model(model)
-    f_tr, f_va = (padded_predict(features, x, batch).astype("float32") for x in (x_tr, x_va))  # bf16 on a GPU
+    f_tr, f_va = (padded_predict(features, x, batch, desc=f"{task} / backbone features ({part})").astype("float32")
+                  for x, part in ((x_tr, "train"), (x_va, "val")))  # bf16 on a GPU
     seconds["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     start = model.get_layer("logit").get_weights()
