@@ -9,6 +9,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
+from cxr.evaluate.calibration import reliability_table
 from cxr.plots.style import _figure, figure_style
 
 @figure_style
@@ -40,13 +41,11 @@ def roc_pr_calibration(y: Any, p: Any, threshold: float, title: str = "", n_bins
               ylim=(0, 1.01))
     ax_pr.legend(loc="lower left", fontsize=9)
 
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    seen = count > 0
-    mean_p = np.bincount(bins, weights=p, minlength=n_bins)[seen] / count[seen]
-    frac = np.bincount(bins, weights=y, minlength=n_bins)[seen] / count[seen]
+    table = reliability_table(y, p, n_bins)
+    seen = table["count"] > 0
     ax_cal.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    ax_cal.plot(mean_p, frac, marker="o", lw=2, label="model")
+    ax_cal.plot(table.loc[seen, "mean_predicted"], table.loc[seen, "observed_rate"], marker="o", lw=2,
+                label="model")
     ax_hist = ax_cal.twinx()
     ax_hist.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="grey", alpha=0.25)
     ax_hist.set_ylabel("images per bin", color="grey")
