@@ -205,14 +205,11 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 
 def wilson_interval(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion errors / n (NaN, NaN when n is 0)."""
+    """Wilson score interval of a proportion errors / n (scipy's binomtest; NaN, NaN when n is 0)."""
     if n <= 0:
         return math.nan, math.nan
-    z = stats.norm.ppf(0.5 + level / 2)
-    rate = errors / n
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = stats.binomtest(errors, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 RATE_COLUMNS = ["n", "patients", "errors", "rate", "ci_low", "ci_high", "false_positives", "false_negatives"]
