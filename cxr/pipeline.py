@@ -77,11 +77,16 @@ def scores(config: Config, prepared: Prepared, task: str, model: Any, split: str
     return Scores(positions, y.astype(int), p, np.asarray(p_cal, dtype="float64"), groups)
 
 
+def choose_threshold(config: Config, y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold of `config.threshold_policy` (with its tolerance / target) on validation labels and scores."""
+    return thresholds.choose(y, p, config.threshold_policy, tolerance=config.threshold_tolerance,
+                             target_sensitivity=config.target_sensitivity)
+
+
 def operating_point(config: Config, val: Scores) -> tuple[float, pd.DataFrame]:
     """The threshold of `config.threshold_policy` on validation, and how the policies move under patient-level
     bootstrap resamples of the validation set (`evaluate.threshold.stability`)."""
-    t = thresholds.choose(val.y, val.p, config.threshold_policy, tolerance=config.threshold_tolerance,
-                          target_sensitivity=config.target_sensitivity)
+    t = choose_threshold(config, val.y, val.p)
     policies = list(dict.fromkeys([config.threshold_policy, *STABILITY_POLICIES]))
     n_boot = max(50, min(200, config.n_bootstrap // 10))
     table = thresholds.stability(val.y, val.p, policy=policies, n_boot=n_boot, seed=config.seed, groups=val.groups)
@@ -159,16 +164,14 @@ def seed_runs(config: Config, prepared: Prepared, task: str, first: TaskOutcome,
         c = config.replace(seed=config.seed + k)
         model = train.fit(c, prepared.index, prepared.images, task=task).model
         val = scores(c, prepared, task, model, "val")
-        t = thresholds.choose(val.y, val.p, c.threshold_policy, tolerance=c.threshold_tolerance,
-                              target_sensitivity=c.target_sensitivity)
+        t = choose_threshold(c, val.y, val.p)
         test = scores(c, prepared, task, model, "test")
         report = evaluate.task_report(test.y, test.p, t, config, groups=test.groups)
         ledger.record_test_access(run_dir, task, c.to_dict(), ledger.metric_summary(report), note=f"seed {c.seed}")
         runs.append((c.seed, val, test, t, report))
     val_p = np.mean([r[1].p for r in runs], axis=0)
     test_p = np.mean([r[2].p for r in runs], axis=0)
-    t_ens = thresholds.choose(first.val.y, val_p, config.threshold_policy, tolerance=config.threshold_tolerance,
-                              target_sensitivity=config.target_sensitivity)
+    t_ens = choose_threshold(config, first.val.y, val_p)
     ensemble = evaluate.task_report(first.test.y, test_p, t_ens, config, groups=first.test.groups)
     ledger.record_test_access(run_dir, task, config.to_dict(), ledger.metric_summary(ensemble),
                               note=f"ensemble of {config.n_seeds} seeds")
