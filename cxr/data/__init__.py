@@ -6,8 +6,10 @@ The pipeline, as `prepare(config)` runs it, one module per step:
    sample) and `extract`: unzip (or take a folder as is) and find the dataset root holding train/ and test/.
 2. `index`: `build_index`, one row per decodable image (path, official split, label, subtype, patient, size, mode,
    sha1); every file that is not kept is listed in `skipped` with the reason; `check_counts` against Kaggle's.
-3. `split`: `split_by_patient` re-splits the official train (+ val) into train/val, grouped by patient and
-   identical bytes, stratified by subtype; the official test is never changed; `check_no_leakage`.
+3. `audit` and `split`: near-duplicate pairs from the perceptual hashes (`audit.near_duplicate_pairs`);
+   `split_by_patient` assigns the training children (official train + val) to cross-validation folds, grouped by
+   child, identical bytes and near duplicates, stratified by subtype; the official test is never changed; copies
+   of test images are excluded; `check_no_leakage`.
 4. `images`: `build_cache` decodes every image once (`load_image`, THE resize policy `resize`) into a uint8
    (N, S, S) memory map with a manifest; reused while valid, rebuilt when stale, written atomically.
 
@@ -15,25 +17,25 @@ The pipeline, as `prepare(config)` runs it, one module per step:
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr.config import CLASS_NAMES, RESIZE_POLICIES, SPLITS, TASKS, Config, task as get_task  # noqa: F401
-from cxr.data.images import (CACHE_VERSION, build_cache, cache_is_valid, load_image, resize,  # noqa: F401
-                             to_grayscale)
-from cxr.data.index import (INDEX_COLUMNS, KAGGLE_COUNTS, SKIPPED_COLUMNS, build_index, cached_index,  # noqa: F401
-                            check_counts, count_table, patient_id, subtype_of)
-from cxr.data.sources import (HOW_TO_GET_DATA, INDEX_VERSION, KAGGLE_ZIP_NAME, SAMPLE_ZIP,  # noqa: F401
-                              SHARED_ZIP_NAME, DataUnavailable, check_source, download, extract, find_root,
-                              kaggle_credentials, resolve_source)
-from cxr.data.split import (EXCLUDED, cap_per_class, check_no_leakage, exclusion_summary, mark_excluded,  # noqa: F401
-                            split_by_patient, split_summary)
-from cxr.io import atomic_write_bytes, atomic_write_csv, atomic_write_text  # noqa: F401  (old cxr.data names)
+from cxr.config import SPLITS, Config, task as get_task
+from cxr.data import audit
+from cxr.data.images import build_cache, cache_is_valid, load_image, resize, to_grayscale  # noqa: F401
+from cxr.data.index import (INDEX_COLUMNS, KAGGLE_COUNTS, build_index, cached_index, check_counts,  # noqa: F401
+                            count_table, patient_id, subtype_of)
+from cxr.data.sources import (HOW_TO_GET_DATA, SAMPLE_ZIP, SHARED_ZIP_NAME, DataUnavailable,  # noqa: F401
+                              check_source, download, extract, find_root, kaggle_credentials, resolve_source)
+from cxr.data.split import (EXCLUDED, NO_FOLD, cap_per_class, check_no_leakage, exclusion_summary,  # noqa: F401
+                            mark_excluded, split_by_patient, split_summary)
+from cxr.io import atomic_write_csv
+
+
+NEAR_COLUMNS = ["a", "b", "path_a", "path_b", "distance", "byte_identical"]
 
 
 @dataclass
@@ -41,41 +43,48 @@ class Prepared:
     """The data of a run, as `prepare` returns it. Row i of `index` and `images[i]` are the same image.
 
     Attributes:
-        index: one row per image of train/val/test (the excluded ones are in `excluded`), sorted by path. Columns: `path` (relative to `root`, posix),
-            `official_split` (train/val/test folder of the archive), `label` (NORMAL or PNEUMONIA), `subtype`
-            (normal, bacteria, virus), `patient_id` (from the file name), `width`, `height` (original pixels),
-            `mode`, `format` (as Pillow reads the file), `sha1` (of the file bytes) and `split` (train/val/test
-            after the patient-level re-split; test is the official test, unchanged) and `excluded_reason` (empty).
+        index: one row per image of the study (training children and the official test; the excluded ones are in
+            `excluded`), sorted by path. Columns: `path` (relative to `root`, posix), `official_split` (train/val/
+            test folder of the archive), `label` (NORMAL or PNEUMONIA), `subtype` (normal, bacteria, virus),
+            `patient_id` (the child, from the file name: `cxr.data.patient_id`), `width`, `height` (original
+            pixels), `mode`, `format` (as Pillow reads the file), `sha1` (of the file bytes), `phash` (perceptual
+            hash), `split` (train or test: test is the official test, unchanged), `fold` (the cross-validation
+            fold of a training image, 0..k-1; -1 for test) and `excluded_reason` (empty).
         skipped: every file that was not kept: `path` and `reason` (junk, empty, corrupt, not an image, ...).
         images: (N, S, S) uint8 grayscale, read-only memory map (S = `config.image_size`, one resize policy).
         root: the dataset root (holds train/ and test/).
         source: the zip or folder the data came from.
-        excluded: the images found and readable but left out of train/val/test by the split (`split` =
-            "excluded", `excluded_reason` says why: patient id also in the official test, byte-identical to a test
-            image, over the smoke-mode cap). Not in `images`.
+        excluded: the images found and readable but left out of the study (`split` = "excluded";
+            `excluded_reason` says why: a copy or near duplicate of a test image, a test child's id, over the
+            smoke-mode cap). Not in `images`.
+        near_duplicates: every pair of images (of the whole inventory) whose perceptual hashes lie within
+            `config.near_duplicate_bits` (`cxr.data.audit.near_duplicate_pairs`; paths, distance, byte_identical).
         inventory: `index` and `excluded` together, sorted by path: every readable image found (`index.csv`).
 
     Tasks (`cxr.config.TASKS`) select rows and labels: `rows(split, task)` gives positions into `index` and
-    `images`, `labels(task, positions)` their 0/1 labels, `batch(positions)` the (n, S, S, 1) model input.
+    `images`, `folds(positions)` their folds, `labels(task, positions)` their 0/1 labels, `batch(positions)` the
+    (n, S, S, 1) model input, `groups(positions)` their children.
     """
 
     index: pd.DataFrame
     skipped: pd.DataFrame
     images: np.ndarray
-    root: Path
-    source: Path
-    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INDEX_COLUMNS + ["split",
-                                                                                                 "excluded_reason"]))
+    root: Path | None
+    source: Path | None
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=INDEX_COLUMNS + [
+        "split", "fold", "excluded_reason"]))
+    near_duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NEAR_COLUMNS))
 
     @property
     def inventory(self) -> pd.DataFrame:
-        """Every readable image found: the train/val/test rows and the excluded ones, sorted by path."""
+        """Every readable image found: the study's rows and the excluded ones, sorted by path."""
         if self.excluded.empty:
             return self.index.copy()
         return pd.concat([self.index, self.excluded]).sort_values("path", ignore_index=True)
 
     def rows(self, split: str, task: str = "pneumonia") -> np.ndarray:
-        """Positions of the rows of `split` that take part in `task` (the subtype task: pneumonia rows only)."""
+        """Positions of the rows of `split` ("train" or "test") that take part in `task` (the subtype task:
+        pneumonia rows only)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         t = get_task(task)
@@ -83,6 +92,14 @@ class Prepared:
         if t.rows != "all":
             mask &= self.index["label"].to_numpy() == t.rows
         return np.flatnonzero(mask)
+
+    def folds(self, positions: np.ndarray) -> np.ndarray:
+        """The cross-validation fold of each row at `positions` (-1 for test rows)."""
+        return self.index["fold"].to_numpy().astype(int)[positions]
+
+    def groups(self, positions: np.ndarray) -> np.ndarray:
+        """The child (patient id) of each row at `positions`."""
+        return self.index["patient_id"].to_numpy()[positions]
 
     def labels(self, task: str, positions: np.ndarray) -> np.ndarray:
         """0/1 labels (float32) of `task` for the rows at `positions` (1 = the task's positive class)."""
@@ -98,7 +115,7 @@ def describe(index: pd.DataFrame, skipped: pd.DataFrame, max_skipped: int = 50) 
     """What was found (counts per official split and label, checked against the published counts), the split and
     its exclusions (reported apart: a decision of the split), and the skipped files, as printable text.
     `index`: the inventory (every readable image, excluded ones included)."""
-    lines = [f"{len(index)} readable images found, {index['patient_id'].nunique()} patient ids",
+    lines = [f"{len(index)} readable images found, {index['patient_id'].nunique()} children",
              count_table(index).to_string()]
     by_subtype = index.groupby(["official_split", "subtype"]).size().unstack(fill_value=0)
     lines.append(by_subtype.to_string())
@@ -108,7 +125,8 @@ def describe(index: pd.DataFrame, skipped: pd.DataFrame, max_skipped: int = 50) 
     if "split" in index:
         kept = index[index["split"].isin(SPLITS)]
         table = pd.crosstab(kept["split"], kept["label"]).reindex([s for s in SPLITS if s in set(kept["split"])])
-        lines.append("after the patient-level re-split:\n" + table.to_string())
+        lines.append("the study's split (training children in cross-validation folds; the official test):\n"
+                     + table.to_string())
         lines.append(exclusion_summary(index))
     lines.append(f"{len(skipped)} files skipped" + (":" if len(skipped) else ""))
     for row in skipped.head(max_skipped).itertuples():
@@ -118,13 +136,24 @@ def describe(index: pd.DataFrame, skipped: pd.DataFrame, max_skipped: int = 50) 
     return "\n".join(lines)
 
 
+def _split(config: Config, index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(inventory with split, fold and excluded_reason; near-duplicate pairs) of an index, by `config`."""
+    near = audit.near_duplicate_pairs(index, config.near_duplicate_bits)
+    capped = cap_per_class(index, config.max_per_class, config.split_seed)
+    inventory = split_by_patient(capped, config.n_folds, config.split_seed,
+                                 drop_test_patients=config.exclude_test_patients, near=near)
+    if config.max_per_class is not None:
+        inventory = mark_excluded(index, inventory, f"over max_per_class={config.max_per_class} (smoke-mode cap)")
+    return inventory, near
+
+
 def prepare(config: Config, workers: int | None = None, verbose: bool = True,
             tasks: list[str] | tuple[str, ...] | None = None) -> Prepared:
     """Resolve and extract the data into config.data_dir, index it (data_dir/index.csv: every readable image,
-    the excluded ones with their reason; skipped.csv), cap it (config.max_per_class), split it by patient and
-    decode the train/val/test images into the cache (data_dir/cache). With `tasks`, first check that the split
-    can train and score them (`check_trainable`). Bad data raise `DataUnavailable` before the index, the cache
-    and skipped.csv are written."""
+    the excluded ones with their reason; skipped.csv), find its near duplicates, cap it (config.max_per_class),
+    assign the training children to folds and decode the study's images into the cache (data_dir/cache). With
+    `tasks`, first check that the split can train and score them (`check_trainable`). Bad data raise
+    `DataUnavailable` before the index, the cache and skipped.csv are written."""
     from cxr import ensure_writable
 
     data_dir = Path(config.data_dir)
@@ -134,25 +163,19 @@ def prepare(config: Config, workers: int | None = None, verbose: bool = True,
     root = extract(source, data_dir / "extracted" / name)
     index, skipped = cached_index(root, data_dir / "cache", workers=workers)
     _check_not_empty(index, skipped, root)
-    capped = cap_per_class(index, config.max_per_class, config.seed)
-    inventory = split_by_patient(capped, config.val_fraction, config.seed,
-                                 drop_test_patients=config.exclude_test_patients)
-    if config.max_per_class is not None:
-        inventory = mark_excluded(index, inventory, f"over max_per_class={config.max_per_class} (smoke-mode cap)")
+    inventory, near = _split(config, index)
     is_kept = inventory["split"].ne(EXCLUDED)
     kept = inventory[is_kept].reset_index(drop=True)
     if tasks:
         check_trainable(kept, tasks)
     if verbose:
         print(describe(inventory, skipped, max_skipped=20))
-        print("split:", kept["split"].value_counts().reindex(list(SPLITS), fill_value=0).to_dict())
-    # the cache holds the train/val/test rows only, in path order: the same rows (and bytes) as before the
-    # excluded rows were kept in the index
+    # the cache holds the study's rows only, in path order
     images = build_cache(kept, root, config.image_size, config.resize_policy, data_dir / "cache", workers=workers)
     atomic_write_csv(data_dir / "skipped.csv", skipped)
     atomic_write_csv(data_dir / "index.csv", inventory)
     return Prepared(index=kept, skipped=skipped, images=images, root=root, source=source,
-                    excluded=inventory[~is_kept].reset_index(drop=True))
+                    excluded=inventory[~is_kept].reset_index(drop=True), near_duplicates=near)
 
 
 def _check_not_empty(index: pd.DataFrame, skipped: pd.DataFrame, root: Path) -> None:
@@ -168,29 +191,31 @@ def _check_not_empty(index: pd.DataFrame, skipped: pd.DataFrame, root: Path) -> 
 
 
 def check_trainable(index: pd.DataFrame, tasks: list[str] | tuple[str, ...]) -> None:
-    """Raise `DataUnavailable` (one line, with the counts) when a task lacks a class in train or val, or has no
-    test rows: what training and scoring need, checked before anything is trained or written."""
+    """Raise `DataUnavailable` (one line, with the counts) when a task lacks a class in the training split or in
+    the training part of a fold, or has no test rows: what training and scoring need, checked before anything is
+    trained or written."""
     for name in tasks:
         t = get_task(name)
         rows = index if t.rows == "all" else index[index["label"] == t.rows]
         positive = rows[t.column].eq(t.positive)
-        for split in SPLITS:
-            in_split = rows["split"].eq(split)
-            n_pos, n_neg = int((in_split & positive).sum()), int((in_split & ~positive).sum())
-            if (split != "test" and min(n_pos, n_neg) == 0) or (split == "test" and n_pos + n_neg == 0):
+        train = rows["split"].eq("train")
+        parts = [("train", train)] + [(f"training part of fold {f}", train & rows["fold"].ne(f))
+                                      for f in sorted(set(rows.loc[train, "fold"]))]
+        for what, mask in parts:
+            n_pos, n_neg = int((mask & positive).sum()), int((mask & ~positive).sum())
+            if min(n_pos, n_neg) == 0:
                 raise DataUnavailable(
-                    f"Task {name!r} cannot be trained on this data: its {split} split has {n_pos} "
-                    f"{t.class_names[1]} and {n_neg} {t.class_names[0]} images; train and val need both classes and "
-                    f"test needs images: add patients of the missing class (10 or more per class), or train other "
-                    f"tasks (--tasks).")
+                    f"Task {name!r} cannot be trained on this data: its {what} has {n_pos} {t.class_names[1]} and "
+                    f"{n_neg} {t.class_names[0]} images; training needs both classes: add children of the missing "
+                    "class (10 or more per class), or train other tasks (--tasks).")
+        if not (rows["split"].eq("test")).any():
+            raise DataUnavailable(f"Task {name!r} has no test images to score: add images to test/.")
 
 
-def index_source(source: str | Path, out: str | Path, data_dir: str | Path = Config.data_dir,
-                 val_fraction: float = Config.val_fraction, seed: int = Config.seed, exclude_test_patients: bool = True,
-                 workers: int | None = None) -> pd.DataFrame:
-    """Index a zip or folder, re-split it, print what was found and write `out` (every readable image, the
-    excluded ones with their reason) and `<out stem>-skipped.csv`. Bad input raises `DataUnavailable` (one line)
-    before anything is written. Returns the index."""
+def index_source(config: Config, source: str | Path, out: str | Path, workers: int | None = None) -> pd.DataFrame:
+    """Index a zip or folder, split it as `config` says, print what was found and write `out` (every readable
+    image, the excluded ones with their reason) and `<out stem>-skipped.csv`. Bad input raises `DataUnavailable`
+    (one line) before anything is written. Returns the index."""
     from cxr import ensure_writable
 
     out = Path(out)
@@ -200,10 +225,10 @@ def index_source(source: str | Path, out: str | Path, data_dir: str | Path = Con
         raise DataUnavailable(f"The data source {source} does not exist: pass the Kaggle zip or its extracted folder "
                               "(see README, 'Getting the data').")
     name = source.name[:-4] if source.suffix.lower() == ".zip" else source.name
-    root = extract(source, Path(data_dir) / "extracted" / name)
+    root = extract(source, Path(config.data_dir) / "extracted" / name)
     index, skipped = build_index(root, workers=workers)
     _check_not_empty(index, skipped, root)
-    index = split_by_patient(index, val_fraction, seed, drop_test_patients=exclude_test_patients)
+    index, _ = _split(config, index)
     skipped_out = out.with_name(out.stem + "-skipped.csv")
     atomic_write_csv(skipped_out, skipped)
     atomic_write_csv(out, index)
@@ -212,24 +237,3 @@ def index_source(source: str | Path, out: str | Path, data_dir: str | Path = Con
     print(f"wrote {out} ({len(index)} rows, {int(index['split'].eq(EXCLUDED).sum())} excluded) and {skipped_out} "
           f"({len(skipped)} rows)")
     return index
-
-
-def index_cli(argv: list[str] | None = None) -> int:
-    """`python -m cxr index SOURCE --out index.csv`: index a zip or folder, re-split it, print counts and skips."""
-    parser = argparse.ArgumentParser(prog="python -m cxr index", description=index_cli.__doc__)
-    parser.add_argument("source", help="the Kaggle zip, the shared 224-px zip or an extracted folder")
-    parser.add_argument("--out", default="index.csv", help="where to write the index (CSV)")
-    parser.add_argument("--data-dir", default=Config.data_dir, help="where a zip is extracted")
-    parser.add_argument("--val-fraction", type=float, default=Config.val_fraction)
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--keep-test-patients", action="store_true",
-                        help="keep training images whose patient id also appears in the official test")
-    args = parser.parse_args(argv)
-    try:
-        index_source(args.source, args.out, args.data_dir, args.val_fraction, args.seed,
-                     exclude_test_patients=not args.keep_test_patients, workers=args.workers)
-    except DataUnavailable as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0

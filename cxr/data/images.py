@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from cxr.config import RESIZE_POLICIES
-from cxr.data.index import _parallel
+from cxr.data.parallel import parallel_map
 from cxr.data.sources import DataUnavailable
 from cxr.io import atomic_file, atomic_write_text
 
@@ -146,7 +146,7 @@ def build_cache(index: pd.DataFrame, root: str | Path, size: int, policy: str, c
         # each worker decodes a run of rows and writes them into the memory map itself: no pixels through pipes
         rows = list(enumerate(str(Path(root) / p) for p in index["path"]))
         decode = functools.partial(_decode_into, array_path=str(tmp), size=size, policy=policy)
-        for _ in _parallel(decode, rows, workers, f"decode {size}px"):
+        for _ in parallel_map(decode, rows, workers, f"decode {size}px"):
             pass
     atomic_write_text(manifest_path, json.dumps({**_manifest(index, size, policy),
                                                  "bytes": array_path.stat().st_size}, indent=1))

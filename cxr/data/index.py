@@ -1,24 +1,22 @@
 """The index: one row per decodable image (path, official split, label, subtype, patient id, size, mode, format,
-sha1), every other file listed with the reason it was skipped, and the count check against the Kaggle archive.
-Also the process pool that indexing and image decoding share."""
+sha1, perceptual hash), every other file listed with the reason it was skipped, and the count check against the
+Kaggle archive."""
 from __future__ import annotations
 
 import hashlib
 import io
 import os
 import re
-import sys
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from cxr import progress
-from cxr.config import CLASS_NAMES, SPLITS
+from cxr.config import CLASS_NAMES, OFFICIAL_SPLITS
+from cxr.data.audit import perceptual_hash
+from cxr.data.images import to_grayscale
+from cxr.data.parallel import parallel_map
 from cxr.data.sources import INDEX_VERSION, _is_macosx
 from cxr.io import atomic_write_csv
 
@@ -31,7 +29,8 @@ KAGGLE_COUNTS = {
     ("test", "NORMAL"): 234,
     ("test", "PNEUMONIA"): 390,
 }
-INDEX_COLUMNS = ["path", "official_split", "label", "subtype", "patient_id", "width", "height", "mode", "format", "sha1"]
+INDEX_COLUMNS = ["path", "official_split", "label", "subtype", "patient_id", "width", "height", "mode", "format", "sha1",
+                 "phash"]
 SKIPPED_COLUMNS = ["path", "reason"]
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -42,12 +41,18 @@ _SUBTYPE = re.compile(r"(bacteria|virus)", re.IGNORECASE)
 
 
 def patient_id(filename: str, label: str) -> str:
-    """Patient of an image from its file name: person123 for pneumonia (bacteria and virus images of one
-    person together), IM-0115 / NORMAL2-IM-0102 for normal images; otherwise the file stem (one image)."""
+    """The child of an image, from its file name: `person123_bacteria` / `person123_virus` for pneumonia,
+    `IM-0115` / `NORMAL2-IM-0102` for normal images; otherwise the file stem (one image, one child).
+
+    The person number of a pneumonia file is counted separately per subtype: `person5_bacteria` and
+    `person5_virus` are two children. The archive shows it: no training number reappears in the test split with
+    the same subtype, every number shared with the test split switches subtype, and bacterial and viral numbers
+    coincide within training about as often as chance predicts (`cxr.data.audit.patient_id_evidence` computes
+    these counts from the index)."""
     name = Path(filename).name
     match = _PERSON.match(name)
     if match:
-        return match.group(1).lower()
+        return f"{match.group(1)}_{match.group(2)}".lower()
     match = _NORMAL.match(name)
     if match:
         return match.group(1).upper()
@@ -63,7 +68,8 @@ def subtype_of(filename: str, label: str) -> str:
 
 
 def _inspect_file(abs_path: str) -> dict[str, Any]:
-    """sha1, size and mode of one file, fully decoded to catch corrupt and truncated images; or a skip reason."""
+    """sha1, size, mode and perceptual hash of one file, fully decoded to catch corrupt and truncated images; or a
+    skip reason."""
     suffix = Path(abs_path).suffix.lower()
     try:
         data = Path(abs_path).read_bytes()
@@ -77,6 +83,7 @@ def _inspect_file(abs_path: str) -> dict[str, Any]:
             if fmt == "JPEG":
                 img.draft(img.mode if img.mode != "RGB" else "L", (64, 64))  # decodes every block, faster
             img.load()
+            phash = perceptual_hash(to_grayscale(img))
     except UnidentifiedImageError:
         if suffix in IMAGE_EXTENSIONS:
             return {"reason": f"corrupt: not a decodable image despite the {suffix} extension"}
@@ -84,43 +91,12 @@ def _inspect_file(abs_path: str) -> dict[str, Any]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
         return {"reason": f"{kind}: {error}"}
-    return {"width": width, "height": height, "mode": mode, "format": fmt, "sha1": hashlib.sha1(data).hexdigest()}
+    return {"width": width, "height": height, "mode": mode, "format": fmt, "sha1": hashlib.sha1(data).hexdigest(),
+            "phash": phash}
 
 
 def _inspect_chunk(paths: list[str]) -> list[dict[str, Any]]:
     return [_inspect_file(p) for p in paths]
-
-
-def _default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, 8))
-
-
-def _mp_context():
-    """fork where it is safe (Linux, no TensorFlow/JAX/torch threads in this process): workers start in
-    milliseconds; spawn otherwise (each worker then imports cxr.data, about half a second)."""
-    heavy = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
-    return get_context("fork" if sys.platform == "linux" and not heavy else "spawn")
-
-
-def _parallel(fn: Callable[[list], Any], items: list, workers: int | None, desc: str,
-              chunk: int = 32) -> Iterator[Any]:
-    """Yield fn(chunk) for consecutive chunks of `items`, in order, over a process pool, with a progress bar.
-    Small jobs (or workers=1) run in this process: a pool costs about a second to start."""
-    workers = _default_workers() if workers is None else max(1, workers)
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    # small jobs get no bar; others a live bar in interactive sessions only (cxr.progress), never in logs
-    with (progress.bar(total=len(items), desc=desc) if len(items) >= 100 else tqdm(disable=True)) as bar:
-        if workers == 1 or len(items) < 4 * chunk:
-            for part in chunks:
-                result = fn(part)
-                bar.update(len(part))
-                yield result
-            return
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context()) as pool:
-            for part, result in zip(chunks, pool.map(fn, chunks)):
-                bar.update(len(part))
-                yield result
 
 
 def build_index(root: str | Path, workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -145,7 +121,7 @@ def build_index(root: str | Path, workers: int | None = None) -> tuple[pd.DataFr
         return p.name.lower() in JUNK_NAMES or _is_macosx([p.name])
 
     for top in sorted(root.iterdir()):
-        if top.is_dir() and top.name.lower() in SPLITS:
+        if top.is_dir() and top.name.lower() in OFFICIAL_SPLITS:
             for sub in sorted(top.iterdir()):
                 if sub.is_dir() and sub.name.lower() in labels:
                     for f in sorted(sub.rglob("*")):
@@ -174,7 +150,7 @@ def build_index(root: str | Path, workers: int | None = None) -> tuple[pd.DataFr
             skipped.append({"path": rel(top), "reason": reason})
 
     abs_paths = [str(root / p) for p, _, _ in candidates]
-    inspected = [row for part in _parallel(_inspect_chunk, abs_paths, workers, "index") for row in part]
+    inspected = [row for part in parallel_map(_inspect_chunk, abs_paths, workers, "index") for row in part]
     rows = []
     for (path, split, label), info in zip(candidates, inspected):
         if "reason" in info:
@@ -192,7 +168,7 @@ def build_index(root: str | Path, workers: int | None = None) -> tuple[pd.DataFr
 def count_table(index: pd.DataFrame) -> pd.DataFrame:
     """Images per official split (rows) and label (columns)."""
     table = pd.crosstab(index["official_split"], index["label"])
-    return table.reindex(index=[s for s in SPLITS if s in table.index], columns=list(CLASS_NAMES), fill_value=0)
+    return table.reindex(index=[s for s in OFFICIAL_SPLITS if s in table.index], columns=list(CLASS_NAMES), fill_value=0)
 
 
 def check_counts(index: pd.DataFrame) -> list[str]:

@@ -21,7 +21,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 SAMPLE_ZIP = PACKAGE_DIR / "sample" / "chest-xray-sample.zip"
 SHARED_ZIP_NAME = "chest-xray-pneumonia-224.zip"
 KAGGLE_ZIP_NAME = "chest-xray-pneumonia.zip"
-INDEX_VERSION = 1  # version of the extraction and the index layout (a change invalidates both)
+INDEX_VERSION = 2  # version of the extraction and the index layout (a change invalidates both)
 
 
 class DataUnavailable(UserError, RuntimeError):

@@ -1,6 +1,8 @@
-"""The patient-level re-split: the official train (+ val) into train and val, grouped by patient id and by
-identical bytes (connected components), stratified by subtype; the official test is never changed; the leakage
-check; the per-class cap of the smoke mode; the split summary table."""
+"""The patient-level split: the official test is kept as it is; the training children (official train + val) are
+split into `n_folds` cross-validation folds, grouped by child, by identical bytes and by near-duplicate images
+(connected components), stratified by subtype. Training images that are copies (byte-identical or near
+duplicates) of a test image, or (optionally) carry a test child's id, are excluded. Also the leakage check, the
+per-class cap of the smoke mode and the summary tables."""
 from __future__ import annotations
 
 import warnings
@@ -8,34 +10,39 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from cxr.config import CLASS_NAMES, SPLITS
+from cxr.config import CLASS_NAMES, OFFICIAL_SPLITS, SPLITS
 from cxr.data.sources import DataUnavailable
 
-EXCLUDED = "excluded"  # the `split` of an image found and readable but left out of train/val/test (see its reason)
+EXCLUDED = "excluded"  # the `split` of an image found and readable but left out of train/test (see its reason)
 TEST_PATIENT = "patient id also in the official test"
 TEST_COPY = "byte-identical to an official test image"
+TEST_NEAR_COPY = "near duplicate of an official test image"
+NO_FOLD = -1  # the `fold` of test and excluded rows
 
 
 def split_summary(index: pd.DataFrame, by: str = "split") -> pd.DataFrame:
-    """Images and patients per split (`by`: "split" or "official_split") and label, with each split's pneumonia share.
-    By "split", excluded rows are left out; by "official_split", every image found counts."""
+    """Images and children per split (`by`: "split", "official_split" or "fold") and label, with each row's
+    pneumonia share. By "split" or "fold", excluded rows are left out; by "official_split", every image found
+    counts."""
     if by == "split":
         index = index[index[by].isin(SPLITS)]
+    if by == "fold":
+        index = index[index["split"].eq("train")]
     images = pd.crosstab(index[by], index["label"]).reindex(columns=list(CLASS_NAMES), fill_value=0)
     patients = index.groupby([by, "label"])["patient_id"].nunique().unstack(fill_value=0)
     patients = patients.reindex(columns=list(CLASS_NAMES), fill_value=0)
-    table = pd.concat({"images": images, "patients": patients}, axis=1)
+    table = pd.concat({"images": images, "children": patients}, axis=1)
     table[("images", "total")] = images.sum(axis=1)
-    table[("patients", "total")] = index.groupby(by)["patient_id"].nunique()
+    table[("children", "total")] = index.groupby(by)["patient_id"].nunique()
     table[("pneumonia share", "")] = (images["PNEUMONIA"] / images.sum(axis=1)).round(3)
-    order = [s for s in SPLITS if s in table.index]
-    return table.reindex(order)[["images", "patients", "pneumonia share"]]
+    order = sorted(table.index) if by == "fold" else [s for s in (*SPLITS, *OFFICIAL_SPLITS) if s in table.index]
+    return table.reindex(list(dict.fromkeys(order)))[["images", "children", "pneumonia share"]]
 
 
-def _group_ids(index: pd.DataFrame) -> np.ndarray:
-    """Integer group per row: rows sharing a patient id or a sha1 are in one group (connected components of the
-    graph that links each row to the first row with the same patient id and the same sha1). Groups are numbered
-    in the order of their first row, so the numbering (and with it the seeded split) does not depend on scipy's."""
+def _group_ids(index: pd.DataFrame, pairs: np.ndarray | None = None) -> np.ndarray:
+    """Integer group per row: rows sharing a patient id or a sha1, or linked by a near-duplicate pair (row
+    positions (a, b)), are in one group (connected components). Groups are numbered in the order of their first
+    row, so the numbering (and with it the seeded split) does not depend on scipy's."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -44,9 +51,11 @@ def _group_ids(index: pd.DataFrame) -> np.ndarray:
     src, dst = [], []
     for column in ("patient_id", "sha1"):
         key = index[column].to_numpy()
-        first = pd.Series(rows).groupby(key, sort=False).transform("min").to_numpy()  # first row of each key
         src.append(rows)
-        dst.append(first)
+        dst.append(pd.Series(rows).groupby(key, sort=False).transform("min").to_numpy())  # first row of each key
+    if pairs is not None and len(pairs):
+        src.append(np.asarray(pairs)[:, 0])
+        dst.append(np.asarray(pairs)[:, 1])
     src, dst = np.concatenate(src), np.concatenate(dst)
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
@@ -56,33 +65,50 @@ def _group_ids(index: pd.DataFrame) -> np.ndarray:
     return rank[labels]
 
 
-def check_no_leakage(index: pd.DataFrame, patients_vs_test: bool = False) -> None:
-    """Raise AssertionError when a patient is in both train and val, or a sha1 in two splits (any of the three).
-    With `patients_vs_test`, patients shared with the official test count too."""
-    splits = ["train", "val", "test"] if patients_vs_test else ["train", "val"]
-    for column, names in (("patient_id", splits), ("sha1", ["train", "val", "test"])):
-        sub = index[index["split"].isin(names)]
-        crossing = sub.groupby(column)["split"].nunique()
+def _pairs_between(index: pd.DataFrame, near: pd.DataFrame | None) -> np.ndarray:
+    """The near-duplicate pairs of `near` (paths) as row positions of `index` (pairs with a row outside dropped)."""
+    if near is None or near.empty:
+        return np.zeros((0, 2), np.int64)
+    where = pd.Series(np.arange(len(index)), index=index["path"].to_numpy())
+    both = near["path_a"].isin(where.index) & near["path_b"].isin(where.index)
+    return np.c_[where.loc[near.loc[both, "path_a"]].to_numpy(), where.loc[near.loc[both, "path_b"]].to_numpy()]
+
+
+def check_no_leakage(index: pd.DataFrame, patients_vs_test: bool = False, near: pd.DataFrame | None = None) -> None:
+    """Raise AssertionError when a child (patient id), a sha1 or a near-duplicate pair (`near`, from
+    `cxr.data.audit.near_duplicate_pairs`) spans two folds of the training split or the training and the test
+    split. With `patients_vs_test`, children shared by training and test count too."""
+    kept = index[index["split"].isin(SPLITS)]
+    unit = np.where(kept["split"].eq("test"), "test", "fold" + kept["fold"].astype(str))
+    for column in ("patient_id", "sha1"):
+        sub = pd.DataFrame({"key": kept[column].to_numpy(), "unit": unit})
+        if column == "patient_id" and not patients_vs_test:
+            sub = sub[unit != "test"]
+        crossing = sub.groupby("key")["unit"].nunique()
         crossing = crossing[crossing > 1]
         if len(crossing):
-            raise AssertionError(f"{len(crossing)} {column} values appear in two splits, "
+            raise AssertionError(f"{len(crossing)} {column} values appear in two folds or splits, "
                                  f"e.g. {list(crossing.index[:3])}")
+    pairs = _pairs_between(kept.reset_index(drop=True), near)
+    apart = unit[pairs[:, 0]] != unit[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+    if apart.any():
+        raise AssertionError(f"{int(apart.sum())} near-duplicate pairs span two folds or splits, e.g. "
+                             f"{kept['path'].iloc[pairs[apart][0, 0]]}")
 
 
-def split_by_patient(index: pd.DataFrame, val_fraction: float = 0.15, seed: int = 42,
-                     drop_test_patients: bool = False) -> pd.DataFrame:
-    """Add a `split` column (train/val/test/excluded) and an `excluded_reason` column (empty unless excluded): the
-    official train + val is re-split into train and val, grouped by patient and by identical sha1, stratified by
-    subtype (so by label too) with scikit-learn's StratifiedGroupKFold (val is one of round(1/val_fraction) folds);
-    the official test is kept as it is.
+def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_patients: bool = False,
+                     near: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Add `split` (train/test/excluded), `fold` (0..k-1 for training rows, -1 otherwise) and `excluded_reason`
+    (empty unless excluded): the official test is kept as it is; the official train + val become the training
+    children, assigned to `n_folds` folds grouped by patient id, identical sha1 and near-duplicate pairs (`near`:
+    paths, from `cxr.data.audit.near_duplicate_pairs`), stratified by subtype (so by label too), with
+    scikit-learn's StratifiedGroupKFold seeded by `seed`.
 
-    Every row is kept (the index is the inventory of what was found). Training images byte-identical to a test
-    image are `excluded`; so are training images whose patient id is also in the official test when
-    `drop_test_patients` (the Kaggle file names reuse person numbers; otherwise they are kept and reported).
-    The train/val split is computed on the kept rows only. Deterministic for a seed whatever the row order (the
-    result is sorted by path). A pool too small for round(1/val_fraction) folds is split into fewer folds (said
-    in a note); one that cannot be split at all (fewer than 2 patients, or no class with 2 images) raises
-    `DataUnavailable` saying how many images are needed.
+    Every row is kept (the index is the inventory of what was found). Training images byte-identical to, or near
+    duplicates of, a test image are `excluded`; so are training images whose patient id is also in the official
+    test when `drop_test_patients`. The folds are computed on the kept rows only. Deterministic for a seed
+    whatever the row order (the result is sorted by path). A pool too small for `n_folds` folds is split into
+    fewer (said in a note); one that cannot be split at all raises `DataUnavailable` saying what is needed.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -91,24 +117,34 @@ def split_by_patient(index: pd.DataFrame, val_fraction: float = 0.15, seed: int 
     reason = pd.Series("", index=index.index, dtype=object)
     copies = ~is_test & index["sha1"].isin(set(index.loc[is_test, "sha1"]))
     reason[copies] = TEST_COPY
+    pairs = _pairs_between(index, near)
+    if len(pairs):
+        cross = is_test.to_numpy()[pairs[:, 0]] != is_test.to_numpy()[pairs[:, 1]]
+        train_side = np.where(is_test.to_numpy()[pairs[cross, 0]], pairs[cross, 1], pairs[cross, 0])
+        near_copy = pd.Series(False, index=index.index)
+        near_copy.iloc[train_side] = True
+        reason[near_copy & ~copies] = TEST_NEAR_COPY
     shared_patients = ~is_test & index["patient_id"].isin(set(index.loc[is_test, "patient_id"]))
     if copies.any():
         print(f"Note: {int(copies.sum())} training images are byte-identical to official test images; excluded.")
+    if reason.eq(TEST_NEAR_COPY).any():
+        print(f"Note: {int(reason.eq(TEST_NEAR_COPY).sum())} training images are near duplicates of official test "
+              "images; excluded.")
     if shared_patients.any():
         message = (f"{int(shared_patients.sum())} training images carry a patient id "
                    f"({index.loc[shared_patients, 'patient_id'].nunique()} ids) that also appears in the official test")
         if drop_test_patients:
-            reason[shared_patients & ~copies] = TEST_PATIENT
-            print(f"Note: {message}; excluded from train/val so that no patient id is in two splits.")
+            reason[shared_patients & reason.eq("")] = TEST_PATIENT
+            print(f"Note: {message}; excluded so that no child is in two splits.")
         else:
-            print(f"Note: {message} (Kaggle numbering; test kept unchanged, images kept).")
+            print(f"Note: {message} (test kept unchanged, images kept).")
     excluded = reason.ne("")
     kept = index[~excluded].reset_index(drop=True)
     is_test = kept["official_split"].eq("test")
-
     kept["split"] = np.where(is_test, "test", "train")
+    kept["fold"] = NO_FOLD
     pool = kept[~is_test]
-    groups = _group_ids(pool)
+    groups = _group_ids(pool.reset_index(drop=True), _pairs_between(pool.reset_index(drop=True), near))
     mixed = pool.groupby(groups)["label"].nunique()
     if (mixed > 1).any():
         print(f"Note: {int((mixed > 1).sum())} groups of identical images carry both labels.")
@@ -116,28 +152,30 @@ def split_by_patient(index: pd.DataFrame, val_fraction: float = 0.15, seed: int 
     counts = pool["subtype"].value_counts()
     if n_groups < 2 or counts.max() < 2:
         raise DataUnavailable(
-            f"Too few training images to split into train and validation: {len(pool)} image(s) of {n_groups} "
-            f"patient(s) in the official train/val folders; at least 2 patients with 2 images of one class are needed "
-            f"(in practice, 10 or more patients per class): add images to train/NORMAL and train/PNEUMONIA.")
-    n_splits = int(min(max(2, round(1 / val_fraction)), n_groups))
-    if (counts < n_splits).all():  # scikit-learn needs n_splits <= the largest class: fewer, larger folds
-        wanted, n_splits = n_splits, int(counts.max())
-        print(f"Note: only {len(pool)} training images ({n_groups} patients, largest class {counts.idxmax()} with "
-              f"{counts.max()}): validation takes 1 of {n_splits} folds (about {1 / n_splits:.0%}) instead of 1 of "
-              f"{wanted} ({val_fraction:.0%}); {wanted} or more images of a class give the usual split.")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            f"Too few training images for cross-validation: {len(pool)} image(s) of {n_groups} child(ren) in the "
+            "official train/val folders; at least 2 children with 2 images of one class are needed (in practice, "
+            "10 or more children per class): add images to train/NORMAL and train/PNEUMONIA.")
+    k = int(min(n_folds, n_groups))
+    if (counts < k).all():  # scikit-learn needs n_splits <= the largest class
+        k = int(counts.max())
+    if k < n_folds:
+        print(f"Note: only {len(pool)} training images ({n_groups} children, largest class {counts.idxmax()} with "
+              f"{counts.max()}): {k} cross-validation folds instead of {n_folds}.")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold = np.full(len(pool), NO_FOLD)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny data
-        _, val_rows = next(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups))
-    kept.loc[pool.index[val_rows], "split"] = "val"
+        for f, (_, held_out) in enumerate(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups)):
+            fold[held_out] = f
+    kept.loc[pool.index, "fold"] = fold
     for label in sorted(set(pool["label"])):
-        missing = [s for s in ("train", "val") if not (kept["split"].eq(s) & kept["label"].eq(label)).any()]
-        if missing:
-            print(f"Note: no {label} image in {' or '.join(missing)}: too few {label} patients "
-                  f"({pool.loc[pool['label'] == label, 'patient_id'].nunique()}) to have both; training needs both.")
+        short = [f for f in range(k) if not (kept["fold"].eq(f) & kept["label"].eq(label)).any()]
+        if short:
+            print(f"Note: no {label} image in fold(s) {short}: too few {label} children "
+                  f"({pool.loc[pool['label'] == label, 'patient_id'].nunique()}) for {k} folds.")
     kept["excluded_reason"] = ""
-    check_no_leakage(kept, patients_vs_test=drop_test_patients)
-    out = index[excluded].assign(split=EXCLUDED, excluded_reason=reason[excluded])
+    check_no_leakage(kept, patients_vs_test=drop_test_patients, near=near)
+    out = index[excluded].assign(split=EXCLUDED, fold=NO_FOLD, excluded_reason=reason[excluded])
     return pd.concat([kept, out]).sort_values("path", ignore_index=True)
 
 
@@ -148,18 +186,18 @@ def exclusion_summary(index: pd.DataFrame) -> str:
     ex = index[index["split"] == EXCLUDED]
     lines = [f"excluded by the split (kept in the index with split = {EXCLUDED!r}): {len(ex)} images"]
     for why, rows in ex.groupby("excluded_reason", sort=True):
-        lines.append(f"  {why}: {len(rows)} images ({rows['patient_id'].nunique()} patient ids)")
+        lines.append(f"  {why}: {len(rows)} images ({rows['patient_id'].nunique()} children)")
     return "\n".join(lines)
 
 
 def mark_excluded(index: pd.DataFrame, subset: pd.DataFrame, reason: str) -> pd.DataFrame:
     """`subset` (a split index) plus the rows of `index` that are not in it, as excluded with `reason`."""
-    rest = index[~index["path"].isin(set(subset["path"]))].assign(split=EXCLUDED, excluded_reason=reason)
+    rest = index[~index["path"].isin(set(subset["path"]))].assign(split=EXCLUDED, fold=NO_FOLD, excluded_reason=reason)
     return pd.concat([subset, rest]).sort_values("path", ignore_index=True)
 
 
-def cap_per_class(index: pd.DataFrame, max_per_class: int | None, seed: int = 42) -> pd.DataFrame:
-    """At most `max_per_class` images per (official split, label), taking whole patients in a seeded order
+def cap_per_class(index: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.DataFrame:
+    """At most `max_per_class` images per (official split, label), taking whole children in a seeded order
     (deterministic whatever the row order). For the smoke mode."""
     if max_per_class is None:
         return index
