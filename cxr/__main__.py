@@ -157,6 +157,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """Compare candidate recipes by cross-validation on a subset of the training children (never the test)."""
+    from cxr import ablation, data, train
+    from cxr.io import write_json
+
+    config = train.resolve(_config(args))
+    ensure_writable(config.run_dir, "run folder")
+    prepared = data.prepare(config, verbose=False)
+    doc = ablation.run_ablation(config, prepared, args.candidates, args.fraction, args.dev_images,
+                                config.split_seed, config.run_dir / "ablation")
+    doc["command"] = "python -m cxr " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m cxr ablation"
+    write_json(args.out, doc)
+    print(ablation.table(doc).to_string())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_notebook(args: argparse.Namespace) -> int:
     from cxr.report import run_notebook
 
@@ -227,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="pneumonia", choices=tasks, help="which task's model of a run folder")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image")
     p.set_defaults(func=cmd_predict)
+
+    from cxr.ablation import CANDIDATES
+
+    p = sub.add_parser("ablation", help="compare candidate recipes by cross-validation on a subset of the "
+                                        "training children (never the test split); write doc/ablation.json")
+    _common(p, "the run folder, for each candidate's result (default: runs/<mode>)")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--fraction", type=float, default=0.35, help="share of the training children of every fold")
+    p.add_argument("--dev-images", type=int, default=600, help="held-out images of other training children")
+    p.add_argument("--out", default="doc/ablation.json")
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("notebook", help="execute notebook.ipynb headless (papermill) and print the headline metrics")
     _common(p, "the run folder for its outputs (default: runs/<mode>)")

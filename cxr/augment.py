@@ -1,4 +1,11 @@
-"""Training-time augmentation for grayscale chest X-rays: one affine warp per image plus intensity changes.
+"""Training-time augmentation for grayscale chest X-rays, in two places:
+
+- `resample_batch` (numpy and Pillow, where training batches are drawn, `cxr.train.TrainBatches`): a random
+  resampling path per image, standing in for the many ways an X-ray reaches 224 px in other hands (down and back
+  up by a random factor with random filters, mild blur or sharpening, JPEG re-compression), so that the score
+  does not depend on how an image was resized;
+- `XRayAugment` (a Keras layer in the training wrapper of the model, `cxr.model.training_model`): one affine
+  warp per image plus intensity changes and border masking.
 
 `XRayAugment` composes rotation, isotropic scale, shift and shear into ONE affine transform per image (a single
 resampling, so no blur piles up from chained warps), then changes brightness, contrast, gamma and adds gaussian
@@ -14,11 +21,52 @@ kernel, so a model using it could not be compiled with `jit_compile=True` on Ten
 """
 from __future__ import annotations
 
+import io
 import math
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 from keras import ops
+from PIL import Image, ImageFilter
+
+# Pillow's resampling filters, each a different "pipeline" a user's image may have gone through
+RESAMPLE_FILTERS = (Image.Resampling.NEAREST, Image.Resampling.BOX, Image.Resampling.BILINEAR,
+                    Image.Resampling.HAMMING, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+
+
+def resample_path(image: np.ndarray, rng: np.random.Generator, min_scale: float = 0.4) -> np.ndarray:
+    """One random resampling path of a uint8 (S, S) image, returned at the same size:
+
+    down to a random size in [min_scale, 1) x S with a random Pillow filter and back up to S with another
+    (probability 0.7); then a Gaussian blur of radius U(0.3, 1.2) px or an unsharp mask of radius U(0.5, 2) px and
+    strength U(50, 150)% (probability 0.5, half each); then JPEG re-compression at quality U(30, 95)
+    (probability 0.5)."""
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    size = img.size
+    if rng.random() < 0.7:
+        side = max(8, int(round(size[0] * rng.uniform(min_scale, 1.0))))
+        down, up = rng.choice(len(RESAMPLE_FILTERS), 2)
+        img = img.resize((side, side), RESAMPLE_FILTERS[down]).resize(size, RESAMPLE_FILTERS[up])
+    if rng.random() < 0.5:
+        if rng.random() < 0.5:
+            img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2))))
+        else:
+            img = img.filter(ImageFilter.UnsharpMask(radius=float(rng.uniform(0.5, 2.0)),
+                                                     percent=int(rng.integers(50, 151)), threshold=0))
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=int(rng.integers(30, 96)))
+        img = Image.open(io.BytesIO(buffer.getvalue()))
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def resample_batch(images: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """A copy of a uint8 batch (n, S, S[, 1]) in which each image goes through `resample_path` with `probability`."""
+    out = np.array(images, dtype=np.uint8, copy=True)
+    for i in np.flatnonzero(rng.random(len(out)) < probability):
+        out[i] = resample_path(out[i].reshape(out.shape[1], out.shape[2]), rng).reshape(out[i].shape)
+    return out
 
 
 def affine_matrices(rotation_rad, scale, shift_xy, shear, height: int, width: int):
@@ -98,14 +146,15 @@ class XRayAugment(keras.layers.Layer):
     shift ~ U(-shift, shift) of the width and height, shear ~ U(-shear, shear) degrees, composed into one
     transform about the centre (bilinear, fill 0); then gamma x -> 255 (x / 255) ** g with log g ~ U(+-log(1 +
     gamma)), contrast (x - mean) * f + mean with f ~ U(1 +- contrast) about the image mean, brightness x + 255 b with
-    b ~ U(+-brightness), gaussian noise of standard deviation `noise` (in 0..255 units), and a clip to 0..255.
+    b ~ U(+-brightness), gaussian noise of standard deviation `noise` (in 0..255 units), a clip to 0..255, and
+    border masking: each of the four sides blacked out, with probability 1/2, over U(0, border) of the size.
     Every argument set to 0 switches its change off. `scale` is a (low, high) pair or a float v for (1-v, 1+v).
     Computes in float32 and returns the input dtype; channels_last only.
     """
 
     def __init__(self, rotation: float = 10.0, scale: float | Sequence[float] = (0.9, 1.1), shift: float = 0.05,
                  shear: float = 3.0, brightness: float = 0.1, contrast: float = 0.1, gamma: float = 0.15,
-                 noise: float = 0.02 * 255, seed: int | None = None, **kwargs: Any):
+                 noise: float = 0.02 * 255, border: float = 0.0, seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.rotation = float(rotation)
         self.scale = _range(scale, "scale")
@@ -115,12 +164,15 @@ class XRayAugment(keras.layers.Layer):
         self.contrast = float(contrast)
         self.gamma = float(gamma)
         self.noise = float(noise)
+        self.border = float(border)
         self.seed = seed
-        for name in ("rotation", "shift", "shear", "brightness", "contrast", "gamma", "noise"):
+        for name in ("rotation", "shift", "shear", "brightness", "contrast", "gamma", "noise", "border"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.contrast >= 1:
             raise ValueError(f"contrast must lie in [0, 1), got {self.contrast}")
+        if self.border >= 0.5:
+            raise ValueError(f"border must lie in [0, 0.5), got {self.border}")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights depend on the input shape (the seed state is created above)
 
@@ -164,7 +216,20 @@ class XRayAugment(keras.layers.Layer):
         if self.noise:
             x = x + self.noise * keras.random.normal(ops.shape(x), dtype="float32", seed=self.seed_generator)
         x = ops.clip(x, 0.0, 255.0)
+        if self.border:
+            x = x * self._border_mask(batch, x.shape[1], x.shape[2])
         return ops.cast(x, keras.backend.standardize_dtype(inputs.dtype))
+
+    def _border_mask(self, batch, height: int, width: int):
+        """(B, H, W, 1) float mask: 0 in the bands blacked out (each side with probability 1/2, U(0, border) wide)."""
+        on = ops.cast(self._uniform((batch, 4), 0.0, 1.0) < 0.5, "float32")
+        w = on * self._uniform((batch, 4), 0.0, self.border)  # left, right, top, bottom, fractions of the size
+        xs = (ops.arange(width, dtype="float32") + 0.5) / width
+        ys = (ops.arange(height, dtype="float32") + 0.5) / height
+        inside_x = (xs[None, :] >= w[:, 0:1]) & (xs[None, :] <= 1.0 - w[:, 1:2])  # (B, W)
+        inside_y = (ys[None, :] >= w[:, 2:3]) & (ys[None, :] <= 1.0 - w[:, 3:4])  # (B, H)
+        mask = ops.cast(inside_y, "float32")[:, :, None] * ops.cast(inside_x, "float32")[:, None, :]
+        return mask[..., None]
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -173,5 +238,5 @@ class XRayAugment(keras.layers.Layer):
         config = super().get_config()
         config.update(rotation=self.rotation, scale=list(self.scale), shift=self.shift, shear=self.shear,
                       brightness=self.brightness, contrast=self.contrast, gamma=self.gamma, noise=self.noise,
-                      seed=self.seed)
+                      border=self.border, seed=self.seed)
         return config

@@ -14,7 +14,8 @@ from cxr.io import atomic_write_text
 
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-SPLITS = ("train", "val", "test")
+OFFICIAL_SPLITS = ("train", "val", "test")  # the folders of the Kaggle archive
+SPLITS = ("train", "test")  # the study's: the training children (cross-validated in folds) and the official test
 RESIZE_POLICIES = ("squash", "letterbox")
 CLASS_BALANCE = ("auto", "weights", "sampling", "none")
 
@@ -48,7 +49,8 @@ CALIBRATIONS = ("temperature", "platt", "none")
 
 @dataclass(frozen=True)
 class Config:
-    """Every choice of a run. Change it with `dataclasses.replace` or `Config.preset(mode, **overrides)`."""
+    """Every choice of a run, and the ONLY place where a default is written: functions below take values.
+    Change it with `dataclasses.replace` or `Config.preset(mode, **overrides)`."""
 
     mode: str = "full"
     # data
@@ -56,19 +58,22 @@ class Config:
     data_dir: str = "data"  # where downloads, extractions and caches live
     image_size: int = 224
     resize_policy: str = "squash"  # "squash" (stretch to a square) or "letterbox" (pad to a square)
-    val_fraction: float = 0.15  # share of training patients held out for validation
-    seed: int = 42
+    n_folds: int = 4  # the training children are split into this many patient-grouped folds (cross-validation)
+    split_seed: int = 42  # the folds (and the smoke-mode cap); separate from the training seed
     # Kaggle file names reuse patient ids in train and test: drop training images whose id is also in the official
     # test (the test is never changed), so that no patient id appears in two splits.
     exclude_test_patients: bool = True
+    near_duplicate_bits: int = 30  # images whose perceptual hashes differ in at most this many of 255 bits are
+    # treated as copies (one group, one split; a training image near a test image is excluded)
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
     # model
     backbone: str = "efficientnet_lite0"  # or any keras.applications name, e.g. "EfficientNetB0"
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random, explicit)
     dropout: float = 0.2
-    stochastic_depth: float = 0.0  # efficientnet_lite0 drop-connect rate in training; 0: off (the blocks are
+    stochastic_depth: float = 0.0  # efficientnet_lite drop-connect rate in training; 0: off (the blocks are
     # ImageNet-trained with it, but fine-tuning for a few epochs on a few thousand images does better without noise)
-    # augmentation, training only (`cxr.augment.XRayAugment`, one affine warp per image + intensity changes)
+    # augmentation, training only (`cxr.augment`): one affine warp per image + intensity changes in the model's
+    # training wrapper, and the resampling path (rescale, blur / sharpen, JPEG) where batches are drawn
     horizontal_flip: bool = False  # chest anatomy is not left-right symmetric
     aug_rotation: float = 10.0  # degrees, uniform in +-
     aug_scale: float = 0.10  # isotropic scale, uniform in 1 +- aug_scale
@@ -78,30 +83,38 @@ class Config:
     aug_contrast: float = 0.10  # factor U(1 +- aug_contrast) about the image mean
     aug_gamma: float = 0.15  # gamma with log g uniform in +-log(1 + aug_gamma)
     aug_noise: float = 3.0  # gaussian noise, standard deviation in grey levels (0..255)
-    # training (`cxr.train.fit`): stage 1 = head on cached frozen features, stage 2 = backbone fine-tuning
-    batch_size: int | None = None  # per step, all devices together; None: 32 on a CPU, 128 per GPU
-    head_epochs: int = 30  # stage 1 at most (early stopping on validation log-loss)
+    aug_border: float = 0.0  # border masking: each side blacked out with probability 1/2 over U(0, aug_border) of
+    # the size (0: off); against markers and collimation edges as shortcuts
+    aug_resample: float = 0.0  # probability that an image goes through a random resampling path (down and back up
+    # with random filters, blur or sharpening, JPEG re-compression; 0: off): the score should not depend on how
+    # an image was resized
+    # training (`cxr.train`): stage 1 = head on cached frozen features, stage 2 = backbone fine-tuning, in every fold
+    seed: int = 42  # training randomness (initialisation, batches, augmentation); not the split (`split_seed`)
+    batch_size: int | None = None  # per step, all devices together; None: 32 on a CPU, 128 per GPU (resolved once
+    # by `cxr.train.resolve`, then used by training, scoring, Grad-CAM and predict alike)
+    head_epochs: int = 30  # stage 1; the epoch is chosen on the pooled out-of-fold log-loss
     head_lr: float = 1e-3
     class_balance: str = "auto"  # "weights" (balanced class weights), "sampling" (balanced batches), "none", or
-    # "auto": the three compared on the head stage by validation log-loss, the winner used for both stages
-    finetune_epochs: int = 4  # stage 2; 0: head only (4: the full notebook fits ~60 min on a loaded 2-core CPU)
+    # "auto": the three compared on the head stage by out-of-fold log-loss, the winner used for both stages
+    finetune_epochs: int = 4  # stage 2 at most (the epoch is chosen on the pooled out-of-fold log-loss); 0: head only
+    finetune_tasks: tuple[str, ...] = ("pneumonia", "subtype")  # the tasks whose backbone is fine-tuned; the others
+    # keep the head on frozen ImageNet features (`--set finetune_tasks=pneumonia,subtype`)
     finetune_blocks: int = -1  # top backbone blocks unfrozen in stage 2; -1: the whole backbone (BatchNorm frozen)
     finetune_lr: float = 3e-4  # peak learning rate (AdamW) of the top block and the head
     weight_decay: float = 0.02  # AdamW decoupled weight decay (kernels only)
     layer_decay: float = 0.8  # learning rate x layer_decay**k for the k-th block below the top
     warmup_fraction: float = 0.1  # linear warmup over this share of the stage's steps, then cosine decay
     final_lr_fraction: float = 0.01  # the cosine ends at finetune_lr * final_lr_fraction
-    patience: int = 5  # head stage: early stopping on validation log-loss
     mixed_precision: str = "auto"  # "auto" (mixed_bfloat16 on a GPU, float32 on a CPU), "on", "off"
-    # evaluation
-    # the operating point, chosen on validation (cxr.evaluate.threshold): "plateau" (the middle of the thresholds
-    # whose Youden J is within `threshold_tolerance` of the best; stable on a saturated validation set), "youden",
-    # "sensitivity" (reach `target_sensitivity`) or "calibrated" (0.5 after Platt scaling on validation)
-    threshold_policy: str = "plateau"
-    threshold_tolerance: float = 0.05
+    # evaluation: every choice on the out-of-fold predictions of the training children, the test scored once
+    # the operating point (cxr.evaluate.threshold): "sensitivity" (the highest threshold that keeps
+    # `target_sensitivity`), "plateau" (the middle of the thresholds whose Youden J is within `threshold_tolerance`
+    # of the best), "youden", or "calibrated" (0.5 after the model's calibration)
+    threshold_policy: str = "sensitivity"
     target_sensitivity: float = 0.95
-    calibration: str = "temperature"  # fitted on validation, saved with the model: "temperature", "platt", "none"
-    n_seeds: int = 1  # training runs per task (seeds seed, seed+1, ...); > 1 adds the seed spread and the ensemble
+    threshold_tolerance: float = 0.05
+    calibration: str = "platt"  # fitted on the out-of-fold predictions, saved with the model: "platt",
+    # "temperature" or "none"
     n_bootstrap: int = 2000
     ci_level: float = 0.95
     # explanation
@@ -136,9 +149,10 @@ class Config:
 
     @staticmethod
     def load(path: str | Path) -> "Config":
+        """A Config saved by `save` (fields this version does not know are ignored; lists back to tuples)."""
         data = json.loads(Path(path).read_text())
         known = {f.name for f in dataclasses.fields(Config)}
-        return Config(**{k: v for k, v in data.items() if k in known})
+        return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
     def __post_init__(self) -> None:
         if self.mode not in PRESETS:
@@ -151,14 +165,20 @@ class Config:
             raise ValueError(f"threshold_policy must be one of {THRESHOLD_POLICIES}, not {self.threshold_policy!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
-        if self.n_seeds < 1:
-            raise ValueError(f"n_seeds must be at least 1, not {self.n_seeds!r}")
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be at least 2, not {self.n_folds!r}")
+        unknown = sorted(set(self.finetune_tasks) - set(TASKS))
+        if isinstance(self.finetune_tasks, str) or unknown:
+            raise ValueError(f"finetune_tasks must be a tuple of task names from {sorted(TASKS)}, not "
+                             f"{self.finetune_tasks!r}")
         if self.class_balance not in CLASS_BALANCE:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCE}, not {self.class_balance!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be None (auto) or >= 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError("val_fraction must lie in (0, 1)")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise ValueError("target_sensitivity must lie in (0, 1]")
+        if not 0.0 <= self.aug_resample <= 1.0 or not 0.0 <= self.aug_border < 0.5:
+            raise ValueError("aug_resample must lie in [0, 1] and aug_border in [0, 0.5)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -169,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=16,
         head_epochs=3,
         finetune_epochs=1,
-        patience=2,
+        n_folds=2,
         n_bootstrap=200,
         gradcam_examples=1,
         explain_images=4,
@@ -185,7 +205,10 @@ def _check_names(values: dict[str, Any]) -> None:
 
 
 def _parse_value(text: str, kind: Any, name: str) -> Any:
-    """`text` as a value of the type `kind` (int, float, bool, str, or an Optional / union of them)."""
+    """`text` as a value of the type `kind` (int, float, bool, str, a tuple of str given comma-separated, or an
+    Optional / union of them)."""
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
     if type(None) in options and text.strip().lower() in ("none", "null", ""):
         return None

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def _chmod_default(path: str | Path) -> None:
@@ -97,3 +97,38 @@ def update_markdown(path: str | Path, text: str, marker: str = "results", create
         old = (old.rstrip() + "\n\n" if old.strip() else "") + f"{begin}\n{end}\n"
     new = old[: old.index(begin) + len(begin)] + "\n" + text.rstrip() + "\n" + old[old.index(end):]
     return atomic_write_text(path, new)
+
+
+def to_json(x: Any) -> Any:
+    """A strict-JSON copy of `x`: dataclasses and mappings to dicts, tuples and arrays to lists, numpy scalars to
+    Python numbers, NaN and infinities to None (null = undefined), paths to posix strings, pandas frames to lists
+    of records."""
+    import dataclasses
+    import math
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        x = dataclasses.asdict(x)
+    if hasattr(x, "to_dict") and hasattr(x, "columns"):  # a pandas DataFrame
+        x = x.to_dict(orient="records")
+    if isinstance(x, dict):
+        return {str(k): to_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [to_json(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return x.as_posix()
+    return x
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    """Write `obj` as strict JSON (`to_json`: no NaN, no numpy types) atomically, with a final newline."""
+    import json
+
+    return atomic_write_text(path, json.dumps(to_json(obj), indent=indent, allow_nan=False) + "\n")

@@ -135,7 +135,8 @@ def augmentation(config) -> keras.layers.Layer:
     `config.horizontal_flip` (off by default: chest anatomy is not left-right symmetric)."""
     aug = XRayAugment(rotation=config.aug_rotation, scale=config.aug_scale, shift=config.aug_shift,
                       shear=config.aug_shear, brightness=config.aug_brightness, contrast=config.aug_contrast,
-                      gamma=config.aug_gamma, noise=config.aug_noise, seed=config.seed, name="augment")
+                      gamma=config.aug_gamma, noise=config.aug_noise, border=config.aug_border, seed=config.seed,
+                      name="augment")
     if not config.horizontal_flip:
         return aug
     return keras.Sequential([aug, layers.RandomFlip("horizontal", seed=config.seed + 5)], name="augment")
@@ -239,12 +240,39 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name=f"{model.name}_head")
 
 
+ENSEMBLE = "average"  # the layer that averages the members' probabilities in `ensemble_model`
+
+
+def ensemble_model(members: list[keras.Model], name: str = "pneumonia") -> keras.Model:
+    """image -> [each member's probability] -> their mean: the fold ensemble as ONE model (saved, loaded,
+    predicted and explained as such). The members are the chains of `build_model`, nested whole; one member gives
+    a model whose output is that member's."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    inputs = keras.Input(members[0].input.shape[1:], dtype="uint8", name="image")
+    probs = [m(inputs) for m in members]
+    out = layers.Average(name=ENSEMBLE, dtype="float32")(probs) if len(probs) > 1 else probs[0]
+    return keras.Model(inputs, out, name=name)
+
+
+def members(model: keras.Model) -> list[keras.Model]:
+    """The member models of an ensemble (`ensemble_model`), or [model] for a single chain."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if nested and all(BACKBONE in [l.name for l in m.layers] for m in nested) and BACKBONE not in \
+            [l.name for l in model.layers]:
+        return nested
+    return [model]
+
+
 def count_params(model: keras.Model) -> dict[str, int]:
-    """Parameter counts: total, trainable, non_trainable, backbone."""
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    total = int(model.count_params())
-    return {"total": total, "trainable": trainable, "non_trainable": total - trainable,
-            "backbone": int(model.get_layer("backbone").count_params())}
+    """Parameter counts of one member (the chain): total, backbone, head; and `members`, how many the model holds
+    (an ensemble holds `members` x total)."""
+    parts = members(model)
+    one = parts[0]
+    total = int(one.count_params())
+    backbone = int(one.get_layer(BACKBONE).count_params())
+    return {"total": total, "backbone": backbone, "head": int(one.get_layer(LOGIT).count_params()),
+            "members": len(parts), "ensemble_total": total * len(parts)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

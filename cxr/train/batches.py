@@ -4,6 +4,7 @@ mode means one XLA compilation, whatever the number of images."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from cxr import progress, quiet_stderr
 
@@ -33,11 +34,13 @@ class TrainBatches(keras.utils.PyDataset):
     Each epoch is `max(1, n // batch_size)` batches of exactly `batch_size` rows: a fresh permutation with the
     partial last batch dropped, or, with `balance=True`, rows drawn with replacement so that each class is half of
     the draws on average. `class_weight` ({class: weight}) adds per-row sample weights. With fewer rows than one
-    batch, rows are drawn with replacement to fill it.
+    batch, rows are drawn with replacement to fill it. `augment(x, rng)`, if given, changes each batch of images
+    as it is drawn (`cxr.augment.resample_batch`), with its own seeded generator.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, class_weight: dict[int, float] | None = None,
-                 balance: bool = False, seed: int = 0, **kwargs):
+                 balance: bool = False, seed: int = 0,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.x, self.y = x, np.asarray(y, dtype="float32")
         self.batch_size, self.balance = int(batch_size), balance
@@ -47,6 +50,7 @@ class TrainBatches(keras.utils.PyDataset):
         counts = np.bincount(labels, minlength=2)
         self.p = (1.0 / (2 * counts[labels])) if balance else None
         self.rng = np.random.default_rng(seed)
+        self.augment, self.augment_rng = augment, np.random.default_rng([seed, 1])
         self.order = self._draw()
 
     def __len__(self) -> int:
@@ -66,6 +70,8 @@ class TrainBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         rows = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])  # sorted: faster memmap reads
         x, y = _as_input(np.asarray(self.x[rows])), self.y[rows]
+        if self.augment is not None:
+            x = self.augment(x, self.augment_rng)
         return (x, y) if self.weights is None else (x, y, self.weights[rows])
 
 
@@ -95,12 +101,7 @@ def padded_predict(model: keras.Model, x: np.ndarray, batch_size: int, desc: str
     return np.asarray(out)[:len(x)]
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Probabilities of the positive class (float64, shape (n,)) for (n, S, S) or (n, S, S, 1) uint8 images, in
-    fixed-shape batches (None: the run's automatic batch size, see `cxr.train.device.batch_size`)."""
-    if batch_size is None:
-        from cxr.config import Config
-        from cxr.train.device import batch_size as auto_batch
-
-        batch_size = auto_batch(Config())
+    fixed-shape batches of the run's batch size (`Config.batch_size`, resolved by `cxr.train.resolve`)."""
     return np.asarray(padded_predict(model, images, batch_size), dtype="float64").reshape(-1)

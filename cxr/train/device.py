@@ -67,8 +67,17 @@ def precision_scope(policy: str) -> Iterator[str]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+def resolve(config: Config) -> Config:
+    """`config` with every machine-dependent setting made explicit, ONCE per run: the batch size of every step
+    (training, scoring, Grad-CAM, predict; `batch_size`) and the dtype policy (`mixed_precision` "on" or "off").
+    The run folder's config.json and each model.json record the resolved values."""
+    dist = data_parallel()
+    precision = "on" if precision_policy(config) == "mixed_bfloat16" else "off"
+    return config.replace(batch_size=batch_size(config, distribute.device_count(dist)), mixed_precision=precision)
+
+
 def batch_size(config: Config, n_devices: int = 1) -> int:
-    """The batch size of every step (training, validation, prediction) of a run: `config.batch_size`, or, when it
+    """The batch size of every step (training, scoring, prediction) of a run: `config.batch_size`, or, when it
     is None, 32 on a CPU and 128 per GPU. It must be a multiple of the device count (data parallel)."""
     if config.batch_size is not None:
         size = int(config.batch_size)

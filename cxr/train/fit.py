@@ -1,34 +1,34 @@
-"""The training recipe: a head on cached frozen-backbone features, then the whole backbone fine-tuned with
-augmentation, each stage selected on validation log-loss.
+"""The training recipe, cross-validated over the training children, and the fold ensemble it gives.
 
-Only the rows of the `train` and `val` splits are ever read here: the test split is scored once, later, by
-`cxr.pipeline.run_task`, with the threshold chosen on validation. The task table (which rows, which label) is
-`cxr.config.TASKS`; rows, labels and model inputs come from `cxr.data.Prepared`.
+The training children are split into k patient-grouped folds (`cxr.data.split`). For every fold f, a model is
+trained on the other folds and scores fold f after every epoch, so every training image gets an OUT-OF-FOLD
+(OOF) probability from a model that never saw its child. Every choice is made on the POOLED OOF predictions of
+all k folds (about all training images, instead of one small validation split):
 
-Stage 1 (head): the backbone's pooled features are computed once (no augmentation) and the dropout + logit head
-trains on them with Adam at `head_lr`, early stopping on validation log-loss. `class_balance="auto"` trains the
-head three times from the same start (class weights, balanced sampling, none) and keeps the option with the lowest
-validation log-loss, for both stages.
+Stage 1 (head): the ImageNet backbone's pooled features are computed once for every training image (no
+augmentation; the same for all folds) and the dropout + logit head trains on them with Adam at `head_lr`, for
+`head_epochs` epochs in each fold. `class_balance="auto"` trains it three times from the same start (class
+weights, balanced sampling, none). The option and the epoch with the lowest pooled OOF log-loss are kept.
 
-Stage 2 (fine-tune): the top `finetune_blocks` blocks (-1: the whole backbone) with BatchNorm frozen, behind the
-augmentation layer (`cxr.model.training_model`), `cxr.optim.LayerwiseAdamW` (decoupled weight decay, learning
-rate decayed by `layer_decay` per block below the top) on `cxr.optim.warmup_cosine` over the stage.
+Stage 2 (fine-tune): in each fold, the model with that fold's head is fine-tuned, the whole backbone (or the top
+`finetune_blocks` blocks) with BatchNorm frozen (for the tasks of `finetune_tasks`; the others keep the head), behind the augmentation (`cxr.model.training_model`, and the
+resampling path of `cxr.augment.resample_batch` where batches are drawn), with `cxr.optim.LayerwiseAdamW` on
+warmup + cosine over `finetune_epochs` epochs. The epoch with the lowest pooled OOF log-loss is kept, and the
+fine-tuned stage only if that loss beats the head's; otherwise every fold model rolls back to its head.
 
-Selection (the same rule for both stages): validation log-loss and AUROC (scikit-learn, on a padded predict of the
-validation images) are computed after every epoch; each stage restores the weights of its epoch of lowest
-validation log-loss; the fine-tuned stage is kept only if its best validation log-loss is lower than the head's,
-otherwise the model is rolled back to the head. Every step has one fixed batch shape (`cxr.train.batches`), models
-are compiled with `jit_compile="auto"` (XLA under JAX; TensorFlow on a CPU stays without it, which is faster
-there), the dtype policy is mixed_bfloat16 on a GPU and float32 on a CPU, and several accelerators train data
-parallel (`cxr.distribute`, JAX).
+The final model is the ENSEMBLE of the k fold models at the kept stage and epoch: the mean of their probabilities
+(`cxr.model.ensemble_model`), saved and loaded as one model. Its OOF predictions are those of its members, each on
+the fold it never saw. Only the rows of the `train` split are ever read here: the test split is scored once,
+later, by `cxr.pipeline`. Every step has one fixed batch shape (`cxr.train.batches`), models are compiled with
+`jit_compile="auto"`, and the dtype policy and batch size come resolved in the Config (`cxr.train.resolve`).
 """
 from __future__ import annotations
 
-import json
-import os
+import functools
+import gc
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from cxr import quiet_stderr
 
@@ -38,123 +38,86 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
-from cxr import distribute, model as cxr_model, optim, progress
-from cxr.config import TASKS, Config, task as get_task  # noqa: F401  (train.TASKS: the task table)
+from cxr import augment, distribute, model as cxr_model, optim, progress
+from cxr.config import Config, task as get_task
 from cxr.data import Prepared
-from cxr.io import atomic_write_text
+from cxr.io import write_json
 from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predict, predict_proba
-from cxr.train.device import (batch_size as auto_batch_size, data_parallel, environment, precision_policy,
-                              precision_scope)
+from cxr.train.device import data_parallel, environment, precision_policy, precision_scope
 
 BALANCE_OPTIONS = ("weights", "sampling", "none")
+STAGES = ("head", "finetune")
 
 
 @dataclass
 class TrainResult:
-    """A trained model with its history and the validation evidence behind it.
+    """The fold ensemble of a task, its members, and the out-of-fold evidence behind every choice.
 
-    history: one row per epoch of every stage run (columns epoch, stage, loss, auroc (train), val_loss,
-    val_auroc, lr). selection: one row per stage (stage, epochs, best_epoch, val_loss, val_auroc at the best
-    epoch, kept). class_balance: one row per imbalance option tried on the head stage (option, epochs,
-    best_epoch, val_loss, val_auroc, chosen). seconds: wall time of features, head, finetune.
+    oof: one row per training image of the task: position (into `Prepared.index`), fold, y, p (the OOF probability
+    at the kept stage and epoch). history: one row per (fold, stage, epoch): loss and auroc on the fold's training
+    part, oof_loss and oof_auroc on its held-out fold, lr. pooled: one row per (stage, option, epoch): the pooled
+    OOF log-loss and AUROC over all folds (what the choices read). selection: one row per stage: epochs, best_epoch,
+    oof_loss, oof_auroc, kept. class_balance: one row per imbalance option tried on the head stage. seconds: wall
+    time of features, head, finetune.
     """
 
     model: keras.Model
-    history: pd.DataFrame
+    members: list[keras.Model]
     task: str
-    seconds: dict[str, float] = field(default_factory=dict)
+    oof: pd.DataFrame
+    history: pd.DataFrame
+    pooled: pd.DataFrame
+    selection: pd.DataFrame
+    class_balance: pd.DataFrame
+    balance: str = "none"
     kept_stage: str = "finetune"
-    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
-    class_balance: pd.DataFrame = field(default_factory=pd.DataFrame)
-    balance: str = "none"  # the imbalance option used for both stages
+    kept_epoch: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int = 32
     precision: str = "float32"
     devices: int = 1
 
-
-def _prepared(index: pd.DataFrame, images: np.ndarray) -> Prepared:
-    """An index and its images as a `Prepared` (for its rows/labels/batch accessors)."""
-    return Prepared(index=index, skipped=pd.DataFrame(columns=["path", "reason"]), images=images, root=None,
-                    source=None)
+    @property
+    def n_folds(self) -> int:
+        return len(self.members)
 
 
-class ValidationMetrics(keras.callbacks.Callback):
-    """After every epoch: val_loss (log-loss) and val_auroc of `predictor` on (x, y), from a padded predict, put
-    into the epoch logs (so that the callbacks after it, and the History, see them), with the learning rate."""
+class HeldOut(keras.callbacks.Callback):
+    """After every epoch: the held-out fold's probabilities from `predictor` (a padded predict), their log-loss and
+    AUROC put into the epoch logs (oof_loss, oof_auroc, with the learning rate), and `snapshot()` (weights)."""
 
-    def __init__(self, predictor: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int):
+    def __init__(self, predictor: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 snapshot: Callable[[], list] | None = None):
         super().__init__()
         self.predictor, self.x, self.y, self.batch_size = predictor, x, np.asarray(y, int), batch_size
+        self.snapshot = snapshot
+        self.probs: list[np.ndarray] = []
+        self.weights: list[list] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         p = np.asarray(padded_predict(self.predictor, self.x, self.batch_size), "float64").reshape(-1)
+        self.probs.append(p)
+        if self.snapshot is not None:
+            self.weights.append(self.snapshot())
         if logs is not None:
-            if np.isfinite(p).all():  # a diverged model (NaN outputs) gets an infinite loss, never the best
-                p = np.clip(p, 1e-7, 1 - 1e-7)
-                logs["val_loss"] = float(log_loss(self.y, p, labels=[0, 1]))
-                logs["val_auroc"] = float(roc_auc_score(self.y, p))
-            else:
-                logs["val_loss"], logs["val_auroc"] = float("inf"), float("nan")
-            lr = self.model.optimizer.learning_rate
-            logs["lr"] = float(keras.ops.convert_to_numpy(lr))
+            logs["oof_loss"], logs["oof_auroc"] = loss_auroc(self.y, p)
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class BestEpoch(keras.callbacks.Callback):
-    """Keeps the weights of `target` at the epoch of lowest `logs[monitor]` and restores them when training ends."""
-
-    def __init__(self, target: keras.Model, monitor: str = "val_loss"):
-        super().__init__()
-        self.target, self.monitor = target, monitor
-        self.best, self.best_epoch, self.weights = np.inf, -1, None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get(self.monitor, np.inf)
-        if value < self.best:
-            self.best, self.best_epoch, self.weights = value, epoch, self.target.get_weights()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.weights is not None:
-            self.target.set_weights(self.weights)
+def loss_auroc(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(log-loss, AUROC) of probabilities; (inf, NaN) for a diverged model (non-finite outputs), AUROC NaN for a
+    single class."""
+    if not np.isfinite(p).all():
+        return float("inf"), float("nan")
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    auroc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    return float(log_loss(y, p, labels=[0, 1])), auroc
 
 
-def _run_stage(train_model: keras.Model, predictor: keras.Model, keep: keras.Model, data: TrainBatches,
-               x_va: np.ndarray, y_va: np.ndarray, batch: int, epochs: int, patience: int | None,
-               verbose: int, desc: str = "training") -> tuple[pd.DataFrame, int]:
-    """`train_model.fit` for up to `epochs` epochs with validation metrics of `predictor`, early stopping on
-    val_loss after `patience` epochs without improvement (None: never), and the best epoch's weights of `keep`
-    restored. Returns (history with a 1-based `epoch` column, best epoch, 1-based)."""
-    best = BestEpoch(keep)
-    callbacks: list[keras.callbacks.Callback] = [ValidationMetrics(predictor, x_va, y_va, batch), best]
-    if patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience))
-    if not verbose:  # a live bar in interactive sessions only (none in headless runs, CI or saved notebooks)
-        callbacks += progress.keras_callbacks(desc)
-    h = train_model.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    history = pd.DataFrame(h.history)
-    history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    return history, best.best_epoch + 1
-
-
-def _summary(history: pd.DataFrame, best_epoch: int) -> dict[str, Any]:
-    if best_epoch < 1:  # no epoch with a finite validation loss
-        return {"epochs": len(history), "best_epoch": 0, "val_loss": float("inf"), "val_auroc": float("nan")}
-    row = history.iloc[best_epoch - 1]
-    return {"epochs": len(history), "best_epoch": int(best_epoch), "val_loss": float(row["val_loss"]),
-            "val_auroc": float(row["val_auroc"])}
-
-
-def _batches(x, y, batch: int, balance: str, seed: int) -> TrainBatches:
+def _batches(x, y, batch: int, balance: str, seed: int, augment_fn=None) -> TrainBatches:
     weights = balanced_class_weight(y) if balance == "weights" else None
-    return TrainBatches(x, y, batch, class_weight=weights, balance=balance == "sampling", seed=seed)
-
-
-def _train_head(model: keras.Model, config: Config, f_tr, y_tr, f_va, y_va, batch: int, balance: str,
-                verbose: int) -> tuple[pd.DataFrame, int]:
-    head = cxr_model.head_model(model)
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate=config.head_lr), loss="binary_crossentropy",
-                 metrics=[keras.metrics.AUC(name="auroc")], jit_compile="auto")
-    return _run_stage(head, head, head, _batches(f_tr, y_tr, batch, balance, config.seed), f_va, y_va, batch,
-                      config.head_epochs, config.patience, verbose, desc=f"head ({balance})")
+    return TrainBatches(x, y, batch, class_weight=weights, balance=balance == "sampling", seed=seed,
+                        augment=augment_fn)
 
 
 def finetune_optimizer(model: keras.Model, config: Config, steps: int) -> optim.LayerwiseAdamW:
@@ -168,115 +131,186 @@ def finetune_optimizer(model: keras.Model, config: Config, steps: int) -> optim.
     return opt
 
 
-def fit(config: Config, index: pd.DataFrame, images: np.ndarray, task: str = "pneumonia",
-        verbose: int = 0) -> TrainResult:
-    """Train `task` ('pneumonia' or 'subtype') on the train split, selecting on the val split only (see the
-    module docstring for the recipe). The dtype policy is set for the run and restored afterwards."""
+def _fit_stage(trainer: keras.Model, data: TrainBatches, held_out: HeldOut, epochs: int, verbose: int,
+               desc: str) -> pd.DataFrame:
+    """`trainer.fit` for `epochs` epochs with the held-out callback; the history with a 1-based `epoch` column."""
+    callbacks: list[keras.callbacks.Callback] = [held_out]
+    if not verbose:  # a live bar in interactive sessions only (none in headless runs, CI or saved notebooks)
+        callbacks += progress.keras_callbacks(desc)
+    h = trainer.fit(data, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    history = pd.DataFrame(h.history)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    return history
+
+
+def _pooled(y: np.ndarray, fold: np.ndarray, probs: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
+    """Per epoch, the OOF probability of every training row: fold f's rows from fold f's model."""
+    n_epochs = min(len(v) for v in probs.values())
+    out = []
+    for e in range(n_epochs):
+        p = np.full(len(y), np.nan)
+        for f, per_epoch in probs.items():
+            p[fold == f] = per_epoch[e]
+        out.append(p)
+    return out
+
+
+def _curve(y: np.ndarray, pooled: list[np.ndarray], stage: str, option: str) -> pd.DataFrame:
+    rows = [{"stage": stage, "option": option, "epoch": e + 1, **dict(zip(("oof_loss", "oof_auroc"),
+                                                                          loss_auroc(y, p)))}
+            for e, p in enumerate(pooled)]
+    return pd.DataFrame(rows)
+
+
+def fit(config: Config, prepared: Prepared, task: str = "pneumonia", verbose: int = 0) -> TrainResult:
+    """Train `task` by cross-validation over the training children (see the module docstring): the fold ensemble,
+    its members and the out-of-fold evidence. `config` must be resolved (`cxr.train.resolve`: an explicit batch
+    size and dtype policy); the dtype policy is set for the run and restored afterwards."""
     get_task(task)  # a clear error for an unknown task
-    data = _prepared(index, images)
-    tr, va = data.rows("train", task), data.rows("val", task)
-    if len(tr) == 0 or len(va) == 0:
-        raise ValueError(f"task {task!r} needs train and val rows; got {len(tr)} and {len(va)}")
-    y_tr, y_va = data.labels(task, tr), data.labels(task, va)
-    if len(np.unique(y_va)) < 2:
-        raise ValueError(f"task {task!r}: the validation split holds a single class; log-loss/AUROC undefined")
-    balanced_class_weight(y_tr)  # a clear error for single-class training labels
+    if config.batch_size is None:
+        raise ValueError("fit needs a resolved Config (cxr.train.resolve(config)): batch_size is None")
+    rows = prepared.rows("train", task)
+    y, fold = prepared.labels(task, rows), prepared.folds(rows)
+    folds = sorted(set(fold.tolist()))
+    if len(folds) < 2:
+        raise ValueError(f"task {task!r} needs at least 2 folds of training rows; got {folds}")
+    balanced_class_weight(y)  # a clear error for single-class training labels
     dist = data_parallel()
-    batch = auto_batch_size(config, distribute.device_count(dist))
     with precision_scope(precision_policy(config)) as policy, distribute.distributed(dist):
         keras.utils.set_random_seed(config.seed)
-        result = _fit(config, data, tr, va, y_tr, y_va, task, batch, verbose)
+        result = _fit(config, prepared, task, rows, y, fold, folds, verbose)
     result.precision, result.devices = policy, distribute.device_count(dist)
     return result
 
 
-def _fit(config: Config, data: Prepared, tr, va, y_tr, y_va, task: str, batch: int, verbose: int) -> TrainResult:
-    x_tr, x_va = data.images[tr], data.images[va]  # (n, S, S) uint8; batches add the channel axis
-    model = cxr_model.build_model(config, name=task)
+def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.ndarray, fold: np.ndarray,
+         folds: list[int], verbose: int) -> TrainResult:
+    batch = int(config.batch_size)
+    x = prepared.images[rows]  # (n, S, S) uint8; batches add the channel axis
     seconds: dict[str, float] = {}
+    history: list[pd.DataFrame] = []
 
-    # Stage 1: head on frozen features, computed once.
+    # Stage 1: the head on frozen ImageNet features, computed once for every training image.
     t0 = time.perf_counter()
-    features = cxr_model.feature_model(model)
-    f_tr, f_va = (padded_predict(features, x, batch, desc=f"{task} / backbone features ({part})").astype("float32")
-                  for x, part in ((x_tr, "train"), (x_va, "val")))  # bf16 on a GPU
+    base = cxr_model.build_model(config, name=task)
+    features = padded_predict(cxr_model.feature_model(base), x, batch,
+                              desc=f"{task} / backbone features").astype("float32")  # bf16 on a GPU
     seconds["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    start = model.get_layer("logit").get_weights()
+    logit = base.get_layer("logit")
+    start = logit.get_weights()
     options = BALANCE_OPTIONS if config.class_balance == "auto" else (config.class_balance,)
-    tried, heads = [], {}
+    head_probs: dict[str, dict[int, list[np.ndarray]]] = {}
+    head_weights: dict[str, dict[int, list[list]]] = {}
+    curves = []
     for option in options:
-        model.get_layer("logit").set_weights(start)
-        keras.utils.set_random_seed(config.seed)
-        history, best = _train_head(model, config, f_tr, y_tr, f_va, y_va, batch, option, verbose)
-        tried.append({"option": option, **_summary(history, best)})
-        heads[option] = (model.get_layer("logit").get_weights(), history, best)
-    table = pd.DataFrame(tried)
-    balance = str(table.loc[table["val_loss"].idxmin(), "option"])
+        head_probs[option], head_weights[option] = {}, {}
+        for f in folds:
+            tr, va = fold != f, fold == f
+            logit.set_weights(start)
+            keras.utils.set_random_seed(config.seed + f)
+            head = cxr_model.head_model(base)
+            head.compile(optimizer=keras.optimizers.Adam(learning_rate=config.head_lr), loss="binary_crossentropy",
+                         metrics=[keras.metrics.AUC(name="auroc")], jit_compile="auto")
+            held = HeldOut(head, features[va], y[va], batch, snapshot=logit.get_weights)
+            h = _fit_stage(head, _batches(features[tr], y[tr], batch, option, config.seed + f), held,
+                           config.head_epochs, verbose, desc=f"{task} / fold {f} / head ({option})")
+            history.append(h.assign(fold=f, stage="head", option=option))
+            head_probs[option][f], head_weights[option][f] = held.probs, held.weights
+        curves.append(_curve(y, _pooled(y, fold, head_probs[option]), "head", option))
+    head_curve = pd.concat(curves, ignore_index=True)
+    best = head_curve.loc[head_curve["oof_loss"].idxmin()]
+    balance, head_epoch = str(best["option"]), int(best["epoch"])
+    table = (head_curve.loc[head_curve.groupby("option", sort=False)["oof_loss"].idxmin()]
+             .rename(columns={"epoch": "best_epoch"}).drop(columns="stage").reset_index(drop=True))
     table["chosen"] = table["option"].eq(balance)
-    logit, history, best_head = heads[balance]
-    model.get_layer("logit").set_weights(logit)
     seconds["head"] = time.perf_counter() - t0
-    history = history.assign(stage="head")
-    stages = [{"stage": "head", **_summary(history, best_head)}]
-    kept = "head"
+    oof_head = _pooled(y, fold, head_probs[balance])[head_epoch - 1]
+    selection = [{"stage": "head", "epochs": config.head_epochs, "best_epoch": head_epoch,
+                  **dict(zip(("oof_loss", "oof_auroc"), loss_auroc(y, oof_head)))}]
+    del base, features
+    gc.collect()
 
-    # Stage 2: fine-tune the backbone behind the augmentation layer.
-    if config.finetune_epochs > 0 and config.finetune_blocks != 0:
-        head_weights = model.get_weights()
-        cxr_model.set_trainable(model, config.finetune_blocks)
-        trainer = cxr_model.training_model(model, config)
-        stream = _batches(x_tr, y_tr, batch, balance, config.seed + 1)
-        trainer.compile(optimizer=finetune_optimizer(trainer, config, len(stream) * config.finetune_epochs),
-                        loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auroc")], jit_compile="auto")
-        t0 = time.perf_counter()
-        h2, best_ft = _run_stage(trainer, model, model, stream, x_va, y_va, batch, config.finetune_epochs, None,
-                                 verbose, desc="fine-tune")
+    # Stage 2: in every fold, fine-tune the model with that fold's head behind the augmentation.
+    members: list[keras.Model] = []
+    snapshots: dict[int, list[list]] = {}  # per fold: [weights with the head (epoch 0), after epoch 1, ...]
+    ft_probs: dict[int, list[np.ndarray]] = {}
+    finetune = config.finetune_epochs > 0 and config.finetune_blocks != 0 and task in config.finetune_tasks
+    resample = (functools.partial(augment.resample_batch, probability=config.aug_resample)
+                if config.aug_resample > 0 else None)
+    t0 = time.perf_counter()
+    for f in folds:
+        tr, va = fold != f, fold == f
+        keras.utils.set_random_seed(config.seed + f)
+        member = cxr_model.build_model(config, name=f"{task}_fold{f}")
+        member.get_layer("logit").set_weights(head_weights[balance][f][head_epoch - 1])
+        snapshots[f] = [member.get_weights()]
+        if finetune:
+            cxr_model.set_trainable(member, config.finetune_blocks)
+            trainer = cxr_model.training_model(member, config)
+            stream = _batches(x[tr], y[tr], batch, balance, config.seed + 1000 * (f + 1), resample)
+            trainer.compile(optimizer=finetune_optimizer(trainer, config, len(stream) * config.finetune_epochs),
+                            loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auroc")],
+                            jit_compile="auto")
+            held = HeldOut(member, x[va], y[va], batch, snapshot=member.get_weights)
+            h = _fit_stage(trainer, stream, held, config.finetune_epochs, verbose,
+                           desc=f"{task} / fold {f} / fine-tune")
+            history.append(h.assign(fold=f, stage="finetune", option=balance))
+            ft_probs[f] = held.probs
+            snapshots[f] += held.weights
+            cxr_model.set_trainable(member, 0)
+            del trainer, stream, held
+            gc.collect()
+        members.append(member)
+    kept, kept_epoch, oof = "head", head_epoch, oof_head
+    pooled = [head_curve]
+    if finetune:
         seconds["finetune"] = time.perf_counter() - t0
-        stages.append({"stage": "finetune", **_summary(h2, best_ft)})
-        history = pd.concat([history, h2.assign(stage="finetune")], ignore_index=True)
-        if stages[1]["val_loss"] < stages[0]["val_loss"]:
-            kept = "finetune"  # BestEpoch already restored its best epoch
-        else:
-            model.set_weights(head_weights)
-        cxr_model.set_trainable(model, 0)
-    selection = pd.DataFrame(stages)
+        ft = _pooled(y, fold, ft_probs)
+        ft_curve = _curve(y, ft, "finetune", balance)
+        pooled.append(ft_curve)
+        e = int(ft_curve.loc[ft_curve["oof_loss"].idxmin(), "epoch"]) if np.isfinite(ft_curve["oof_loss"]).any() else 0
+        if e:
+            selection.append({"stage": "finetune", "epochs": config.finetune_epochs, "best_epoch": e,
+                              **dict(zip(("oof_loss", "oof_auroc"), loss_auroc(y, ft[e - 1])))})
+            if selection[1]["oof_loss"] < selection[0]["oof_loss"]:
+                kept, kept_epoch, oof = "finetune", e, ft[e - 1]
+        else:  # every epoch diverged somewhere: never selected
+            selection.append({"stage": "finetune", "epochs": config.finetune_epochs, "best_epoch": 0,
+                              "oof_loss": float("inf"), "oof_auroc": float("nan")})
+    for f, member in zip(folds, members):
+        member.set_weights(snapshots[f][kept_epoch if kept == "finetune" else 0])
+    del snapshots
+    gc.collect()
+    selection = pd.DataFrame(selection)
     selection["kept"] = selection["stage"].eq(kept)
-    history = history[["epoch", "stage"] + [c for c in history.columns if c not in ("epoch", "stage")]]
-    return TrainResult(model=model, history=history, task=task, seconds=seconds, kept_stage=kept,
-                       selection=selection, class_balance=table, balance=balance, batch_size=batch)
+    history = pd.concat(history, ignore_index=True)
+    first = ["fold", "stage", "option", "epoch"]
+    history = history[first + [c for c in history.columns if c not in first]]
+    oof_frame = pd.DataFrame({"position": rows, "fold": fold, "y": y.astype(int), "p": oof})
+    ensemble = cxr_model.ensemble_model(members, name=task)
+    return TrainResult(model=ensemble, members=members, task=task, oof=oof_frame, history=history,
+                       pooled=pd.concat(pooled, ignore_index=True), selection=selection, class_balance=table,
+                       balance=balance, kept_stage=kept, kept_epoch=kept_epoch, seconds=seconds, batch_size=batch)
 
 
-def record(result: TrainResult, config: Config, path: str | os.PathLike) -> dict[str, Any]:
-    """Write the run record (configuration, environment, history, selection, timings) as JSON, atomically."""
-    def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:  # strict JSON: inf (a diverged stage) -> null
-        return json.loads(frame.replace([np.inf, -np.inf], np.nan).to_json(orient="records"))
-
+def record(result: TrainResult, config: Config, path: Any) -> dict[str, Any]:
+    """Write the run record (configuration, environment, history, pooled OOF curves, selection, timings) as strict
+    JSON, atomically."""
     doc = {
         "task": result.task, "config": config.to_dict(), "environment": environment(),
-        "seconds": result.seconds, "kept_stage": result.kept_stage, "class_balance_used": result.balance,
-        "batch_size": result.batch_size, "precision": result.precision, "devices": result.devices,
-        "selection": rows(result.selection), "class_balance": rows(result.class_balance),
-        "history": rows(result.history),
+        "seconds": result.seconds, "n_folds": result.n_folds, "kept_stage": result.kept_stage,
+        "kept_epoch": result.kept_epoch, "class_balance_used": result.balance, "batch_size": result.batch_size,
+        "precision": result.precision, "devices": result.devices, "selection": result.selection,
+        "class_balance": result.class_balance, "pooled": result.pooled, "history": result.history,
     }
-    atomic_write_text(path, json.dumps(doc, indent=2))
+    write_json(path, doc)
     return doc
 
 
-def predict_split(model: keras.Model, index: pd.DataFrame, images: np.ndarray, task: str, split: str,
-                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_split(model: keras.Model, prepared: Prepared, task: str, split: str,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positions, labels, probabilities) of `task` on one split (fixed-shape batches, padding dropped)."""
-    data = _prepared(index, images)
-    positions = data.rows(split, task)
-    probs = predict_proba(model, data.images[positions], batch_size=batch_size)
-    return positions, data.labels(task, positions), probs
-
-
-def validation_threshold(model: keras.Model, config: Config, index: pd.DataFrame, images: np.ndarray,
-                         task: str) -> float:
-    """The decision threshold of `task`, chosen on the validation split by `config.threshold_policy`."""
-    from cxr.evaluate import choose
-
-    _, y_val, p_val = predict_split(model, index, images, task, "val", config.batch_size)
-    return choose(y_val, p_val, config.threshold_policy, tolerance=config.threshold_tolerance,
-                  target_sensitivity=config.target_sensitivity)
+    positions = prepared.rows(split, task)
+    probs = predict_proba(model, prepared.images[positions], batch_size)
+    return positions, prepared.labels(task, positions), probs
