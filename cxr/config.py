@@ -63,10 +63,10 @@ class Config:
     exclude_test_patients: bool = True
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
     # model
-    backbone: str = "efficientnet_lite0"  # or any keras.applications name, e.g. "EfficientNetB0"
+    backbone: str = "efficientnet_lite0"  # or efficientnet_lite1/2, any keras.applications name ("EfficientNetB0")
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random, explicit)
     dropout: float = 0.2
-    stochastic_depth: float = 0.0  # efficientnet_lite0 drop-connect rate in training; 0: off (the blocks are
+    stochastic_depth: float = 0.0  # efficientnet_lite* drop-connect rate in training; 0: off (the blocks are
     # ImageNet-trained with it, but fine-tuning for a few epochs on a few thousand images does better without noise)
     # augmentation, training only (`cxr.augment.XRayAugment`, one affine warp per image + intensity changes)
     horizontal_flip: bool = False  # chest anatomy is not left-right symmetric
