@@ -67,10 +67,10 @@ class Config:
     # treated as copies (one group, one split; a training image near a test image is excluded)
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
     # model
-    backbone: str = "efficientnet_lite0"  # or any keras.applications name, e.g. "EfficientNetB0"
+    backbone: str = "efficientnet_lite0"  # or efficientnet_lite1/2, any keras.applications name ("EfficientNetB0")
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random, explicit)
     dropout: float = 0.2
-    stochastic_depth: float = 0.0  # efficientnet_lite drop-connect rate in training; 0: off (the blocks are
+    stochastic_depth: float = 0.0  # efficientnet_lite* drop-connect rate in training; 0: off (the blocks are
     # ImageNet-trained with it, but fine-tuning for a few epochs on a few thousand images does better without noise)
     # augmentation, training only (`cxr.augment`): one affine warp per image + intensity changes in the model's
     # training wrapper, and the resampling path (rescale, blur / sharpen, JPEG) where batches are drawn

