@@ -41,25 +41,23 @@ def _check_backbone(config) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     from cxr.data import index_source
 
-    config = _config(args)
-    index_source(args.source, args.out, config.data_dir, config.val_fraction, config.seed,
-                 exclude_test_patients=config.exclude_test_patients)
+    index_source(_config(args), args.source, args.out)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cxr import data, pipeline
-    from cxr.io import atomic_write_csv
 
     config = _config(args)
     _check_backbone(config)
     ensure_writable(config.run_dir, "run folder")
     prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop before any writing
+    config = pipeline.start_run(config)
     outcomes, doc = pipeline.run_study(config, prepared, args.tasks, verbose=2 if args.verbose else 0)
-    atomic_write_csv(config.run_dir / "index.csv", prepared.inventory)
     for task, o in outcomes.items():
-        print(f"{task}: kept stage {o.result.kept_stage}, validation threshold {o.threshold:.4f} -> {o.model_dir}")
-    print(f"test scored once; {config.run_dir / 'metrics.json'}")
+        print(f"{task}: {o.result.n_folds}-fold ensemble, kept stage {o.result.kept_stage}, threshold "
+              f"{o.threshold:.4f} (out-of-fold) -> {o.model_dir}")
+    print(f"test scored once per task; {config.run_dir / 'metrics.json'}")
     return 0
 
 
@@ -79,10 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ensure_writable(run, "run folder")
     config = Config.load(run / "config.json").replace(output_dir=str(run), **parse_settings(args.set))
     prepared = data.prepare(config)
-    reports = {}
-    for task in tasks:
-        reports[task] = pipeline.evaluate_saved(config, prepared, task, run / task, run)
-    doc = pipeline.write_metrics(config, prepared, reports, run)
+    reports = {task: pipeline.evaluate_saved(config, prepared, task, run) for task in tasks}
+    doc = pipeline.finish_run(config, prepared, reports, run)
     print(evaluate.results_table(doc).to_string())
     return 0
 
@@ -175,16 +171,17 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
-    from cxr.report import run_notebook
-
     from cxr.config import parse_settings
+    from cxr.report import run_notebook
 
     config = _config(args)  # bad settings, backbone, data source or output folder: stop before papermill starts
     _check_backbone(config)
     ensure_writable(config.run_dir, "run folder")
     settings = parse_settings(args.set)
-    return run_notebook(mode=args.mode, in_place=args.in_place, source=args.source, output_dir=args.run,
-                        settings=settings)
+    for name in ("source", "run"):
+        if getattr(args, name, None):
+            settings["source" if name == "source" else "output_dir"] = getattr(args, name)
+    return run_notebook(mode=args.mode, in_place=args.in_place, settings=settings)
 
 
 def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default: runs/<mode>)") -> None:
@@ -198,8 +195,10 @@ def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr", description=__doc__)
+    from cxr.config import TASKS
+
     sub = parser.add_subparsers(dest="command", required=True)
-    tasks = ["pneumonia", "subtype"]
+    tasks = list(TASKS)
 
     p = sub.add_parser("index", help="index a dataset (zip or folder): counts and skipped files")
     p.add_argument("source")
@@ -207,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     _common(p, "unused here (accepted for symmetry)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("train", help="prepare the data, train each task, threshold on validation, save the model, "
-                                     "score the test split once; write metrics.json")
+    p = sub.add_parser("train", help="prepare the data, train each task by cross-validation (the fold ensemble), "
+                                     "choose its threshold on the out-of-fold predictions, save the model, score "
+                                     "the test split once; write metrics.json")
     _common(p)
     p.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
     p.add_argument("--source", help="zip or folder of the dataset, or 'kaggle' (default: $CXR_DATA, ../shared, "

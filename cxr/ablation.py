@@ -31,7 +31,8 @@ from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 
 from cxr.config import Config
-from cxr.data import Prepared
+from cxr.data import Prepared, raw_sample_dir
+from cxr.evaluate.shift import raw_sample_agreement
 from cxr.io import write_json
 
 # Today's recipe (before this ablation): no resampling path, no border masking, narrow intensity changes.
@@ -50,7 +51,6 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "lite1": ("EfficientNet-Lite1, with the resampling path", {**RESAMPLE, "backbone": "efficientnet_lite1"}),
     "lite2": ("EfficientNet-Lite2, with the resampling path", {**RESAMPLE, "backbone": "efficientnet_lite2"}),
 }
-RAW_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "raw-sample"
 
 
 def candidate_config(config: Config, name: str) -> Config:
@@ -150,35 +150,6 @@ def paired_log_loss(y: np.ndarray, p: np.ndarray, p_ref: np.ndarray, groups: np.
             "ci_high": float(res.confidence_interval.high)}
 
 
-def raw_sample_agreement(result: Any, view: Prepared, config: Config, threshold: float,
-                         raw_dir: Path = RAW_SAMPLE) -> pd.DataFrame:
-    """Each full-resolution original of `raw_dir` (NORMAL/, PNEUMONIA/) beside its 224-px copy in the data, both
-    scored by models that never saw its child (the member of its fold; all members when its child is not in the
-    view's training rows): p_copy, p_original, delta, and whether the labels at `threshold` agree."""
-    from cxr import model as cxr_model, train
-    from cxr.data import load_image
-
-    files = sorted(Path(raw_dir).glob("*/*.jpeg")) if Path(raw_dir).is_dir() else []
-    if not files:
-        return pd.DataFrame(columns=["path", "fold", "p_copy", "p_original", "delta", "agree"])
-    names = view.index["path"].str.rsplit("/", n=1).str[-1].to_numpy()
-    rows = []
-    for f in files:
-        where = np.flatnonzero(names == f.name)
-        if not len(where):
-            continue
-        i = int(where[0])
-        fold = int(view.index["fold"].iloc[i]) if view.index["split"].iloc[i] == "train" else -1
-        models = [result.members[fold]] if fold >= 0 else cxr_model.members(result.model)
-        copy = view.images[i][None]
-        original = load_image(f, config.image_size, config.resize_policy)[None]
-        p_copy = float(np.mean([train.predict_proba(m, copy, config.batch_size)[0] for m in models]))
-        p_orig = float(np.mean([train.predict_proba(m, original, config.batch_size)[0] for m in models]))
-        rows.append({"path": f"{f.parent.name}/{f.name}", "fold": fold, "p_copy": p_copy, "p_original": p_orig,
-                     "delta": p_orig - p_copy, "agree": (p_copy >= threshold) == (p_orig >= threshold)})
-    return pd.DataFrame(rows)
-
-
 def _key(config: Config, fraction: float, dev_images: int, seed: int) -> str:
     text = json.dumps({"config": config.to_dict(), "fraction": fraction, "dev": dev_images, "seed": seed},
                       sort_keys=True)
@@ -201,7 +172,7 @@ def run_candidate(config: Config, name: str, view: Prepared, task: str = "pneumo
     p_members = np.stack([train.predict_proba(m, view.images[dev], c.batch_size)
                           for m in cxr_model.members(result.model)])
     p_ens = p_members.mean(axis=0)
-    raw = raw_sample_agreement(result, view, c, t)
+    raw = raw_sample_agreement(result, view, c, t, raw_sample_dir())
 
     def dev_metrics(q: np.ndarray) -> dict[str, float]:
         q = np.clip(q, 1e-7, 1 - 1e-7)
@@ -297,3 +268,37 @@ def table(doc: dict[str, Any], digits: int = 3) -> pd.DataFrame:
             "minutes": round(c["minutes"], 1),
         })
     return pd.DataFrame(rows).set_index("candidate")
+
+
+ABLATION = Path(__file__).resolve().parents[1] / "doc" / "ablation.json"  # the committed comparison
+
+
+def load(path: str | Path = ABLATION) -> dict[str, Any]:
+    """The committed ablation document (`python -m cxr ablation` writes it)."""
+    return json.loads(Path(path).read_text())
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """What the ablation shows, in words from its numbers: the design, the candidate with the lowest OOF
+    log-loss, which differences from today's recipe exclude zero, what the ensemble buys, and the resize check."""
+    d, rows = doc["design"], doc["candidates"]
+    best = min(rows, key=lambda r: r["log_loss"]["value"])
+    clear = [r for r in rows if r["delta_log_loss"] and r["delta_log_loss"]["ci_high"] < 0]
+    worse = [r for r in rows if r["delta_log_loss"] and r["delta_log_loss"]["ci_low"] > 0]
+    gain = [r["dev_ensemble"]["auroc"] - r["dev_members_mean"]["auroc"] for r in rows]
+    text = (f"Each candidate was trained by {d['n_folds']}-fold cross-validation ({d['finetune_epochs']} fine-tuning "
+            f"epochs at most) on {d['n_train_images']:,} images of {d['fraction']:.0%} of the training children; "
+            f"{d['n_dev_images']:,} images of other training children were held out. The lowest OOF log-loss is "
+            f"{best['name']!r} ({best['log_loss']['value']:.3f}). ")
+    text += (("Better than today's recipe, with a paired interval below zero: " + ", ".join(r["name"] for r in clear)
+              + ". ") if clear else "No candidate's log-loss differs from today's recipe with a paired interval "
+             "that excludes zero. ")
+    if worse:
+        text += "Worse, with the interval above zero: " + ", ".join(r["name"] for r in worse) + ". "
+    text += (f"On the held-out children the fold ensemble's AUROC exceeds the mean of its members' by "
+             f"{min(gain):+.3f} to {max(gain):+.3f} across candidates. ")
+    raw = [r for r in rows if r["raw_n"]]
+    if raw:
+        text += "On the full-resolution originals the call is kept in " + ", ".join(
+            f"{r['raw_agreement']:.0%} ({r['name']})" for r in raw) + "."
+    return text

@@ -222,11 +222,16 @@ def finish_run(config: Config, prepared: Prepared, reports: dict[str, dict[str, 
 
 def run_study(config: Config, prepared: Prepared, tasks: list[str] | tuple[str, ...] = tuple(TASKS),
               run_dir: str | Path | None = None, verbose: int = 0) -> tuple[dict[str, TaskOutcome], dict[str, Any]]:
-    """`run_task` for every task, then `finish_run`: (outcomes by task, the metrics document). `config` is the
-    resolved Config of `start_run`."""
+    """The study as the notebook runs it: the trivial baseline fitted, `run_task` for every task, the shift checks
+    of the main task, the baseline scored on test, then `finish_run` with the data audit, the baseline and the
+    shift checks: (outcomes by task, the metrics document). `config` is the resolved Config of `start_run`."""
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    trivial = fit_baseline(config, prepared)
     outcomes = {task: run_task(config, prepared, task, run_dir, verbose) for task in tasks}
-    doc = finish_run(config, prepared, {t: o.report for t, o in outcomes.items()}, run_dir)
+    shift = shift_checks(config, outcomes[trivial.task], prepared, trivial) if trivial.task in outcomes else None
+    score_baseline(config, prepared, trivial, run_dir)
+    doc = finish_run(config, prepared, {t: o.report for t, o in outcomes.items()}, run_dir,
+                     extra=study_blocks(config, prepared, trivial, shift))
     return outcomes, doc
 
 
@@ -251,3 +256,102 @@ def error_examples(outcome: TaskOutcome, prepared: Prepared, k: int) -> tuple[pd
     rows = predictions.most_confident_errors(outcome.predictions, k=k)
     where = pd.Series(np.arange(len(prepared.index)), index=prepared.index["path"].to_numpy())
     return rows, prepared.images[where.loc[rows["path"]].to_numpy()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study's other blocks: the data audit, the trivial baseline, the shift checks (notebook and CLI alike)
+
+
+def data_audit(config: Config, prepared: Prepared) -> dict[str, Any]:
+    """What the data audit found, for metrics.json and the notebook: the patient-id evidence, the near-duplicate
+    audit (at `config.near_duplicate_bits`) and the flow of images and children."""
+    from cxr.data import audit
+
+    return {"patient_ids": audit.patient_id_evidence(prepared.inventory),
+            "near_duplicates": audit.near_duplicate_summary(prepared.inventory, prepared.near_duplicates,
+                                                            config.near_duplicate_bits),
+            "flow": audit.flow_counts(prepared.inventory, prepared.skipped).to_dict(orient="records")}
+
+
+@dataclass
+class Baseline:
+    """The trivial baseline of a task (`cxr.evaluate.baseline`): image statistics of the training rows, the
+    cross-validated fit on the study's folds, and, once scored, its test report."""
+
+    task: str
+    positions: np.ndarray
+    statistics: pd.DataFrame
+    fit: dict[str, Any]
+    univariate: pd.Series
+    report: dict[str, Any] | None = None
+
+
+def fit_baseline(config: Config, prepared: Prepared, task: str = "pneumonia") -> Baseline:
+    """Six image statistics of every training image, a logistic regression cross-validated on the study's folds
+    (out-of-fold AUROC) and fitted on all of them. Reads no test row."""
+    from cxr.evaluate import baseline
+
+    rows = prepared.rows("train", task)
+    stats = baseline.image_statistics(prepared.images[rows])
+    y = prepared.labels(task, rows)
+    fit = baseline.fit_baseline(stats, y, prepared.folds(rows), config.seed)
+    return Baseline(task, rows, stats, fit, baseline.univariate_auroc(stats, y))
+
+
+def score_baseline(config: Config, prepared: Prepared, fitted: Baseline, run_dir: str | Path) -> dict[str, Any]:
+    """Score the trivial baseline on the test split ONCE (declared in the protocol; one ledger line), at the
+    threshold that keeps the protocol's sensitivity on its out-of-fold predictions."""
+    from cxr.evaluate import baseline
+
+    rows = prepared.rows("test", fitted.task)
+    y = prepared.labels(fitted.task, rows).astype(int)
+    oof_y = prepared.labels(fitted.task, fitted.positions).astype(int)
+    threshold = thresholds.choose(oof_y, fitted.fit["oof_p"], "sensitivity",
+                                  target_sensitivity=config.target_sensitivity)
+    p = fitted.fit["model"].predict_proba(baseline.image_statistics(prepared.images[rows]))[:, 1]
+    report = evaluate.task_report(y, p, threshold, groups=prepared.groups(rows), n_bootstrap=config.n_bootstrap,
+                                  ci_level=config.ci_level, seed=config.seed)
+    report["oof_auroc"] = fitted.fit["oof_auroc"]
+    report["coefficients"] = fitted.fit["coefficients"]
+    ledger.record_test_access(run_dir, f"{fitted.task} (trivial baseline)", config.to_dict(),
+                              ledger.metric_summary(report), note="trivial baseline: six image statistics")
+    fitted.report = report
+    return report
+
+
+def shift_checks(config: Config, outcome: TaskOutcome, prepared: Prepared, fitted: Baseline,
+                 n_degrade: int = 200) -> dict[str, pd.DataFrame]:
+    """The checks of `cxr.evaluate.shift` on the out-of-fold predictions of the training children (no test
+    label): false positives by position in the id blocks, the effect of blurring / downscaling a seeded sample of
+    `n_degrade` normal images (each scored by its fold's model), and the network's reliance on sharpness within
+    each class. Also the full-resolution originals against their copies (`raw_sample_agreement`)."""
+    from cxr.data import raw_sample_dir
+    from cxr.evaluate import shift
+
+    frame = outcome.predictions[outcome.predictions["split"] == SELECTION]
+    normals = np.flatnonzero(outcome.oof.y == 0)
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(rng.choice(normals, size=min(n_degrade, len(normals)), replace=False))
+    positions = outcome.oof.positions[pick]
+    changes = shift.degradation(outcome.result.members, prepared.images[positions], prepared.folds(positions),
+                                outcome.threshold, config.batch_size)
+    order = pd.Series(np.arange(len(fitted.positions)), index=fitted.positions).loc[outcome.oof.positions]
+    statistics = fitted.statistics.iloc[order.to_numpy()].reset_index(drop=True)
+    logit = calibration.logit(outcome.oof.p)
+    return {"id_blocks": shift.id_blocks(frame), "test_blocks": shift.test_id_blocks(prepared.index),
+            "degradation": changes, "sharpness": shift.sharpness_reliance(logit, outcome.oof.y, statistics),
+            "raw_sample": shift.raw_sample_agreement(outcome.result, prepared, config, outcome.threshold,
+                                                     raw_sample_dir())}
+
+
+def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = None,
+                 shift: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """The blocks of metrics.json beside the tasks: the data audit, the trivial baseline (its OOF AUROC, and its
+    test report once scored) and the shift checks (tables as records)."""
+    blocks: dict[str, Any] = {"data": data_audit(config, prepared)}
+    if fitted is not None:
+        blocks["baseline"] = {"task": fitted.task, "oof_auroc": fitted.fit["oof_auroc"],
+                              "univariate_auroc": fitted.univariate.to_dict(), "test": fitted.report}
+    if shift is not None:
+        blocks["shift"] = {name: frame.to_dict(orient="records") for name, frame in shift.items()}
+    return blocks

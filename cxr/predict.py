@@ -18,20 +18,23 @@ def model_folder(path: str | Path, task: str = "pneumonia") -> Path:
     return path
 
 
-def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: str | Path | None = None,
-                  batch_size: int = 32) -> list[dict[str, Any]]:
+def predict_files(model_dir: str | Path, paths: list[str | Path],
+                  gradcam_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Probability, label and threshold for each image; `{"path", "error"}` for a file that cannot be read.
 
     `probability` is the model's own output, the one the validation threshold applies to (`label`);
     `calibrated_probability` applies the calibration fitted on validation and saved with the model
     (`model.json`: temperature or Platt scaling; absent for models saved without one). Images go through the same
-    decoding and resize policy as training (`cxr.data.load_image`). With
-    `gradcam_dir`, a Grad-CAM overlay PNG per image is written there and its path added to the result.
+    decoding and resize policy as training (`cxr.data.load_image`), in batches of the size the model was trained
+    with (`model.json`). A fold ensemble predicts the mean of its members' probabilities. With `gradcam_dir`, a
+    Grad-CAM overlay PNG per image (the map of the predicted class) is written there and its path added.
     """
     from cxr import data, evaluate, model as cxr_model, train
+    from cxr.config import Config
 
     model, meta = cxr_model.load_model(model_folder(model_dir))
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
+    batch_size = int(meta["config"].get("batch_size") or train.resolve(Config()).batch_size)
     threshold, names = float(meta["threshold"]), list(meta["class_names"])
     results: list[dict[str, Any]] = []
     images, ok = [], []
@@ -45,7 +48,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
     if not images:
         return results
     batch = np.stack(images)[..., None]
-    probs = train.predict_proba(model, batch, batch_size=batch_size)  # fixed-shape (padded) batches
+    probs = train.predict_proba(model, batch, batch_size)  # fixed-shape (padded) batches
     calibrator = meta.get("calibration")
     calibrated = evaluate.apply_calibrator(calibrator, probs) if calibrator else None
     for j, (i, p) in enumerate(zip(ok, probs)):
@@ -58,10 +61,13 @@ def predict_files(model_dir: str | Path, paths: list[str | Path], gradcam_dir: s
 
         out = Path(gradcam_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cams = explain.grad_cam(model, batch, target_class=1, batch_size=batch_size)
-        for i, image, cam in zip(ok, batch[..., 0], cams):
+        called = (probs >= threshold).astype(int)
+        cams = explain.grad_cam(model, batch, target_class=called, batch_size=batch_size)
+        for i, image, cam, c in zip(ok, batch[..., 0], cams, called):
             r = results[i]
-            fig = plots.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]})={r['probability']:.3f}")
+            fig = plots.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]}) = "
+                                                          f"{r['probability']:.3f}, called {names[c]}",
+                                       label=f"Grad-CAM: evidence for {names[c]}\n(this image's maximum = 1)")
             target = out / (Path(r["path"]).stem + "_gradcam.png")
             plots.save_figure(fig, target)
             r["gradcam"] = str(target)

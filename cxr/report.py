@@ -1,42 +1,83 @@
-"""The notebook's run log (environment, wall time, output paths, conclusions) and its headless runner."""
+"""The notebook's run log (what this run is and how it differs from the design, figures shown inline and saved,
+wall time, conclusions) and its headless runner."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cxr.config import Config
-from cxr.io import atomic_write_text
+from cxr.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER_ID = "cxr-run-header"
+TEST_ACCESS = REPO / "doc" / "test_access.json"  # the development history of test access (committed, by hand)
+SHARED_COPY = "a 224-px copy of the Kaggle archive (every image squashed to 224 x 224 by a third party)"
+
+
+def _relative(path: Any) -> str:
+    """A path as the reader should see it: relative to the working folder when inside it, else its name."""
+    try:
+        return os.path.relpath(Path(path))
+    except ValueError:
+        return Path(path).name
 
 
 class RunLog:
-    """What the notebook prints about its own run; `finish()` updates the first cell's output with the wall time."""
+    """What the notebook prints about its own run. The header (first cell) says what ran where and how this run
+    differs from the design; `show` displays a figure inline AND saves it; `finish()` fills in the wall time."""
 
-    def __init__(self, config: Config) -> None:
-        from cxr.train import environment, precision_policy
+    def __init__(self, config: Config, source: Path | None = None) -> None:
+        from cxr.train import environment
 
         self.config = config
         self.start = time.perf_counter()
         self.out = config.run_dir
         self.out.mkdir(parents=True, exist_ok=True)
-        self.precision = precision_policy(config)  # shown only: `train.fit` sets it
         self.env = environment()
+        self.source = source
+        self.wall: float | None = None
         self._display(self._header(wall=None), update=False)
+
+    def design_notes(self) -> list[str]:
+        """How this run differs from the design (a GPU, the Kaggle originals, every task fine-tuned), in words."""
+        c, e = self.config, self.env
+        notes = []
+        if e["accelerator"] == "cpu":
+            others = [t for t in ("pneumonia", "subtype") if t not in c.finetune_tasks]
+            notes.append(f"ran on a CPU; the intended setting is a GPU. The full preset is sized to fit about an hour "
+                         f"on 2 CPU cores: {c.n_folds} folds, at most {c.finetune_epochs} fine-tuning epochs"
+                         + (f", and the {', '.join(others)} task keeps the head on frozen features "
+                            f"(`--set finetune_tasks=pneumonia,subtype` fine-tunes it too)" if others else ""))
+        if self.source is not None:
+            name = Path(self.source).name
+            what = (SHARED_COPY if "224" in name else "the bundled 104-image sample (smoke runs only)"
+                    if "sample" in name else "the Kaggle archive (original resolution)")
+            notes.append(f"data: {_relative(self.source)}, {what}")
+        if c.mode != "full":
+            notes.append(f"mode {c.mode!r}: a tiny subset at {c.image_size} px to check that every cell runs; its "
+                         "numbers mean nothing")
+        notes.append(describe_test_access(self.out))
+        return notes
 
     def _header(self, wall: float | None) -> str:
         e, c = self.env, self.config
         hardware = e["gpu"] or f"CPU only ({e['cpu_count']} cores, {e['processor']})"
         versions = ", ".join(f"{k} {v}" for k, v in e["versions"].items())
+        precision = "mixed_bfloat16" if c.mixed_precision == "on" else "float32"
         lines = [
-            f"mode: {c.mode} | backbone: {c.backbone} ({c.weights or 'random'} weights) | image size: {c.image_size} px",
-            f"Keras backend: {e['backend']} | hardware: {hardware} | dtype policy: {self.precision}",
+            f"mode: {c.mode} | backbone: {c.backbone} ({c.weights or 'random'} weights) | image size: {c.image_size} px"
+            f" | {c.n_folds}-fold cross-validation | fine-tuning: {c.finetune_epochs} epochs at most",
+            f"Keras backend: {e['backend']} | hardware: {hardware} | dtype policy: {precision} | batch size: "
+            f"{c.batch_size}",
+            *[f"note: {n}" for n in self.design_notes()],
             f"versions: {versions}",
             f"outputs: {self.out.as_posix()}/",
             f"wall time: {_minutes(wall)}" if wall is not None else "wall time: (running; filled in by the last cell)",
@@ -46,13 +87,13 @@ class RunLog:
     def _display(self, text: str, update: bool) -> None:
         try:
             from IPython.display import Pretty, display, update_display
-
-            if update:
-                update_display(Pretty(text), display_id=HEADER_ID)
-                return
-            display(Pretty(text), display_id=HEADER_ID)
         except ImportError:
             print(text)
+            return
+        if update:
+            update_display(Pretty(text), display_id=HEADER_ID)
+        else:
+            display(Pretty(text), display_id=HEADER_ID)
 
     def path(self, name: str) -> Path:
         """A path inside this run's output folder."""
@@ -64,66 +105,47 @@ class RunLog:
         folder = Path(os.environ.get("CXR_FIGURES_DIR") or self.out / "figures")
         return folder / name
 
-    def save(self, fig: Any, name: str) -> None:
-        """Save a figure under `figure(name)`, atomically; shows nothing."""
-        from cxr.plots import save_figure
+    def show(self, fig: Any, name: str) -> Path:
+        """Display `fig` inline (Jupyter, papermill and the saved notebook alike: one PNG output) and save the
+        same PNG under `figure(name)`, atomically; the figure is then closed (so it is shown once)."""
+        import matplotlib.pyplot as plt
 
-        save_figure(fig, self.figure(name))
+        from cxr.io import atomic_write_bytes
+        from cxr.plots import png_bytes
 
-    def training(self, result: Any) -> None:
-        """One line per stage (epochs run, the best epoch by validation log-loss, its AUROC, seconds) and the kept
-        stage. The run record (configuration, versions, history, selection, timings) is `<run>/<task>_run.json`,
-        written by `pipeline.run_task`."""
-        for _, r in result.selection.iterrows():
-            print(f"{result.task} / {r['stage']}: {int(r['epochs'])} epochs, best epoch {int(r['best_epoch'])} "
-                  f"(val log-loss {r['val_loss']:.4f}, val AUROC {r['val_auroc']:.4f}), "
-                  f"{result.seconds.get(r['stage'], 0.0):.0f} s")
-        balance = f"; class imbalance: {result.balance}" if getattr(result, "balance", None) else ""
-        features = (f"backbone features computed once in {result.seconds['features']:.0f} s; "
-                    if "features" in result.seconds else "")
-        print(f"{features}kept stage: {result.kept_stage} (lower best validation log-loss){balance}")
+        data = png_bytes(fig)
+        plt.close(fig)
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, display
 
-    def conclusions(self, doc: dict[str, Any], audit: pd.DataFrame | None = None, sanity: pd.DataFrame | None = None,
-                    faith: Any = None) -> None:
-        """The headline numbers, what the calibration and the Grad-CAM checks showed, and how often the test split
-        was scored, written from the results (never typed by hand)."""
-        from IPython.display import Markdown, display
-
-        from cxr import evaluate, explain
-
-        lines = []
-        for task, t in doc["tasks"].items():
-            m = t["at_threshold"]
-            stage = {"finetune": "fine-tuned backbone", "head": "head on frozen features"}.get(t.get("kept_stage"),
-                                                                                             None)
-            lines.append(
-                f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, n = {t['n']}"
-                + (f" images of {t['n_patients']} patients" if t.get("n_patients") else "")
-                + f"; threshold {t['threshold']:.3f} from validation" + (f"; kept: {stage}" if stage else "") + "): "
-                + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
-                            for k in ("auroc", "accuracy", "sensitivity", "specificity"))
-                + (" (95% patient-level intervals)." if t.get("n_patients") else ".")
-            )
-            if t.get("calibration"):
-                lines.append("  " + evaluate.describe_calibration(t["calibration"]))
-        if doc.get("test_ledger"):
-            lines.append("* " + doc["test_ledger"]["description"])
-        if sanity is not None and len(sanity):
-            lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
-        if faith is not None:
-            lines.append("* Grad-CAM faithfulness: " + explain.describe_faithfulness(faith).replace("\n", " "))
-        if audit is not None and len(audit):
-            lines.append("* Grad-CAM shortcut audit: " + explain.describe_audit(audit))
-        display(Markdown("\n".join(lines)))
+            if get_ipython() is not None:
+                display(Image(data=data, format="png"))
+        except ImportError:
+            pass
+        return atomic_write_bytes(self.figure(name), data)
 
     def finish(self) -> None:
-        """Print the wall time and write it into the first cell's output; save the run summary."""
-        wall = time.perf_counter() - self.start
-        self._display(self._header(wall), update=True)
-        atomic_write_text(self.out / "run_env.json",
-                          json.dumps({"environment": self.env, "wall_seconds": wall, "config": self.config.to_dict()}, indent=2))
-        self.wall = wall
-        print(f"wall time: {_minutes(wall)}")
+        """Write the wall time into the first cell's output and save the run summary (run_env.json)."""
+        self.wall = time.perf_counter() - self.start
+        self._display(self._header(self.wall), update=True)
+        write_json(self.out / "run_env.json", {"environment": self.env, "wall_seconds": self.wall,
+                                               "config": self.config.to_dict()})
+        print(f"wall time: {_minutes(self.wall)}")
+
+
+def describe_test_access(run_dir: Path) -> str:
+    """One sentence: how often this run scored the test split, and the development history (doc/test_access.json)."""
+    from cxr.evaluate import ledger
+
+    n = ledger.count_test_accesses(run_dir / ledger.LEDGER_NAME)
+    text = (f"test split: scored {n} time(s) so far by this run (each scoring is a line of "
+            f"{ledger.LEDGER_NAME}; the study scores it once per task and once for the trivial baseline)")
+    if TEST_ACCESS.is_file():
+        history = json.loads(TEST_ACCESS.read_text())
+        text += (f"; during development it was scored {history['development_scorings']} time(s) in all "
+                 f"({history['summary']}; doc/test_access.json)")
+    return text
 
 
 def _minutes(seconds: float | None) -> str:
@@ -132,46 +154,87 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def run_notebook(mode: str = "full", in_place: bool = False, source: str | None = None,
-                 notebook: str | Path = REPO / "notebook.ipynb", output_dir: str | Path | None = None,
-                 settings: dict[str, Any] | None = None) -> int:
+def read_out(text: str) -> None:
+    """A reading of a figure or a table for the notebook's reader: shown as Markdown under it."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    print(text)
+
+
+def table(frame: pd.DataFrame, digits: int = 3) -> Any:
+    """A table for the notebook, floats at `digits` decimals, every column shown in full."""
+    with pd.option_context("display.max_colwidth", None, "display.width", 250):
+        return frame.style.format(precision=digits, na_rep="") if hasattr(frame, "style") else frame
+
+
+@contextlib.contextmanager
+def _quiet_papermill():
+    """Papermill and the kernel machinery without the lines a newcomer reads as failures: the kernel client's
+    warning about TCP without encryption (a local kernel), papermill's notes on parameters it cannot type, and
+    asyncio's "Task was destroyed but it is pending" at shutdown. Real errors still surface (the notebook's
+    stopping cell is reported as an error)."""
+    names = ("papermill", "papermill.translators", "traitlets", "asyncio", "jupyter_client")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without encryption.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            yield
+        finally:
+            for n, level in saved.items():
+                logging.getLogger(n).setLevel(level)
+
+
+def run_notebook(mode: str = "full", in_place: bool = False, settings: dict[str, Any] | None = None,
+                 notebook: str | Path = REPO / "notebook.ipynb") -> int:
     """Execute the notebook headless with papermill and print the headline metrics.
 
-    The run's outputs go to the run folder (`Config.run_dir`: `output_dir`, else runs/<mode>/), and the executed
-    copy with them as `notebook.ipynb`; with `in_place` the executed notebook replaces `notebook.ipynb` instead.
-    `settings`: more Config fields (the CLI's `--set`), passed to the notebook's SETTINGS parameter.
+    `settings`: Config fields (the CLI's `--set`, `--source`, `--run`), passed to the notebook's SETTINGS
+    parameter; the run's outputs go to its run folder (`Config.run_dir`: `output_dir`, else runs/<mode>/), and the
+    executed copy with them as `notebook.ipynb`; with `in_place` the executed notebook replaces `notebook.ipynb`.
     """
     import papermill as pm
 
-    from cxr import progress
+    from cxr import UserError, progress
     from cxr.data import resolve_source
 
     settings = dict(settings or {})
-    output_dir = settings.pop("output_dir", None) or output_dir
-    out_dir = Config.preset(mode, output_dir=str(output_dir) if output_dir else None, **settings).run_dir
-    target = Path(notebook) if in_place else REPO / out_dir / "notebook.ipynb"
-    resolved = resolve_source(source, Path(REPO / "data"))  # a bad source stops here, before any folder is made
+    config = Config.preset(mode, **settings)
+    out_dir = config.run_dir
+    if not out_dir.is_absolute():
+        out_dir = Path(os.path.relpath(REPO / out_dir))
+    target = Path(notebook) if in_place else out_dir / "notebook.ipynb"
+    resolved = resolve_source(config.source, Path(config.data_dir))  # a bad source stops here, before any folder
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"data: {os.path.relpath(resolved)}")
-    params = {"MODE": mode, "OUTPUT_DIR": out_dir.as_posix(), "SOURCE": source, "SETTINGS": settings}
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    print(f"data: {_relative(resolved)}")
+    params = {"MODE": mode, "SETTINGS": {**settings, "output_dir": out_dir.as_posix()}}
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are displayed explicitly (RunLog.show), never twice
     show_cells = progress.enabled()  # papermill's own bar of cells, in this terminal only
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
     os.environ["CXR_PROGRESS"] = "0"  # cxr.progress: off in the kernel too (it inherits the environment)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the debugger's frozen-modules note
     if in_place:  # the run behind the committed notebook also refreshes the README's figures
-        os.environ["CXR_FIGURES_DIR"] = os.path.relpath(REPO / "doc" / "figures", REPO)
+        os.environ["CXR_FIGURES_DIR"] = os.path.relpath(REPO / "doc" / "figures")
     # relative paths: papermill records them in the notebook's metadata, which must show no local absolute path
     try:
-        pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
-                            cwd=os.path.relpath(REPO), progress_bar=show_cells, log_output=False)
+        with _quiet_papermill():
+            pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
+                                cwd=os.path.relpath(REPO), progress_bar=show_cells, log_output=False)
     except pm.PapermillExecutionError as error:  # one line: where it stopped and why; the details are in the copy
-        from cxr import UserError
-
         value = " ".join(str(error.evalue).split())[:300]
         raise UserError(f"the notebook stopped in cell {error.exec_count}: {error.ename}: {value} "
                         f"(the executed copy with the traceback: {os.path.relpath(target)})") from None
-    metrics = REPO / out_dir / "metrics.json"
-    print(f"executed notebook: {target.relative_to(REPO) if target.is_relative_to(REPO) else target}")
+    metrics = out_dir / "metrics.json"
+    print(f"executed notebook: {_relative(target)}")
     if metrics.is_file():
         from cxr.evaluate import results_table
 
@@ -180,3 +243,89 @@ def run_notebook(mode: str = "full", in_place: bool = False, source: str | None 
         print("\nThis ran on the small bundled sample. For the full dataset, set up Kaggle credentials "
               "(see README, 'Getting the data') or download the archive and set CXR_DATA=/path/to/archive.zip.")
     return 0
+
+
+def describe_protocol(config: Config) -> str:
+    """The protocol's fixed choices, read off the run's Config (so the text cannot drift from what ran)."""
+    c = config
+    aug = [f"affine (rotation +-{c.aug_rotation:g} deg, scale +-{c.aug_scale:.0%}, shift +-{c.aug_shift:.0%}, "
+           f"shear +-{c.aug_shear:g} deg)",
+           f"intensity (contrast +-{c.aug_contrast:.0%}, brightness +-{c.aug_brightness:.0%}, gamma "
+           f"+-{c.aug_gamma:.0%}, noise {c.aug_noise:g} grey levels)"]
+    if c.aug_resample:
+        aug.append(f"the resampling path with probability {c.aug_resample:g}")
+    if c.aug_border:
+        aug.append(f"border masking up to {c.aug_border:.0%} per side")
+    tuned = ", ".join(c.finetune_tasks) or "no task"
+    rule = {"sensitivity": f"the highest threshold whose out-of-fold sensitivity reaches {c.target_sensitivity:.2f}",
+            "plateau": f"the middle of the thresholds whose Youden J is within {c.threshold_tolerance} of the best",
+            "youden": "the maximum of Youden's J", "calibrated": "0.5 after calibration"}[c.threshold_policy]
+    return (f"**Recipe**: {c.backbone} ({c.weights or 'random'} weights) at {c.image_size} px; {c.n_folds}-fold "
+            f"cross-validation of the training children (folds seeded by split_seed {c.split_seed}); per fold a head "
+            f"on frozen features (at most {c.head_epochs} epochs) then the whole backbone fine-tuned (at most "
+            f"{c.finetune_epochs} epochs, lr {c.finetune_lr:g}, layer decay {c.layer_decay:g}, weight decay "
+            f"{c.weight_decay:g}) for {tuned}; augmentation: {'; '.join(aug)}. **Choices on the pooled out-of-fold "
+            f"predictions**: class balance ({c.class_balance}), each stage's epoch and the kept stage by log-loss; "
+            f"{c.calibration} calibration; the operating point is {rule} (a screening aid must not miss "
+            f"pneumonia). **Final model**: the ensemble of the {c.n_folds} fold models (mean probability). "
+            f"**Test**: scored once per task and once for the trivial baseline; {c.ci_level:.0%} patient-level "
+            f"intervals from {c.n_bootstrap} bootstrap resamples, and the interval that re-chooses the threshold.")
+
+
+def describe_training(outcome: Any) -> str:
+    """What cross-validation chose for a task, in words from its numbers."""
+    from cxr.evaluate import threshold as thresholds
+
+    r = outcome.result
+    sel = r.selection.set_index("stage")
+    head = sel.loc["head"]
+    text = (f"**{outcome.task}**: {r.n_folds} folds over {len(r.oof):,} training images. Head stage: class balance "
+            f"{r.balance!r}, epoch {int(head['best_epoch'])} (pooled OOF log-loss {head['oof_loss']:.4f}, AUROC "
+            f"{head['oof_auroc']:.4f}). ")
+    if "finetune" in sel.index:
+        ft = sel.loc["finetune"]
+        text += (f"Fine-tuning: epoch {int(ft['best_epoch'])} of {int(ft['epochs'])} (OOF log-loss "
+                 f"{ft['oof_loss']:.4f}, AUROC {ft['oof_auroc']:.4f}). ")
+    else:
+        text += "The backbone was not fine-tuned for this task (finetune_tasks). "
+    kept = {"finetune": "the fine-tuned backbone", "head": "the head on frozen features"}[r.kept_stage]
+    sens = float((outcome.oof.p[outcome.oof.y == 1] >= outcome.threshold).mean())
+    spec = float((outcome.oof.p[outcome.oof.y == 0] < outcome.threshold).mean())
+    seconds = ", ".join(f"{k} {v / 60:.1f} min" for k, v in r.seconds.items())
+    return text + (f"Kept: {kept}. Threshold {outcome.threshold:.3f} ({outcome.report['operating_point']['policy']}"
+                   f"), where the OOF sensitivity is {sens:.3f} and specificity {spec:.3f}. Time: {seconds}.")
+
+
+def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: Any = None,
+                audit: pd.DataFrame | None = None) -> str:
+    """The headline numbers, what the calibration, the baseline and the Grad-CAM checks showed, and how often the
+    test split was scored, written from the results (never typed by hand)."""
+    from cxr import evaluate, explain
+
+    lines = []
+    for task, t in doc["tasks"].items():
+        m = t["at_threshold"]
+        stage = {"finetune": "fine-tuned backbone", "head": "head on frozen features"}.get(
+            t.get("selection", {}).get("kept_stage"))
+        lines.append(f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, n = {t['n']} images"
+                     + (f" of {t['n_patients']} children" if t.get("n_patients") else "")
+                     + f"; threshold {t['threshold']:.3f} from the out-of-fold predictions"
+                     + (f"; ensemble of {stage}s" if stage else "") + "): "
+                     + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
+                                 for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                     + " (95% patient-level intervals).")
+        if t.get("calibration"):
+            lines.append("  " + evaluate.describe_calibration(t["calibration"]))
+    base = doc.get("baseline")
+    if base and base.get("test"):
+        lines.append(f"* **Trivial baseline** (six image statistics): out-of-fold AUROC {base['oof_auroc']:.3f}, test "
+                     f"AUROC {evaluate.fmt(base['test']['at_threshold']['auroc'])}.")
+    if doc.get("test_ledger"):
+        lines.append("* " + doc["test_ledger"]["description"])
+    if sanity is not None and len(sanity):
+        lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
+    if faith is not None:
+        lines.append("* Grad-CAM faithfulness: " + explain.describe_faithfulness(faith).replace("\n", " "))
+    if audit is not None and len(audit):
+        lines.append("* Grad-CAM shortcut audit: " + explain.describe_audit(audit))
+    return "\n".join(lines)

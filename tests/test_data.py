@@ -227,7 +227,8 @@ def test_index_columns_and_values(indexed):
     assert set(index["official_split"]) == {"train", "val", "test"}
     assert set(index["label"]) == {"NORMAL", "PNEUMONIA"}
     by_path = index.set_index("path")
-    assert by_path.loc["train/PNEUMONIA/person1_virus_900.jpeg", "patient_id"] == "person1"
+    assert by_path.loc["train/PNEUMONIA/person1_virus_900.jpeg", "patient_id"] == "person1_virus"
+    assert by_path.loc["train/PNEUMONIA/person1_bacteria_1.jpeg", "patient_id"] == "person1_bacteria"
     assert by_path.loc["train/PNEUMONIA/person1_virus_900.jpeg", "subtype"] == "virus"
     assert by_path.loc["train/PNEUMONIA/person3_bacteria_6.jpeg", "subtype"] == "bacteria"
     assert by_path.loc["train/NORMAL/NORMAL2-IM-0500-0002.jpeg", "patient_id"] == "NORMAL2-IM-0500"
@@ -240,6 +241,7 @@ def test_index_columns_and_values(indexed):
     assert by_path.loc["train/NORMAL/IM-0701-0001.png", "mode"].startswith("I")  # 16-bit kept
     assert by_path.loc["train/NORMAL/IM-0702-0001.jpeg", "mode"] == "CMYK"
     assert index["sha1"].str.fullmatch(r"[0-9a-f]{40}").all()
+    assert index["phash"].str.fullmatch(r"[0-9a-f]{64}").all()
     assert not index["path"].str.contains("chest_xray|__MACOSX|DS_Store").any()
 
 
@@ -269,36 +271,37 @@ def test_count_check_reports_differences(indexed):
 
 def test_split_invariants(indexed):
     index, _ = indexed
-    split = data.split_by_patient(index, val_fraction=0.25, seed=0)
-    assert set(split["split"]) == {"train", "val", "test"}
+    split = data.split_by_patient(index, n_folds=3, seed=0)
+    assert set(split["split"]) == {"train", "test"}
     assert len(split) == len(index)
-    # the official test is untouched, and nothing else is in it
-    assert set(split.loc[split["split"] == "test", "path"]) == set(index.loc[index["official_split"] == "test", "path"])
-    # no patient in train and val, no sha1 in two splits
+    # the official test is untouched, and nothing else is in it; the training children (train + val) are in folds
+    test = split["split"] == "test"
+    assert set(split.loc[test, "path"]) == set(index.loc[index["official_split"] == "test", "path"])
+    assert split.loc[test, "fold"].eq(-1).all() and set(split.loc[~test, "fold"]) == {0, 1, 2}
+    assert set(split.loc[~test, "official_split"]) == {"train", "val"}
+    # no child and no sha1 in two folds
     for column in ("patient_id", "sha1"):
-        assert split[split["split"] != "test"].groupby(column)["split"].nunique().max() == 1
+        assert split[~test].groupby(column)["fold"].nunique().max() == 1
     assert split.groupby("sha1")["split"].nunique().max() == 1
-    # person1 (bacteria + virus) in one split; the byte-identical pair person40/person41 in one split
-    assert split.loc[split["patient_id"] == "person1", "split"].nunique() == 1
-    pair = split[split["patient_id"].isin(["person40", "person41"])]
-    assert len(pair) == 2 and pair["split"].nunique() == 1
-    # roughly stratified: both labels in val, about a quarter of the pool in val
-    val = split[split["split"] == "val"]
-    assert set(val["label"]) == {"NORMAL", "PNEUMONIA"}
-    pool = split[split["split"] != "test"]
-    assert 0.1 < len(val) / len(pool) < 0.4
-    assert abs(val["label"].eq("NORMAL").mean() - pool["label"].eq("NORMAL").mean()) < 0.2
+    # the byte-identical pair person40/person41 (two "children") in one fold
+    pair = split[split["patient_id"].isin(["person40_bacteria", "person41_bacteria"])]
+    assert len(pair) == 2 and pair["fold"].nunique() == 1
+    # roughly stratified: both labels in every fold, each fold about a third of the pool
+    pool = split[~test]
+    for fold, rows in pool.groupby("fold"):
+        assert set(rows["label"]) == {"NORMAL", "PNEUMONIA"}, fold
+        assert 0.2 < len(rows) / len(pool) < 0.47
     data.check_no_leakage(split)
 
 
 def test_split_is_deterministic_whatever_the_row_order(indexed):
     index, _ = indexed
-    reference = data.split_by_patient(index, 0.25, seed=3).set_index("path")["split"]
+    reference = data.split_by_patient(index, 3, seed=3).set_index("path")["fold"]
     for shuffle_seed in range(3):
         shuffled = index.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)
-        again = data.split_by_patient(shuffled, 0.25, seed=3).set_index("path")["split"]
+        again = data.split_by_patient(shuffled, 3, seed=3).set_index("path")["fold"]
         pd.testing.assert_series_equal(again, reference)
-    others = [data.split_by_patient(index, 0.25, seed=s).set_index("path")["split"] for s in (4, 5)]
+    others = [data.split_by_patient(index, 3, seed=s).set_index("path")["fold"] for s in (4, 5)]
     assert any(not other.equals(reference) for other in others)  # the seed matters
 
 
@@ -308,37 +311,82 @@ def test_split_excludes_training_copies_of_test_images_and_keeps_their_rows(inde
     train_rows = index.index[index["official_split"] == "train"][:1]
     leaky = index.copy()
     leaky.loc[train_rows, "sha1"] = test_row["sha1"]
-    split = data.split_by_patient(leaky, 0.25, seed=0)
+    split = data.split_by_patient(leaky, 3, seed=0)
     assert "1 training images are byte-identical to official test images; excluded" in capsys.readouterr().out
     assert len(split) == len(index)  # the inventory keeps the row ...
     excluded = split[split["split"] == "excluded"]
     assert list(excluded["path"]) == [index.loc[train_rows[0], "path"]]  # ... as excluded, with its reason
     assert list(excluded["excluded_reason"]) == ["byte-identical to an official test image"]
+    assert excluded["fold"].eq(-1).all()
     assert split.loc[split["split"] != "excluded", "excluded_reason"].eq("").all()
     kept_rows = split[split["split"] != "excluded"]
     assert kept_rows.groupby("sha1")["split"].nunique().max() == 1
     data.check_no_leakage(split)  # excluded rows are ignored by the check
     leaked = index.copy()
     leaked.loc[train_rows, "patient_id"] = test_row["patient_id"]
-    dropped = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=True)
+    dropped = data.split_by_patient(leaked, 3, seed=0, drop_test_patients=True)
     assert "also appears in the official test" in capsys.readouterr().out  # reported, with the count
     assert len(dropped) == len(index) and dropped["split"].eq("excluded").sum() == 1
     assert dropped.loc[dropped["split"] == "excluded", "excluded_reason"].iloc[0] == "patient id also in the official test"
-    assert not set(dropped.loc[dropped["split"].isin(["train", "val"]), "patient_id"]) & {test_row["patient_id"]}
+    assert not set(dropped.loc[dropped["split"] == "train", "patient_id"]) & {test_row["patient_id"]}
     data.check_no_leakage(dropped, patients_vs_test=True)
     assert "excluded by the split" in data.exclusion_summary(dropped) and "1 images" in data.exclusion_summary(dropped)
     summary = data.split_summary(dropped)
-    assert list(summary.index) == ["train", "val", "test"]  # no "excluded" row
+    assert list(summary.index) == ["train", "test"]  # no "excluded" row
     assert summary[("images", "total")].sum() == len(index) - 1
     assert data.split_summary(dropped, by="official_split")[("images", "total")].sum() == len(index)  # what was found
-    kept = data.split_by_patient(leaked, 0.25, seed=0, drop_test_patients=False)
+    assert data.split_summary(dropped, by="fold")[("images", "total")].sum() == (dropped["split"] == "train").sum()
+    kept = data.split_by_patient(leaked, 3, seed=0, drop_test_patients=False)
     assert len(kept) == len(index) and not kept["split"].eq("excluded").any() and "kept" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="patient_id"):
         data.check_no_leakage(kept, patients_vs_test=True)
-    bad = data.split_by_patient(index, 0.25, seed=0)
+    bad = data.split_by_patient(index, 3, seed=0)
     bad.loc[bad.index[bad["split"] == "train"][:1], "sha1"] = bad.loc[bad["split"] == "test", "sha1"].iloc[0]
     with pytest.raises(AssertionError, match="sha1"):
         data.check_no_leakage(bad)
+    across = data.split_by_patient(index, 3, seed=0)
+    train = across.index[across["split"] == "train"]
+    other = train[across.loc[train, "fold"] != across.loc[train[0], "fold"]][0]
+    across.loc[other, "patient_id"] = across.loc[train[0], "patient_id"]  # one child in two folds
+    with pytest.raises(AssertionError, match="patient_id"):
+        data.check_no_leakage(across)
+
+
+def test_near_duplicates_are_grouped_and_copies_of_test_images_excluded(tree, indexed, capsys):
+    """A re-compressed copy of a test image in training is excluded; a brightened, re-compressed copy of a
+    training image lands in its original's fold; unrelated images are not paired."""
+    from cxr.data import audit
+
+    index, _ = indexed
+    base = index.copy()
+    assert audit.near_duplicate_pairs(base, 30)["byte_identical"].all()  # only the byte-identical pair
+    test_path = base.loc[base["official_split"] == "test", "path"].iloc[0]
+    train_path = base.loc[base["official_split"] == "train", "path"].iloc[5]
+    other_path = base.loc[base["label"].eq("PNEUMONIA") & base["official_split"].eq("train"), "path"].iloc[-1]
+
+    def hash_of(path: str, change) -> str:
+        pixels = np.asarray(Image.open(tree / "chest_xray" / path).convert("L"))
+        return audit.perceptual_hash(Image.open(io.BytesIO(jpeg_bytes(change(pixels), quality=90))))
+
+    near = base.copy()
+    near.loc[near["path"] == other_path, "phash"] = hash_of(test_path, lambda a: a)  # a re-compressed test image
+    shifted_path = base.loc[base["label"].eq("NORMAL") & base["official_split"].eq("train"), "path"].iloc[-3]
+    near.loc[near["path"] == shifted_path, "phash"] = hash_of(train_path, lambda a: np.clip(a.astype(int) + 6, 0, 255)
+                                                              .astype(np.uint8))  # brighter and re-compressed
+    pairs = audit.near_duplicate_pairs(near, 30)
+    found = {frozenset((a, b)) for a, b in zip(pairs["path_a"], pairs["path_b"])}
+    assert frozenset((other_path, test_path)) in found and frozenset((shifted_path, train_path)) in found
+    split = data.split_by_patient(near, 3, seed=0, near=pairs).set_index("path")
+    assert "near duplicates of official test images; excluded" in capsys.readouterr().out
+    assert split.loc[other_path, "split"] == "excluded"
+    assert split.loc[other_path, "excluded_reason"] == "near duplicate of an official test image"
+    assert split.loc[shifted_path, "fold"] == split.loc[train_path, "fold"]
+    data.check_no_leakage(split.reset_index(), near=pairs)
+    moved = split.reset_index()
+    row = moved.index[moved["path"] == shifted_path][0]
+    moved.loc[row, "fold"] = (moved.loc[row, "fold"] + 1) % 3
+    with pytest.raises(AssertionError, match="near-duplicate"):
+        data.check_no_leakage(moved, near=pairs)
 
 
 def test_cap_per_class_takes_whole_patients_deterministically(indexed):
@@ -352,7 +400,7 @@ def test_cap_per_class_takes_whole_patients_deterministically(indexed):
         assert len(group) == len(full)  # whole patients
     shuffled = index.sample(frac=1.0, random_state=0)
     pd.testing.assert_frame_equal(data.cap_per_class(shuffled, 6, seed=1), capped)
-    assert data.cap_per_class(index, None) is index
+    assert data.cap_per_class(index, None, seed=1) is index
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,7 +531,9 @@ def test_parallel_cache_equals_serial(tmp_path, monkeypatch, start_method):
     if start_method == "spawn":  # what runs when TensorFlow/JAX/torch is already imported
         import multiprocessing
 
-        monkeypatch.setattr(data.index, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+        from cxr.data import parallel
+
+        monkeypatch.setattr(parallel, "_mp_context", lambda: multiprocessing.get_context("spawn"))
     root = tmp_path / "many"
     for i in range(140):
         write(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.jpeg", jpeg_bytes(xray(i, 80, 60)))
@@ -502,7 +552,7 @@ def test_parallel_cache_equals_serial(tmp_path, monkeypatch, start_method):
 
 def test_prepare_on_a_kaggle_style_zip(tree, tmp_path, capsys):
     archive = zip_folder(tree, tmp_path / "archive.zip")
-    config = Config(source=str(archive), data_dir=str(tmp_path / "data"), image_size=32, val_fraction=0.25,
+    config = Config(source=str(archive), data_dir=str(tmp_path / "data"), image_size=32, n_folds=2,
                     max_per_class=12)
     prepared = data.prepare(config, workers=1)
     out = capsys.readouterr().out
@@ -510,8 +560,8 @@ def test_prepare_on_a_kaggle_style_zip(tree, tmp_path, capsys):
     index = prepared.index
     assert prepared.images.shape == (len(index), 32, 32)
     assert index.groupby(["official_split", "label"]).size().max() <= 12
-    assert set(index["split"]) == {"train", "val", "test"}
-    data.check_no_leakage(index)
+    assert set(index["split"]) == {"train", "test"} and set(index.loc[index["split"] == "train", "fold"]) == {0, 1}
+    data.check_no_leakage(index, near=prepared.near_duplicates)
     saved = pd.read_csv(tmp_path / "data" / "index.csv", dtype=str, keep_default_na=False)
     # index.csv: every readable image; the ones over the smoke cap are excluded with their reason
     assert len(saved) == len(data.build_index(prepared.root, workers=1)[0])
@@ -529,21 +579,10 @@ def test_prepare_on_a_kaggle_style_zip(tree, tmp_path, capsys):
     again = data.prepare(config, workers=1, verbose=False)  # everything reused
     pd.testing.assert_frame_equal(again.index, index)
     np.testing.assert_array_equal(again.images, prepared.images)
-
-
-def test_index_cli(tree, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "index.csv"
-    assert data.index_cli([str(tree), "--out", str(out), "--workers", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "train/NORMAL/notes.txt: not an image" in printed and "8 files skipped" in printed
-    index = pd.read_csv(out)
-    assert {"split", "sha1", "patient_id", "excluded_reason"} <= set(index.columns)
-    assert len(index) == len(data.build_index(tree / "chest_xray", workers=1)[0])  # every readable image
-    assert len(pd.read_csv(tmp_path / "index-skipped.csv")) == len(EXPECTED_SKIPS)
-    assert data.index_cli([str(tmp_path / "missing.zip"), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "does not exist" in err and len(err.strip().splitlines()) == 1
+    refolded = data.prepare(config.replace(seed=7), workers=1, verbose=False)  # the training seed: same folds
+    pd.testing.assert_frame_equal(refolded.index, index)
+    other = data.prepare(config.replace(split_seed=7), workers=1, verbose=False)  # the split seed: other folds
+    assert not other.index["fold"].equals(index["fold"])
 
 
 def test_bundled_sample(tmp_path):
@@ -556,8 +595,8 @@ def test_bundled_sample(tmp_path):
                       ("train", "bacteria"): 20, ("train", "normal"): 40, ("train", "virus"): 20}
     assert not set(index.loc[index["official_split"] == "test", "patient_id"]) & set(
         index.loc[index["official_split"] == "train", "patient_id"])
-    split = data.split_by_patient(data.cap_per_class(index, 24), 0.15, 42)
-    assert (split["split"] == "val").sum() > 0 and not split["split"].eq("excluded").any()
+    split = data.split_by_patient(data.cap_per_class(index, 24, seed=42), 2, 42)
+    assert split.loc[split["split"] == "train", "fold"].nunique() == 2 and not split["split"].eq("excluded").any()
     assert index[["width", "height"]].eq(224).all().all()
 
 
@@ -577,20 +616,24 @@ def test_shared_zip_index_and_split(shared_data, tmp_path):
     assert set(skipped["path"]) == {"train/.DS_Store", "test/.DS_Store"}
     duplicated = index[index["sha1"].duplicated(keep=False)]
     assert duplicated["sha1"].nunique() >= 20  # the byte-identical groups the README mentions
-    split = data.split_by_patient(index, 0.15, 42, drop_test_patients=True)
-    data.check_no_leakage(split, patients_vs_test=True)
-    assert len(split) == 5840 and split["split"].value_counts().to_dict() == {"train": 4079, "excluded": 457,
-                                                                              "val": 680, "test": 624}
-    assert split.loc[split["split"] == "excluded", "official_split"].eq("train").all()
+    # children: pneumonia numbers are counted per subtype, so no training child is also a test child
+    evidence = data.audit.patient_id_evidence(index)
+    assert evidence["train_in_test_same_subtype"] == {"bacteria": 0, "virus": 0}
+    assert evidence["train_in_test_other_subtype"] == {"bacteria_to_virus": 107, "virus_to_bacteria": 63}
+    assert evidence["train_bacteria_virus_coincidences"] == 808
+    assert 700 < evidence["chance_uniform"] < 820 and 700 < evidence["chance_by_density"] < 900
+    near = data.audit.near_duplicate_pairs(index, Config().near_duplicate_bits)
+    summary = data.audit.near_duplicate_summary(index, near, Config().near_duplicate_bits)
+    assert summary["near_pairs"] == 0 and summary["byte_identical_pairs"] == len(near) >= 30
+    assert summary["closest_distinct_distance"] > Config().near_duplicate_bits
+    split = data.split_by_patient(index, 4, 42, drop_test_patients=True, near=near)
+    data.check_no_leakage(split, patients_vs_test=True, near=near)
+    assert len(split) == 5840 and split["split"].value_counts().to_dict() == {"train": 5216, "test": 624}
+    folds = split.loc[split["split"] == "train", "fold"].value_counts()
+    assert len(folds) == 4 and folds.max() - folds.min() < 60
+    share = split[split["split"] == "train"].groupby("fold")["label"].apply(lambda s: s.eq("PNEUMONIA").mean())
+    assert share.max() - share.min() < 0.02
     assert data.check_counts(split) == data.check_counts(index)  # the count check is about what was found
-    assert not any("PNEUMONIA: 3418" in line for line in data.check_counts(split))  # no "-457" false alarm
-    split = data.split_by_patient(index, 0.15, 42)
-    data.check_no_leakage(split)
-    assert (split["split"] == "test").sum() == 624
-    share = (split["split"] == "val").sum() / (split["split"] != "test").sum()
-    assert 0.10 < share < 0.20
-    by_label = split[split["split"] != "test"].groupby("split")["label"].apply(lambda s: s.eq("PNEUMONIA").mean())
-    assert abs(by_label["train"] - by_label["val"]) < 0.03
 
 
 def test_shared_raw_originals_match_the_224_copies(shared_data):
@@ -608,17 +651,21 @@ def test_shared_raw_originals_match_the_224_copies(shared_data):
             assert r > 0.97, (path.name, r)
 
 
-def test_prepared_rows_labels_and_batch():
+def test_prepared_rows_folds_labels_and_batch():
     index = pd.DataFrame({
-        "split": ["train", "train", "val", "test", "train", "val", "test"],
+        "split": ["train", "train", "train", "test", "train", "train", "test"],
+        "fold": [0, 1, 0, -1, 1, 0, -1],
         "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA", "NORMAL", "NORMAL"],
         "subtype": ["normal", "virus", "bacteria", "virus", "bacteria", "normal", "normal"],
+        "patient_id": ["a", "b", "c", "d", "e", "a", "f"],
     })
     images = np.arange(7 * 2 * 2, dtype=np.uint8).reshape(7, 2, 2)
     prepared = data.Prepared(index=index, skipped=pd.DataFrame(), images=images, root=Path("."), source=Path("."))
-    np.testing.assert_array_equal(prepared.rows("train"), [0, 1, 4])
-    np.testing.assert_array_equal(prepared.rows("train", "subtype"), [1, 4])  # pneumonia rows only
+    np.testing.assert_array_equal(prepared.rows("train"), [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(prepared.rows("train", "subtype"), [1, 2, 4])  # pneumonia rows only
     np.testing.assert_array_equal(prepared.rows("test", "pneumonia"), [3, 6])
+    np.testing.assert_array_equal(prepared.folds(np.array([0, 1, 3])), [0, 1, -1])
+    np.testing.assert_array_equal(prepared.groups(np.array([5, 6])), ["a", "f"])
     np.testing.assert_array_equal(prepared.labels("pneumonia", np.array([0, 1, 4])), [0, 1, 1])
     np.testing.assert_array_equal(prepared.labels("subtype", np.array([1, 4])), [1, 0])  # virus is positive
     assert prepared.labels("pneumonia", np.array([0])).dtype == np.float32
@@ -628,7 +675,82 @@ def test_prepared_rows_labels_and_batch():
     with pytest.raises(ValueError, match="unknown task"):
         prepared.rows("train", "fracture")
     with pytest.raises(ValueError, match="unknown split"):
-        prepared.rows("training")
+        prepared.rows("val")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Children, near duplicates and the flow (cxr.data.audit)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_patient_id_rule_on_file_names():
+    """Bacterial and viral numbers of the same N are different children; normals keep their file-name id."""
+    pid = data.patient_id
+    assert pid("person5_bacteria_12.jpeg", "PNEUMONIA") == "person5_bacteria"
+    assert pid("person5_virus_13.jpeg", "PNEUMONIA") == "person5_virus"
+    assert pid("person5_bacteria_12.jpeg", "PNEUMONIA") != pid("person5_virus_13.jpeg", "PNEUMONIA")
+    assert pid("person5_bacteria_14.jpeg", "PNEUMONIA") == pid("person5_bacteria_12.jpeg", "PNEUMONIA")
+    assert pid("PERSON7_Virus_1.JPEG", "PNEUMONIA") == "person7_virus"
+    assert pid("IM-0115-0001.jpeg", "NORMAL") == "IM-0115"
+    assert pid("NORMAL2-IM-0102-0002.jpeg", "NORMAL") == "NORMAL2-IM-0102"
+    assert pid("IM-0600-0001-0001.jpeg", "NORMAL") == "IM-0600"
+    assert pid("scan.png", "NORMAL") == "NORMAL/scan"  # no recognised id: one image, one child
+
+
+def test_patient_id_evidence_counts_numbers_per_subtype():
+    rows = [("train", "bacteria", n) for n in (1, 2, 3, 4)] + [("train", "virus", n) for n in (3, 4, 5)]
+    rows += [("test", "virus", 1), ("test", "bacteria", 5), ("test", "bacteria", 9)]
+    index = pd.DataFrame({"official_split": [r[0] for r in rows], "subtype": [r[1] for r in rows],
+                          "path": [f"{r[0]}/PNEUMONIA/person{r[2]}_{r[1]}_{i}.jpeg" for i, r in enumerate(rows)]})
+    e = data.audit.patient_id_evidence(index, bin_width=5)
+    assert e["numbers"] == {"train/bacteria": 4, "train/virus": 3, "test/bacteria": 2, "test/virus": 1}
+    assert e["train_in_test_same_subtype"] == {"bacteria": 0, "virus": 0}
+    assert e["train_in_test_other_subtype"] == {"bacteria_to_virus": 1, "virus_to_bacteria": 1}
+    assert e["train_bacteria_virus_coincidences"] == 2
+    assert e["chance_uniform"] == pytest.approx(4 * 3 / 5)
+    assert "counted per subtype" in data.audit.describe_patient_ids(e)
+
+
+def _smooth(seed: int, size: int = 224) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.normal(128, 50, (12, 12))
+    return np.clip(np.asarray(Image.fromarray(small.astype(np.float32), mode="F").resize((size, size),
+                                                                                      Image.Resampling.BICUBIC)),
+                   0, 255).astype(np.uint8)
+
+
+def test_perceptual_hash_finds_shifted_and_recompressed_copies_not_unrelated_images():
+    from cxr.data import audit
+
+    image = _smooth(1)
+    h = audit.perceptual_hash(Image.fromarray(image))
+    assert len(h) == 64 and int(h, 16) & 1 == 0  # 256 bits, the last always 0
+
+    def distance(other: np.ndarray) -> int:
+        bits = audit.hash_bits([h, audit.perceptual_hash(Image.fromarray(other))])
+        return int(audit.hamming_distances(bits)[0, 1])
+
+    recompressed = np.asarray(Image.open(io.BytesIO(jpeg_bytes(image, quality=30))))
+    limit = Config().near_duplicate_bits
+    assert distance(recompressed) <= limit
+    assert distance(np.roll(image, 2, axis=1)) <= limit
+    assert distance(np.clip(image.astype(int) + 20, 0, 255).astype(np.uint8)) <= limit
+    unrelated = [distance(_smooth(seed)) for seed in range(2, 12)]
+    assert min(unrelated) > 2 * limit, unrelated
+
+
+def test_flow_counts_add_up(indexed):
+    index, skipped = indexed
+    split = data.split_by_patient(index, 3, seed=0)
+    split.loc[split.index[split["split"] == "train"][:2], ["split", "excluded_reason"]] = ["excluded", "a reason"]
+    flow = data.audit.flow_counts(split, skipped).set_index("stage")
+    assert flow.loc["readable images", "images"] == len(index)
+    assert flow.loc["unreadable (skipped)", "images"] == 3  # empty, corrupt, truncated
+    assert flow.loc["files found (image files)", "images"] == len(index) + 3
+    assert flow.loc["excluded: a reason", "images"] == 2
+    end = flow.loc[["training (cross-validated)", "official test"], "images"].sum()
+    assert end + 2 == len(index)
+    assert "3 folds" in flow.loc["training (cross-validated)", "detail"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -654,36 +776,41 @@ def _tiny_index(per_subtype: dict[str, int], test: int = 2) -> pd.DataFrame:
 
 def test_small_pool_is_split_into_fewer_folds_and_says_so(capsys):
     index = _tiny_index({"normal": 3, "bacteria": 3, "virus": 2})
-    split = data.split_by_patient(index, 0.15, 42)  # scikit-learn alone: "n_splits=7 cannot be greater ..."
+    split = data.split_by_patient(index, 5, 42)  # scikit-learn alone: "n_splits=5 cannot be greater ..."
     out = capsys.readouterr().out
-    assert "validation takes 1 of 3 folds (about 33%) instead of 1 of 7 (15%)" in out
-    assert split["split"].eq("val").sum() >= 2 and set(split["split"]) == {"train", "val", "test"}
+    assert "3 cross-validation folds instead of 5" in out
+    assert split.loc[split["split"] == "train", "fold"].nunique() == 3 and set(split["split"]) == {"train", "test"}
     data.check_no_leakage(split)
     usual = _tiny_index({"normal": 20, "bacteria": 12, "virus": 9})
-    data.split_by_patient(usual, 0.15, 42)
-    assert "folds" not in capsys.readouterr().out  # enough images: the usual split, no note
+    data.split_by_patient(usual, 4, 42)
+    assert "folds instead" not in capsys.readouterr().out  # enough images: the usual folds, no note
 
 
 def test_a_pool_that_cannot_be_split_stops_with_the_numbers():
-    with pytest.raises(data.DataUnavailable, match=r"1 image\(s\) of 1 patient\(s\).*at least 2 patients"):
-        data.split_by_patient(_tiny_index({"normal": 1}), 0.15, 42)
+    with pytest.raises(data.DataUnavailable, match=r"1 image\(s\) of 1 child\(ren\).*at least 2 children"):
+        data.split_by_patient(_tiny_index({"normal": 1}), 4, 42)
     with pytest.raises(data.DataUnavailable, match="Too few training images"):
-        data.split_by_patient(_tiny_index({"normal": 1, "virus": 1}), 0.15, 42)
+        data.split_by_patient(_tiny_index({"normal": 1, "virus": 1}), 4, 42)
 
 
 def test_check_trainable_names_the_missing_class():
-    split = data.split_by_patient(_tiny_index({"normal": 4, "bacteria": 4, "virus": 4}), 0.15, 42)
+    split = data.split_by_patient(_tiny_index({"normal": 6, "bacteria": 6, "virus": 6}), 2, 42)
     data.check_trainable(split, ["pneumonia", "subtype"])
-    no_virus = split[~(split["subtype"].eq("virus") & split["split"].eq("val"))]
-    with pytest.raises(data.DataUnavailable, match="Task 'subtype' cannot be trained.*its val split has 0 virus"):
+    no_virus = split[~split["subtype"].eq("virus") | split["fold"].eq(0)]  # viral images of fold 0 only
+    with pytest.raises(data.DataUnavailable, match="Task 'subtype' cannot be trained.*training part of fold 0 has "
+                                                   "0 virus"):
         data.check_trainable(no_virus, ["pneumonia", "subtype"])
     data.check_trainable(no_virus, ["pneumonia"])
+    no_test = split[split["split"].ne("test")]
+    with pytest.raises(data.DataUnavailable, match="no test images"):
+        data.check_trainable(no_test, ["pneumonia"])
 
 
 def test_prepared_rows_ignore_excluded_rows():
-    index = pd.DataFrame({"split": ["train", "excluded", "val", "test"], "label": ["NORMAL", "PNEUMONIA"] * 2,
-                          "subtype": ["normal", "virus", "normal", "bacteria"], "path": list("abcd")})
+    index = pd.DataFrame({"split": ["train", "excluded", "train", "test"], "label": ["NORMAL", "PNEUMONIA"] * 2,
+                          "subtype": ["normal", "virus", "normal", "bacteria"], "path": list("abcd"),
+                          "fold": [0, -1, 1, -1]})
     prepared = data.Prepared(index=index, skipped=pd.DataFrame(), images=np.zeros((4, 2, 2), np.uint8),
                              root=Path("."), source=Path("."))
-    np.testing.assert_array_equal(prepared.rows("train"), [0])
-    assert sum(len(prepared.rows(s)) for s in ("train", "val", "test")) == 3
+    np.testing.assert_array_equal(prepared.rows("train"), [0, 2])
+    assert sum(len(prepared.rows(s)) for s in ("train", "test")) == 3

@@ -28,8 +28,9 @@ from cxr.data import audit
 from cxr.data.images import build_cache, cache_is_valid, load_image, resize, to_grayscale  # noqa: F401
 from cxr.data.index import (INDEX_COLUMNS, KAGGLE_COUNTS, build_index, cached_index, check_counts,  # noqa: F401
                             count_table, patient_id, subtype_of)
-from cxr.data.sources import (HOW_TO_GET_DATA, SAMPLE_ZIP, SHARED_ZIP_NAME, DataUnavailable,  # noqa: F401
-                              check_source, download, extract, find_root, kaggle_credentials, resolve_source)
+from cxr.data.sources import (HOW_TO_GET_DATA, KAGGLE_ZIP_NAME, SAMPLE_ZIP, SHARED_ZIP_NAME, DataUnavailable,  # noqa: F401
+                              check_source, download, extract, find_root, kaggle_credentials, raw_sample_dir,
+                              resolve_source)
 from cxr.data.split import (EXCLUDED, NO_FOLD, cap_per_class, check_no_leakage, exclusion_summary,  # noqa: F401
                             mark_excluded, split_by_patient, split_summary)
 from cxr.io import atomic_write_csv

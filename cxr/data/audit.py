@@ -166,6 +166,7 @@ def flow_counts(inventory: pd.DataFrame, skipped: pd.DataFrame) -> pd.DataFrame:
     `inventory`: every readable image with its `split` (train/test/excluded) and `excluded_reason`; `skipped`:
     the files that were not kept, with their reason. One row per stage: stage, images, children, detail."""
     junk = skipped["reason"].str.startswith(("junk", "macOS", "nested duplicate", "folder outside", "file outside",
+                                             "not an image",
                                              "unknown class", "inside a sub-folder"))
     unreadable = skipped[~junk & ~skipped["path"].str.endswith("/")]
     rows = [("files found (image files)", len(inventory) + len(unreadable), None, ""),
@@ -185,3 +186,54 @@ def flow_counts(inventory: pd.DataFrame, skipped: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["stage", "images", "children", "detail"])
     frame["children"] = frame["children"].astype("Int64")
     return frame
+
+
+def describe_near_duplicates(summary: dict[str, Any]) -> str:
+    """Two sentences from `near_duplicate_summary`: what the audit found and how far the stated distance is from
+    the closest pair of different images."""
+    s = summary
+    found = (f"{s['pairs']} pairs of images lie within {s['max_distance']} of {HASH_BITS - 1} bits of each other; "
+             f"{s['byte_identical_pairs']} of them are byte-identical copies and {s['near_pairs']} are near duplicates "
+             f"({s['near_pairs_across_official_splits']} across the official splits)")
+    beyond = s["closest_distance_beyond_threshold"]
+    margin = (f"The closest two images with different bytes are {s['closest_distinct_distance']} bits apart"
+              + (f" (the closest beyond the threshold: {beyond})" if beyond is not None and
+                 beyond != s["closest_distinct_distance"] else ""))
+    return (f"{found}. {margin}; a JPEG re-compression or a shift of a few pixels moves 2 to 20 bits, so the "
+            "stated distance catches such copies with a margin. Every pair found is one group for the split (one "
+            "fold, never train and test), and a training image within the distance of a test image is excluded.")
+
+
+def describe_balance(inventory: pd.DataFrame) -> str:
+    """One or two sentences on the class balance of the official splits and what it means."""
+    share = inventory.groupby("official_split")["label"].apply(lambda s: s.eq("PNEUMONIA").mean())
+    parts = [f"{split} {share[split]:.0%}" for split in ("train", "val", "test") if split in share]
+    return (f"Pneumonia share per official split: {', '.join(parts)}. The test split is more balanced than the "
+            "training children, and both are far from a clinic's prevalence: precision, calibration and the "
+            "decision curves below depend on it.")
+
+
+def describe_children(index: pd.DataFrame) -> str:
+    """One sentence on how many images the children contribute, per class."""
+    per = index.groupby(["label", "patient_id"]).size()
+    parts = []
+    for label, counts in per.groupby(level=0):
+        parts.append(f"{label}: {len(counts):,} children, {counts.sum():,} images, {int((counts > 1).sum()):,} "
+                     f"with more than one (at most {int(counts.max())})")
+    return ("; ".join(parts) + ". Images of one child are not independent: the folds and every patient-level "
+            "interval treat the child as the unit.")
+
+
+def describe_sizes(inventory: pd.DataFrame) -> str:
+    """One sentence on the original image sizes, and what a copy with one size cannot show."""
+    sizes = inventory[["width", "height"]].drop_duplicates()
+    if len(sizes) == 1:
+        w, h = sizes.iloc[0]
+        return (f"Every image of this copy is {w} x {h} px: the original sizes and aspect ratios (about 1000-2000 px "
+                "wide in the Kaggle archive) are not in it, so neither this figure nor the error analysis can look "
+                "at them. With the Kaggle archive they can; the full-resolution originals of normal images are "
+                "larger than those of pneumonia images, which the 224-px copies keep as sharpness (section 2).")
+    area = (inventory["width"] * inventory["height"] / 1e6).groupby(inventory["label"]).median()
+    return ("Median original area: " + ", ".join(f"{k} {v:.1f} megapixels" for k, v in area.items())
+            + "; every image is squashed to a square of the model's size, so a size difference between the classes "
+            "survives as a difference in sharpness.")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from cxr import UserError, progress
-from cxr.config import KAGGLE_DATASET, SPLITS
+from cxr.config import KAGGLE_DATASET, OFFICIAL_SPLITS
 from cxr.io import atomic_folder, atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # cxr/
@@ -159,6 +159,16 @@ def _shared_candidates() -> list[Path]:
     return [base / "shared" / "data" / SHARED_ZIP_NAME for base in bases]
 
 
+def raw_sample_dir() -> Path | None:
+    """`raw-sample/` beside the shared 224-px copy (full-resolution originals of some training images, in
+    NORMAL/ and PNEUMONIA/), or None where there is none (e.g. a user's machine)."""
+    for candidate in _shared_candidates():
+        folder = candidate.parent / "raw-sample"
+        if folder.is_dir() and any(folder.glob("*/*.jpeg")):
+            return folder
+    return None
+
+
 def _display_path(path: Path) -> str:
     """`path` relative to the working directory when it can be, so logs and notebooks show no local absolute paths."""
     try:
@@ -240,7 +250,7 @@ def _zip_root(names: list[str]) -> str:
         if _is_macosx(parts):
             continue
         for i, part in enumerate(parts[:-1]):
-            if part.lower() in SPLITS:
+            if part.lower() in OFFICIAL_SPLITS:
                 seen.setdefault("/".join(parts[:i]), set()).add(part.lower())
     roots = [prefix for prefix, splits in seen.items() if {"train", "test"} <= splits]
     if not roots:
@@ -305,7 +315,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                 left_out[kinds[0]] += 1
             elif not name.startswith(prefix):
                 left_out[kinds[2]] += 1
-            elif len(rest) > 1 and rest[0].lower() in SPLITS:
+            elif len(rest) > 1 and rest[0].lower() in OFFICIAL_SPLITS:
                 if name.startswith("/") or ".." in parts:
                     raise DataUnavailable(f"Unsafe path {name!r} in {archive}.")
                 keep.append(name)

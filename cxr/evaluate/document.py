@@ -8,13 +8,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cxr.evaluate.metrics import CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_METHOD
-from cxr.io import atomic_write_text
+from cxr.io import to_json, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cross-validation (out-of-fold selection), per-metric interval methods, threshold
+# uncertainty, per-child results, calibration intercept and slope, the data audit, baseline and shift blocks
+
+PREVIOUS_RUN = {  # the committed run before cross-validation (doc/metrics.json at commit 278a0db), as a row
+    "name": "Previous run of this study (2026-11-25)",
+    "metrics": {"auroc": {"value": 0.970, "ci_low": 0.956, "ci_high": 0.982},
+                "accuracy": {"value": 0.880, "ci_low": 0.856, "ci_high": 0.903},
+                "sensitivity": {"value": 0.987, "ci_low": 0.975, "ci_high": 0.997},
+                "specificity": {"value": 0.701, "ci_low": 0.644, "ci_high": 0.755}},
+    "protocol": "single validation split (15% of the children, pneumonia ids merged across subtypes, 457 training "
+                "images excluded); one fine-tuned model; plateau threshold 0.303 from validation; percentile "
+                "patient-level intervals; test scored once per task",
+}
 
 REFERENCES: dict[str, dict[str, Any]] = {
     "Kermany et al. 2018": {
@@ -42,49 +53,36 @@ REFERENCES: dict[str, dict[str, Any]] = {
 def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
     """The evaluation protocol of a run, from its `Config` (and the split counts from the index)."""
     out: dict[str, Any] = {
-        "split": "official test split scored once; training patients re-split into train/val by patient",
-        "split_seed": config.seed,
-        "val_fraction": config.val_fraction,
-        "threshold_source": "validation split",
+        "split": "official test split scored once; the training children in patient-grouped cross-validation folds",
+        "n_folds": config.n_folds,
+        "split_seed": config.split_seed,
+        "seed": config.seed,
+        "selection": "pooled out-of-fold predictions of the training children",
+        "final_model": f"ensemble (mean probability) of the {config.n_folds} fold models",
+        "threshold_source": "out-of-fold predictions",
         "threshold_policy": config.threshold_policy,
-        "threshold_tolerance": getattr(config, "threshold_tolerance", None) if config.threshold_policy == "plateau"
-        else None,
         "target_sensitivity": config.target_sensitivity if config.threshold_policy == "sensitivity" else None,
-        "calibration": getattr(config, "calibration", None),
-        "calibration_source": "validation split",
+        "threshold_tolerance": config.threshold_tolerance if config.threshold_policy == "plateau" else None,
+        "calibration": config.calibration,
+        "calibration_source": "out-of-fold predictions",
         "n_bootstrap": config.n_bootstrap,
         "ci_level": config.ci_level,
         "ci_method": PATIENT_CI_METHOD,
         "image_ci_method": CI_METHOD,
-        "seeds": getattr(config, "n_seeds", 1),
-        "ece_bins": 10,
         "image_size": config.image_size,
         "resize_policy": config.resize_policy,
         "backbone": config.backbone,
         "weights": config.weights,
+        "finetune_tasks": list(config.finetune_tasks),
+        "finetune_epochs": config.finetune_epochs,
         "mode": config.mode,
     }
     if index is not None and "split" in index:
         out["images_per_split"] = {str(k): int(v) for k, v in index["split"].value_counts().sort_index().items()}
         if "patient_id" in index:
-            out["patients_per_split"] = {str(k): int(v) for k, v in
+            out["children_per_split"] = {str(k): int(v) for k, v in
                                          index.groupby("split")["patient_id"].nunique().sort_index().items()}
     return out
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None (null = undefined)."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return x.as_posix()
-    return x
 
 
 REQUIRED_TASK_KEYS = ("threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix")
@@ -104,13 +102,13 @@ def metrics_document(protocol: dict[str, Any], tasks: dict[str, dict[str, Any]])
     proto["threshold"] = tasks[main]["threshold"] if main else None  # the main task's, for quick reading
     doc = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "protocol": proto, "tasks": tasks}
-    return _clean(doc)
+    return to_json(doc)
 
 
 def write_metrics(path: str | Path, doc: dict[str, Any]) -> Path:
     """Write the document as strict JSON (no NaN), atomically (temporary file in the same folder, os.replace)."""
 
-    return atomic_write_text(Path(path), json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+    return write_json(path, doc)
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
@@ -145,27 +143,70 @@ def report_table(task: dict[str, Any]) -> pd.DataFrame:
 
 
 def interval_table(task: dict[str, Any], digits: int = 3) -> pd.DataFrame:
-    """One task's metrics at the validation threshold with both intervals: patient-level (the headline: patients
-    resampled, as images of one patient are not independent) and image-level, and how much wider the first is."""
+    """One task's metrics at its threshold with every interval: the headline one (patient-level: children
+    resampled, as images of one child are not independent; its method named), the image-level one, how much wider
+    the first is (width ratio), and, where the report has it, the interval that also re-chooses the threshold on
+    every resample of the selection data (the operating point's own uncertainty)."""
+    nested = task.get("threshold_uncertainty", {}).get("intervals", {})
+    methods = task.get("ci_methods", {})
     rows = {}
     for m in METRICS:
         v = task["at_threshold"][m]
-        if "image_ci_low" not in v:  # a report without patient ids: one interval only
-            rows[METRIC_LABELS[m]] = {"value [95% CI]": fmt(v, digits)}
-            continue
-        width = (v["ci_high"] - v["ci_low"]) if v.get("ci_low") is not None else math.nan
-        image_width = (v["image_ci_high"] - v["image_ci_low"]) if v.get("image_ci_low") is not None else math.nan
-        rows[METRIC_LABELS[m]] = {
-            "value [patient-level 95% CI]": fmt(v, digits),
-            "image-level 95% CI": (f"[{v['image_ci_low']:.{digits}f}, {v['image_ci_high']:.{digits}f}]"
-                                   if v.get("image_ci_low") is not None else "n/a"),
-            "width ratio": round(width / image_width, 2) if image_width and image_width > 0 else math.nan,
-        }
+        row = {"value [patient-level 95% CI]": fmt(v, digits)}
+        if "image_ci_low" in v:
+            width = (v["ci_high"] - v["ci_low"]) if v.get("ci_low") is not None else math.nan
+            image_width = (v["image_ci_high"] - v["image_ci_low"]) if v.get("image_ci_low") is not None else math.nan
+            row["image-level 95% CI"] = (f"[{v['image_ci_low']:.{digits}f}, {v['image_ci_high']:.{digits}f}]"
+                                         if v.get("image_ci_low") is not None else "n/a")
+            row["width ratio"] = (f"{width / image_width:.2f}" if image_width and image_width > 0
+                                  and math.isfinite(width) else "")
+        if nested:
+            n = nested.get(m)
+            row["95% CI with the threshold re-chosen"] = (f"[{n['ci_low']:.{digits}f}, {n['ci_high']:.{digits}f}]"
+                                                         if n and n.get("ci_low") is not None else "")
+        row["interval method"] = methods.get(m, "")
+        rows[METRIC_LABELS[m]] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     n_pat = task.get("n_patients")
-    table.index.name = (f"n = {task['n']} images" + (f", {n_pat} patients" if n_pat else "")
+    table.index.name = (f"n = {task['n']} images" + (f", {n_pat} children" if n_pat else "")
                         + f"; threshold {task['threshold']:.3f}")
     return table
+
+
+def child_summary(task: dict[str, Any], digits: int = 3) -> pd.DataFrame:
+    """Per-image and per-child results side by side (a child is positive, and called positive, if any of its
+    images is), at the task's threshold."""
+    child = task.get("per_child")
+    if not child:
+        raise ValueError("the report has no per-child results (task_report was given no groups)")
+    rows = {METRIC_LABELS[m]: {f"per image (n = {task['n']})": fmt(task["at_threshold"][m], digits),
+                               f"per child (n = {child['n']})": fmt(child["at_threshold"][m], digits)}
+            for m in ("auroc", "accuracy", "sensitivity", "specificity", "precision", "balanced_accuracy")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def describe_report(task: dict[str, Any]) -> str:
+    """What a task's test results say, from its report: the headline, the operating point's own uncertainty, the
+    per-child view and where the errors are."""
+    at = task["at_threshold"]
+    parts = [f"At threshold {task['threshold']:.3f}: sensitivity {fmt(at['sensitivity'])}, specificity "
+             f"{fmt(at['specificity'])}, AUROC {fmt(at['auroc'])}."]
+    nested = task.get("threshold_uncertainty", {}).get("intervals", {})
+    if nested:
+        t, s, c = nested["threshold"], nested["specificity"], nested["sensitivity"]
+        parts.append(f"Re-choosing the threshold on every resample of the out-of-fold predictions moves it within "
+                     f"{t['ci_low']:.3f}-{t['ci_high']:.3f}; with that movement counted, specificity's interval is "
+                     f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] and sensitivity's [{c['ci_low']:.3f}, "
+                     f"{c['ci_high']:.3f}] (the fixed-threshold intervals ignore it).")
+    child = task.get("per_child")
+    if child:
+        ca = child["at_threshold"]
+        parts.append(f"Per child ({child['n']} children): sensitivity {fmt(ca['sensitivity'])}, specificity "
+                     f"{fmt(ca['specificity'])}.")
+    cm = task["confusion_matrix"]
+    parts.append(f"Of the {cm[0][1] + cm[1][0]} errors, {cm[0][1]} are false positives and {cm[1][0]} false "
+                 "negatives.")
+    return " ".join(parts)
 
 
 def results_table(doc: dict[str, Any]) -> pd.DataFrame:
@@ -192,11 +233,15 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
         policy = doc.get("protocol", {}).get("threshold_policy", "?")
         for key, label, note in (
             ("at_threshold", f"This study (threshold {t['threshold']:.3f})",
-             f"patient-level split; threshold ({policy}), epochs and stage chosen on validation; test scored once; "
-             "95% patient-level CI"),
+             f"{doc.get('protocol', {}).get('n_folds', '?')}-fold cross-validation of the training children; the "
+             f"fold ensemble; threshold ({policy}), epochs, stage and calibration chosen on the out-of-fold "
+             "predictions; declared in doc/protocol.md; test scored once; 95% patient-level CI"),
             ("at_0.5", "This study (threshold 0.5)", "same model, fixed threshold 0.5 as most papers report"),
         ):
             rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "protocol": note})
+    if task == "pneumonia":
+        rows.append({"model": PREVIOUS_RUN["name"], **{c: fmt(PREVIOUS_RUN["metrics"][c]) for c in cols},
+                     "protocol": PREVIOUS_RUN["protocol"]})
     for name, ref in REFERENCES.items():
         rows.append({"model": name, **{c: (f"{ref['metrics'][c]:.3f}" if c in ref["metrics"] else "n/a") for c in cols},
                      "protocol": ref["protocol"]})

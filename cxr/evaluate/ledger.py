@@ -7,11 +7,9 @@ that counts it.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import subprocess
 import warnings
@@ -21,27 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.io import to_json
+
 LEDGER_NAME = "test_ledger.jsonl"
 LEDGER_COLUMNS = ["time", "commit", "config_hash", "task", "split", "summary", "note"]
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository (cxr/evaluate/ledger.py)
 SUMMARY_METRICS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "brier", "ece")
-
-
-def _plain(x: Any) -> Any:
-    """A JSON-safe copy: dataclasses and mappings to dicts, numpy values to Python, NaN/inf to None, others str."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        x = dataclasses.asdict(x)
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if x is None or isinstance(x, (bool, int, str)):
-        return x
-    return str(x)  # paths and the like
 
 
 def config_hash(config: Any) -> str:
@@ -49,7 +32,7 @@ def config_hash(config: Any) -> str:
 
     Key order does not matter, every value does. A `Config` dataclass is hashed as its fields.
     """
-    canonical = json.dumps(_plain(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = json.dumps(to_json(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
@@ -87,7 +70,7 @@ def metric_summary(task_report: dict[str, Any]) -> dict[str, Any]:
     at = task_report.get("at_threshold", {})
     out = {k: task_report.get(k) for k in ("threshold", "n", "n_positive")}
     out.update({m: (at[m]["value"] if isinstance(at.get(m), dict) else at.get(m)) for m in SUMMARY_METRICS if m in at})
-    return _plain(out)
+    return to_json(out)
 
 
 def record_test_access(run_dir: str | Path, task: str, config: Any, summary: dict[str, Any], note: str = "",
@@ -106,7 +89,7 @@ def record_test_access(run_dir: str | Path, task: str, config: Any, summary: dic
         "config_hash": config_hash(config),
         "task": str(task),
         "split": str(split),
-        "summary": _plain(dict(summary)),
+        "summary": to_json(dict(summary)),
         "note": str(note),
     }
     line = json.dumps(entry, allow_nan=False, ensure_ascii=False) + "\n"

@@ -10,10 +10,14 @@ predictions of the training children ask where that could come from:
   push test normals over the threshold.)
 - `sharpness_reliance`: within each class, does the network's score follow the image's sharpness (the statistic
   that separates the classes on its own, `cxr.evaluate.baseline`)?
+
+And the shift a user brings: `raw_sample_agreement` scores full-resolution originals beside the third-party
+224-px copies the model was trained on (the same X-ray, resized by another pipeline).
 """
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +146,49 @@ def describe_shift(blocks: pd.DataFrame, changes: pd.DataFrame, reliance: pd.Dat
              + " and ".join(f"{r.spearman:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] among {class_names[int(r['class'])]}"
                             for _, r in g.iterrows()) + ".")
     return text
+
+
+def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: float,
+                         raw_dir: Path | None) -> pd.DataFrame:
+    """Each full-resolution original of `raw_dir` (NORMAL/, PNEUMONIA/; `cxr.data.raw_sample_dir()`) beside its
+    224-px copy in the data, the original decoded and resized by the package (`cxr.data.load_image`, as `predict`
+    does), both scored by models that never saw its child: the fold model of its fold (`result.members`), or the
+    whole ensemble when its child is not among the training rows. Columns: path, label, fold, p_copy, p_original,
+    delta (original - copy), agree (the same call at `threshold`). Empty without `raw_dir`."""
+    from cxr import model as cxr_model, train
+    from cxr.data import load_image
+
+    columns = ["path", "label", "fold", "p_copy", "p_original", "delta", "agree"]
+    files = sorted(Path(raw_dir).glob("*/*.jpeg")) if raw_dir is not None and Path(raw_dir).is_dir() else []
+    names = prepared.index["path"].str.rsplit("/", n=1).str[-1].to_numpy()
+    found = [(f, int(np.flatnonzero(names == f.name)[0])) for f in files if (names == f.name).any()]
+    if not found:
+        return pd.DataFrame(columns=columns)
+    index = prepared.index
+    folds = np.array([int(index["fold"].iloc[i]) if index["split"].iloc[i] == "train" else -1 for _, i in found])
+    copies = np.stack([prepared.images[i] for _, i in found])
+    originals = np.stack([load_image(f, config.image_size, config.resize_policy) for f, _ in found])
+    p_copy, p_orig = np.empty(len(found)), np.empty(len(found))
+    for fold in np.unique(folds):
+        models = [result.members[fold]] if fold >= 0 else cxr_model.members(result.model)
+        rows = folds == fold
+        p_copy[rows] = np.mean([train.predict_proba(m, copies[rows], config.batch_size) for m in models], axis=0)
+        p_orig[rows] = np.mean([train.predict_proba(m, originals[rows], config.batch_size) for m in models], axis=0)
+    return pd.DataFrame({"path": [f"{f.parent.name}/{f.name}" for f, _ in found],
+                         "label": [index["label"].iloc[i] for _, i in found], "fold": folds, "p_copy": p_copy,
+                         "p_original": p_orig, "delta": p_orig - p_copy,
+                         "agree": (p_copy >= threshold) == (p_orig >= threshold)})
+
+
+def describe_raw_sample(table: pd.DataFrame, threshold: float) -> str:
+    """Two sentences from `raw_sample_agreement`: how often the call survives the other resize path."""
+    if table.empty:
+        return ("No full-resolution originals are available here (`../shared/data/raw-sample/`), so the "
+                "resize-path check could not run.")
+    worst = table.loc[table["delta"].abs().idxmax()]
+    by_class = "; ".join(f"{label}: mean change {g['delta'].mean():+.3f}" for label, g in table.groupby("label"))
+    return (f"On {len(table)} full-resolution originals, each scored by the fold model that never saw its child, "
+            f"the call at threshold {threshold:.3f} is the same for the original (decoded and resized by this "
+            f"package, as `predict` does) and for its third-party 224-px copy in {int(table['agree'].sum())} of "
+            f"{len(table)}; the largest change of the probability is {worst['delta']:+.3f} ({worst['path']}); "
+            f"{by_class}.")

@@ -6,8 +6,11 @@
 - `checks`: the randomisation sanity check, deletion/insertion faithfulness and the shortcut audit, each with a
   `describe_*` verdict in plain sentences.
 
-Figures of both are in `cxr.plots.explain` (`overlay`, `confusion_grid`, `randomization_figure`, ...).
+- `cases`: which cases to explain, by rule (`confident_cases`), and what their maps say.
+
+Figures of all three are in `cxr.plots.explain` (`overlay`, `gradcam_pairs`, `randomization_figure`, ...).
 """
+from cxr.explain.cases import CELLS, SCALE_NOTE, confident_cases, describe_cases  # noqa: F401
 from cxr.explain.cam import (METHODS, CamFunction, cam_function, cams, find_target_layer,  # noqa: F401
                              finish_cams, grad_cam, grad_cam_plus_plus, gradcam_pp_weights, gradcam_weights,
                              replay_check)

@@ -220,7 +220,7 @@ class CamFunction:
     output under the same weights, is compiled likewise (for the replay check). Get one with `cam_function`.
     """
 
-    def __init__(self, model: keras.Model, layer: str | None = None, batch_size: int = 32):
+    def __init__(self, model: keras.Model, layer: str | None, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.graph = _graph(model, layer)
@@ -273,7 +273,7 @@ class CamFunction:
         return _to_numpy(self._prob(weights, keras.ops.convert_to_tensor(batch))).reshape(-1)
 
 
-def cam_function(model: keras.Model, layer: str | None = None, batch_size: int = 32) -> CamFunction:
+def cam_function(model: keras.Model, layer: str | None = None, *, batch_size: int) -> CamFunction:
     """The `CamFunction` of (model, layer, batch size), built once and cached on the model."""
     cache = getattr(model, "_cxr_cam_functions", None)
     if cache is None:
@@ -298,10 +298,10 @@ def _assert_replay(diff: float, atol: float) -> None:
                              "the model is not the linear chain the CAM code expects")
 
 
-def replay_check(model: keras.Model, images, layer: str | None = None, atol: float = 1e-4,
-                 batch_size: int = 32) -> float:
+def replay_check(model: keras.Model, images, layer: str | None = None, atol: float = 1e-4, *,
+                 batch_size: int) -> float:
     """Assert that sigmoid(replayed logit) equals the model's output on `images`; return the largest difference."""
-    fn = cam_function(model, layer, batch_size)
+    fn = cam_function(model, layer, batch_size=batch_size)
     x = _model_input(images, fn.graph)
     weights = fn.weights()
     diff = 0.0
@@ -336,16 +336,22 @@ def gradcam_pp_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return (np.maximum(g, 0) * alpha).sum(axis=(1, 2)).astype(np.float32)
 
 
-def finish_cams(cams, size: tuple[int, int]) -> np.ndarray:
-    """The shared path: relu, bilinear resize to `size` (H, W), division by the per-image maximum.
+NORMALIZE = ("image", "none")
 
-    Non-finite values become 0; a map whose maximum is not positive becomes all zeros. Returns float32 (B, H, W)
-    in [0, 1].
-    """
+
+def finish_cams(cams, size: tuple[int, int], normalize: str = "image") -> np.ndarray:
+    """The shared path: relu, bilinear resize to `size` (H, W), then with `normalize="image"` division by the
+    per-image maximum (float32 in [0, 1]; a map whose maximum is not positive becomes all zeros), with "none" the
+    raw non-negative values (the score's units; comparable across images, e.g. for one colour scale over a
+    figure). Non-finite values become 0."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, not {normalize!r}")
     cams = np.maximum(np.nan_to_num(np.asarray(cams, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0), 0)
     if cams.shape[1:3] != tuple(size):
         cams = _to_numpy(keras.ops.image.resize(cams[..., None], tuple(size), interpolation="bilinear"))[..., 0]
     cams = np.maximum(cams, 0)
+    if normalize == "none":
+        return cams.astype(np.float32)
     peak = cams.reshape(len(cams), -1).max(axis=1) if cams.size else np.zeros(len(cams), np.float32)
     ok = np.isfinite(peak) & (peak > 1e-12)
     out = np.zeros_like(cams, dtype=np.float32)
@@ -353,51 +359,77 @@ def finish_cams(cams, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def cams(model: keras.Model, images, weighting: Callable, target_class: int = 1, layer: str | None = None,
-         batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
-    """THE base mechanism: maps (B, H, W) float32 in [0, 1] with channel weights from `weighting(A, dS/dA)`.
+def _signs(target_class, n: int) -> np.ndarray:
+    """+1 (explain the positive class) or -1 (the negative class) per image, from an int or a 0/1 array."""
+    t = np.broadcast_to(np.asarray(target_class), (n,)) if np.ndim(target_class) == 0 else np.asarray(target_class)
+    if t.shape != (n,) or not np.isin(t, (0, 1)).all():
+        raise ValueError(f"target_class must be 0 (negative, e.g. NORMAL), 1 (positive, e.g. PNEUMONIA) or one of "
+                         f"them per image, got {target_class!r}")
+    return np.where(t == 1, 1.0, -1.0).astype(np.float32)
+
+
+def cams(model: keras.Model, images, weighting: Callable, target_class=1, layer: str | None = None, *,
+         batch_size: int, check: bool = True, weights: list | None = None, normalize: str = "image") -> np.ndarray:
+    """THE base mechanism: maps (B, H, W) float32 with channel weights from `weighting(A, dS/dA)`.
 
     Grad-CAM and Grad-CAM++ are this with their rule; see the module docstring for the score and the shared path.
-    Runs the model's cached compiled `CamFunction` (see `cam_function`). `weights`: values for `model.variables`
-    to use instead of the current ones (e.g. randomised); the model is not modified. `check`: on the first batch,
-    assert that the replayed score reproduces the model's output (under the same weights)."""
-    if target_class not in (0, 1):
-        raise ValueError(f"target_class must be 0 (negative, e.g. NORMAL) or 1 (positive, e.g. PNEUMONIA), "
-                         f"got {target_class!r}")
-    fn = cam_function(model, layer, batch_size)
+    `target_class`: 1 explains the positive class, 0 the negative one; an array gives one class per image (e.g.
+    the predicted class). Runs the model's cached compiled `CamFunction` (see `cam_function`) with batches of
+    `batch_size` (the run's, `Config.batch_size`). `weights`: values for `model.variables` to use instead of the
+    current ones (e.g. randomised); the model is not modified. `check`: on the first batch, assert that the
+    replayed score reproduces the model's output (under the same weights). `normalize`: see `finish_cams`.
+
+    An ENSEMBLE (`cxr.model.ensemble_model`) is explained as the mean of its members' raw maps, each member's
+    map explaining that member's own logit, then normalised."""
+    from cxr.model import members
+
+    parts = members(model)
+    if len(parts) > 1:
+        if weights is not None:
+            raise ValueError("weights= is for a single model; pass a member of the ensemble")
+        raw = np.mean([cams(m, images, weighting, target_class, layer, batch_size=batch_size, check=check,
+                            normalize="none") for m in parts], axis=0)
+        return finish_cams(raw, raw.shape[1:3], normalize) if len(raw) else raw
+    fn = cam_function(model, layer, batch_size=batch_size)
     x = _model_input(images, fn.graph)
+    signs = _signs(target_class, len(x))  # S = sign * z: dS/dA = sign * dz/dA, exactly
     w_args = fn.weights(weights)
-    sign = np.float32(1.0 if target_class == 1 else -1.0)  # S = sign * z: dS/dA = sign * dz/dA, exactly
     out = []
     for i, (n, batch) in enumerate(fn.batches(x)):
         a, g, z = fn(w_args, batch)
-        g, score = sign * g, sign * z
+        sign = np.ones(len(batch), np.float32)
+        sign[:n] = signs[i * fn.batch_size:i * fn.batch_size + n]
+        g = sign[:, None, None, None] * g
         if check and i == 0:
-            _assert_replay(_replay_error(fn.prob(w_args, batch)[:n], sign * score[:n]), atol=1e-3)
+            _assert_replay(_replay_error(fn.prob(w_args, batch)[:n], z[:n]), atol=1e-3)
         w = weighting(a, g)  # (B, K)
         cam = np.einsum("bhwk,bk->bhw", a.astype(np.float32), w.astype(np.float32))
-        out.append(finish_cams(cam, x.shape[1:3])[:n])  # finished on the full batch (fixed shapes), then cut
+        out.append(finish_cams(cam, x.shape[1:3], normalize)[:n])  # finished on the full batch, then cut
     if not out:
         return np.zeros((0, *x.shape[1:3]), np.float32)
     return np.concatenate(out)
 
 
-def grad_cam(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
-             batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
-    """Grad-CAM maps (B, H, W) float32 in [0, 1] for `images` (B, H, W[, 1]) as the model sees them.
+def grad_cam(model: keras.Model, images, target_class=1, layer: str | None = None, *, batch_size: int,
+             check: bool = True, weights: list | None = None, normalize: str = "image") -> np.ndarray:
+    """Grad-CAM maps (B, H, W) float32 for `images` (B, H, W[, 1]) as the model sees them (in [0, 1] per image
+    with normalize="image", raw with "none").
 
-    target_class 1 explains the positive class (score = logit), 0 the negative class (score = -logit).
-    `layer`: a backbone layer name (default: `find_target_layer`). `check`: on the first batch, verify that the
-    replayed score reproduces the model's output. `weights`: values for `model.variables` to use instead of the
-    current ones (the model is not modified; the same compiled function runs).
+    target_class 1 explains the positive class (score = logit), 0 the negative class (score = -logit), an array
+    one class per image. `layer`: a backbone layer name (default: `find_target_layer`). `check`: on the first
+    batch, verify that the replayed score reproduces the model's output. `weights`: values for `model.variables`
+    to use instead of the current ones (the model is not modified; the same compiled function runs).
     """
-    return cams(model, images, gradcam_weights, target_class, layer, batch_size, check, weights)
+    return cams(model, images, gradcam_weights, target_class, layer, batch_size=batch_size, check=check,
+                weights=weights, normalize=normalize)
 
 
-def grad_cam_plus_plus(model: keras.Model, images, target_class: int = 1, layer: str | None = None,
-                       batch_size: int = 32, check: bool = True, weights: list | None = None) -> np.ndarray:
+def grad_cam_plus_plus(model: keras.Model, images, target_class=1, layer: str | None = None, *,
+                       batch_size: int, check: bool = True, weights: list | None = None,
+                       normalize: str = "image") -> np.ndarray:
     """Grad-CAM++ maps; same base, arguments and output as `grad_cam`, different channel weights."""
-    return cams(model, images, gradcam_pp_weights, target_class, layer, batch_size, check, weights)
+    return cams(model, images, gradcam_pp_weights, target_class, layer, batch_size=batch_size, check=check,
+                weights=weights, normalize=normalize)
 
 
 METHODS = {"gradcam": grad_cam, "gradcam++": grad_cam_plus_plus}

@@ -65,7 +65,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def randomization_test(model: keras.Model, images, layers: list[str] | None = None, seed: int = 0,
                        target_class: int = 1, method: str = "gradcam", layer: str | None = None,
-                       max_steps: int = 8, batch_size: int = 32) -> pd.DataFrame:
+                       max_steps: int = 8, *, batch_size: int) -> pd.DataFrame:
     """Cascading model-parameter randomisation: from the logit down through the backbone, on weight values.
 
     Step 0 is the trained model. Step i has every weighted layer from the top down to `layers[i-1]` randomised
@@ -97,7 +97,7 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     cams = [original]
     backbone = model.get_layer(BACKBONE)
     # the cascade works on weight VALUES, fed to the same compiled CAM function; the model is never modified
-    variables = cam_function(model, layer, batch_size).variables  # the order its `weights` argument follows
+    variables = cam_function(model, layer, batch_size=batch_size).variables  # the order its `weights` argument follows
     position = {id(v): i for i, v in enumerate(variables)}
     values = [keras.ops.convert_to_numpy(v) for v in variables]
     done = 0
@@ -207,7 +207,7 @@ def _trapezoid(y, x):
 
 
 def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target_class: int = 1, seed: int = 0,
-                       blur_sigma: float = 0.1, batch_size: int = 32, random_grid: int = 7) -> Faithfulness:
+                       blur_sigma: float = 0.1, random_grid: int = 7, *, batch_size: int) -> Faithfulness:
     """Deletion and insertion curves for the heat order and a random order (see `Faithfulness`).
 
     The score is the model's probability of `target_class`. The baseline image is the image blurred with a

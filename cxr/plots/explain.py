@@ -6,8 +6,6 @@ import pandas as pd
 
 from cxr.plots.style import figure_style
 
-CELLS = ("TP", "TN", "FP", "FN")
-CELL_TITLES = {"TP": "true positives", "TN": "true negatives", "FP": "false positives", "FN": "false negatives"}
 
 def _gray(image) -> np.ndarray:
     img = np.asarray(image)
@@ -18,8 +16,10 @@ def _gray(image) -> np.ndarray:
     return img
 
 
-def overlay(image_uint8, cam, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
-    """The grayscale image with the heatmap blended over it: RGB uint8 (H, W, 3)."""
+def overlay(image_uint8, cam, alpha: float = 0.6, cmap: str = "jet", vmax: float = 1.0) -> np.ndarray:
+    """The grayscale image with the heatmap blended over it: RGB uint8 (H, W, 3). The map is read on the scale
+    [0, vmax] (values above vmax at full colour), and its opacity grows with its value (up to `alpha`), so where
+    there is no evidence the X-ray shows through unchanged and a weak map looks weak."""
     from matplotlib import colormaps
 
     img = _gray(image_uint8).astype(np.float32)
@@ -27,78 +27,88 @@ def overlay(image_uint8, cam, alpha: float = 0.4, cmap: str = "jet") -> np.ndarr
     if cam.shape != img.shape:
         from cxr.explain.cam import finish_cams
 
-        cam = finish_cams(cam[None], img.shape)[0]
-    heat = colormaps[cmap](np.clip(cam, 0, 1))[..., :3] * 255.0
+        cam = finish_cams(cam[None], img.shape, "none")[0]
+    level = np.clip(cam / vmax, 0, 1) if vmax > 0 else np.zeros_like(cam)
+    heat = colormaps[cmap](level)[..., :3] * 255.0
     rgb = np.repeat(img[..., None], 3, axis=-1)
-    return np.clip((1 - alpha) * rgb + alpha * heat, 0, 255).astype(np.uint8)
+    a = (alpha * level)[..., None]
+    return np.clip((1 - a) * rgb + a * heat, 0, 255).astype(np.uint8)
 
 
-def _colorbar(fig, axes, cmap: str = "jet", label: str = "Grad-CAM (per-image max = 1)"):
+def _colorbar(fig, axes, cmap: str = "jet", label: str = "Grad-CAM (per-image max = 1)", vmax: float = 1.0):
     from matplotlib import cm, colors
 
-    mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap)
+    mappable = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap=cmap)
     fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.04, label=label)
 
 
 @figure_style
-def overlay_figure(image, cam, title: str = "", alpha: float = 0.4, cmap: str = "jet"):
+def overlay_figure(image, cam, title: str = "", alpha: float = 0.6, cmap: str = "jet", vmax: float = 1.0,
+                   label: str = "Grad-CAM (per-image max = 1)"):
     """Figure: the image the model saw (left) and the Grad-CAM overlay with a colour bar (right)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
     axes[0].imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
     axes[0].set_title("model input")
-    axes[1].imshow(overlay(image, cam, alpha, cmap))
+    axes[1].imshow(overlay(image, cam, alpha, cmap, vmax))
     axes[1].set_title("Grad-CAM")
     for ax in axes:
         ax.axis("off")
-    _colorbar(fig, axes[1], cmap)
+    _colorbar(fig, axes[1], cmap, label, vmax)
     if title:
         fig.suptitle(title)
     return fig
 
 
-def pick_confusion_examples(y_true, p, threshold: float, per_cell: int = 2) -> dict[str, np.ndarray]:
-    """Indices of the examples per confusion cell, by a fixed rule: the most confident of each cell.
-
-    Predicted positive means p >= threshold. TP and FP: highest p first; TN and FN: lowest p first (ties by index).
-    """
-    y = np.asarray(y_true).astype(int).reshape(-1)
-    p = np.asarray(p, dtype=np.float64).reshape(-1)
-    if len(y) != len(p):
-        raise ValueError(f"y_true ({len(y)}) and p ({len(p)}) differ in length")
-    pred = p >= threshold
-    masks = {"TP": (y == 1) & pred, "TN": (y == 0) & ~pred, "FP": (y == 0) & pred, "FN": (y == 1) & ~pred}
-    out = {}
-    for cell, mask in masks.items():
-        idx = np.flatnonzero(mask)
-        key = -p[idx] if cell in ("TP", "FP") else p[idx]
-        out[cell] = idx[np.argsort(key, kind="stable")][:per_cell]
-    return out
+def map_scale(cams, q: float = 99.0) -> float:
+    """One colour scale for a set of raw maps: their `q`-th percentile (positive; 1 when all are zero)."""
+    values = np.asarray(cams, dtype=np.float64).ravel()
+    values = values[values > 0]
+    return float(np.percentile(values, q)) if values.size else 1.0
 
 
 @figure_style
-def confusion_grid(images, cams, y_true, p, threshold: float, per_cell: int = 2,
-                   class_names=("NORMAL", "PNEUMONIA"), alpha: float = 0.4, cmap: str = "jet"):
-    """Figure: rows TP, TN, FP, FN (chosen by `pick_confusion_examples`), `per_cell` overlays each, one colour bar."""
+def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_names=("NORMAL", "PNEUMONIA"),
+                  cells=None, per_row: int = 2, title: str = "", scale_note: str = "", alpha: float = 0.6,
+                  cmap: str = "jet"):
+    """Each example as a pair: the X-ray as the model saw it, and the Grad-CAM of its PREDICTED class over it.
+
+    `cams`: raw maps (`grad_cam(..., target_class=predicted, normalize="none")`), all drawn on ONE colour scale
+    [0, `scale`] (e.g. `map_scale` of all the test maps: a weak map looks weak instead of being stretched to full
+    colour). Titles give the true class, the call at `threshold` and P(positive), and which class the map
+    explains; `cells` (e.g. "TP") label the kind of case. One colour bar, its scale stated (`scale_note`)."""
     import matplotlib.pyplot as plt
 
-    picks = pick_confusion_examples(y_true, p, threshold, per_cell)
-    fig, axes = plt.subplots(4, per_cell, figsize=(2.8 * per_cell + 1.2, 11), squeeze=False)
-    y = np.asarray(y_true).astype(int).reshape(-1)
-    for r, cell in enumerate(CELLS):
-        for c in range(per_cell):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(picks[cell]):
-                i = int(picks[cell][c])
-                ax.imshow(overlay(images[i], cams[i], alpha, cmap))
-                ax.set_title(f"{cell} #{i}: true {class_names[y[i]]}\nP({class_names[1]})={float(p[i]):.3f}",
-                             fontsize=8)
-            elif c == 0:
-                ax.text(0.5, 0.5, f"no {CELL_TITLES[cell]}", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"Grad-CAM by confusion cell (most confident per cell, threshold {threshold:.3f})")
-    _colorbar(fig, axes.ravel().tolist(), cmap)
+    y = np.asarray(y).astype(int).reshape(-1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    k = len(y)
+    if not (len(images) == len(cams) == k == len(p)):
+        raise ValueError(f"{len(images)} images, {len(cams)} maps, {k} labels and {len(p)} probabilities")
+    if k == 0:
+        fig, ax = plt.subplots(figsize=(4.0, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no cases to show", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    per_row = max(1, min(per_row, k))
+    nrows = -(-k // per_row)
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.4 * per_row + 1.0, 3.05 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    called = (p >= threshold).astype(int)
+    for i in range(k):
+        ax_i, ax_c = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        kind = f"{cells[i]}: " if cells is not None else ""
+        ax_i.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+        ax_i.set_title(f"{kind}true {class_names[y[i]]}, called {class_names[called[i]]}\n"
+                       f"P({class_names[1].lower()}) = {p[i]:.3f}", fontsize=8.5)
+        ax_c.imshow(overlay(images[i], cams[i], alpha, cmap, scale))
+        ax_c.set_title(f"evidence for {class_names[called[i]]}", fontsize=8.5)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _colorbar(fig, axes.ravel().tolist(), cmap, "Grad-CAM of the predicted class" + (f"\n{scale_note}" if scale_note
+                                                                                      else ""), scale)
     return fig
 
 
@@ -124,7 +134,7 @@ def randomization_figure(table: pd.DataFrame, images=None, n_images: int = 2, cm
     for r in range(n_images):
         for c in range(ncols):
             a = fig.add_subplot(grid[r, 1 + c])
-            a.imshow(overlay(images[r], cams[c][r], cmap=cmap))
+            a.imshow(overlay(images[r], cams[c][r], cmap=cmap, vmax=max(float(np.max(cams[0][r])), 1e-12)))
             a.axis("off")
             if r == 0:
                 a.set_title(str(table["randomised_to"].iloc[c])[:14], fontsize=7)

@@ -1,0 +1,44 @@
+"""Which cases to explain, by rule (never by hand), and what their maps say in words."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+CELLS = ("TP", "TN", "FP", "FN")
+SCALE_NOTE = "full colour = the 99th percentile of all test maps"
+
+
+def confident_cases(y, p, threshold: float, cells=CELLS, per_cell: int = 2) -> pd.DataFrame:
+    """The `per_cell` most confident cases of each confusion cell in `cells` (predicted positive when
+    p >= threshold): TP and FP by the highest p, TN and FN by the lowest (ties by position). One row per case, in
+    the order of `cells`; the index is the case's position in (y, p); columns cell, y, p."""
+    y = np.asarray(y).astype(int).reshape(-1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    if len(y) != len(p):
+        raise ValueError(f"y ({len(y)}) and p ({len(p)}) differ in length")
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        raise ValueError(f"unknown cells {unknown}; choose from {CELLS}")
+    called = p >= threshold
+    masks = {"TP": (y == 1) & called, "TN": (y == 0) & ~called, "FP": (y == 0) & called, "FN": (y == 1) & ~called}
+    rows = []
+    for cell in cells:
+        idx = np.flatnonzero(masks[cell])
+        key = -p[idx] if cell in ("TP", "FP") else p[idx]
+        for i in idx[np.argsort(key, kind="stable")][:per_cell]:
+            rows.append((int(i), cell, int(y[i]), float(p[i])))
+    return pd.DataFrame(rows, columns=["position", "cell", "y", "p"]).set_index("position")
+
+
+def describe_cases(right: pd.DataFrame, wrong: pd.DataFrame, cams: np.ndarray, scale: float) -> str:
+    """Two sentences: how strong the maps of the right and the wrong cases are on the shared scale."""
+    def strength(frame: pd.DataFrame) -> str:
+        if frame.empty:
+            return "none"
+        peak = np.asarray(cams)[frame.index.to_numpy()].reshape(len(frame), -1).max(axis=1) / scale
+        return f"peak {np.median(peak):.2f} of full colour (median of {len(frame)})"
+
+    return (f"On the shared scale, the maps of the most confident right calls reach a {strength(right)}, those of "
+            f"the most confident errors a {strength(wrong)}. A map shows where the evidence for the predicted "
+            "class lies at the resolution of the last feature map (7 x 7 at 224 px), not why, and not the anatomy "
+            "a radiologist would name.")
