@@ -92,7 +92,7 @@ class Config:
     seed: int = 42  # training randomness (initialisation, batches, augmentation); not the split (`split_seed`)
     batch_size: int | None = None  # per step, all devices together; None: 32 on a CPU, 128 per GPU (resolved once
     # by `cxr.train.resolve`, then used by training, scoring, Grad-CAM and predict alike)
-    head_epochs: int = 30  # stage 1; the epoch is chosen on the pooled out-of-fold log-loss
+    head_epochs: int = 50  # stage 1 at most; the epoch is chosen on the pooled out-of-fold log-loss
     head_lr: float = 1e-3
     class_balance: str = "auto"  # "weights" (balanced class weights), "sampling" (balanced batches), "none", or
     # "auto": the three compared on the head stage by out-of-fold log-loss, the winner used for both stages
@@ -148,11 +148,16 @@ class Config:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @staticmethod
-    def load(path: str | Path) -> "Config":
-        """A Config saved by `save` (fields this version does not know are ignored; lists back to tuples)."""
-        data = json.loads(Path(path).read_text())
+    def from_dict(data: dict[str, Any]) -> "Config":
+        """A Config from `to_dict` output read back from JSON (config.json, model.json): fields this version does
+        not know are ignored, lists become tuples again."""
         known = {f.name for f in dataclasses.fields(Config)}
         return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+    @staticmethod
+    def load(path: str | Path) -> "Config":
+        """A Config saved by `save`."""
+        return Config.from_dict(json.loads(Path(path).read_text()))
 
     def __post_init__(self) -> None:
         if self.mode not in PRESETS:

@@ -181,7 +181,8 @@ def train_oof_summary(result: train.TrainResult) -> dict[str, Any]:
     for f, rows in result.oof.groupby("fold"):
         loss, auroc = train.loss_auroc(rows["y"].to_numpy(), rows["p"].to_numpy())
         per_fold.append({"fold": int(f), "n": int(len(rows)), "log_loss": loss, "auroc": auroc})
-    return {"log_loss": float(kept["oof_loss"]), "auroc": float(kept["oof_auroc"]), "per_fold": per_fold}
+    return {"selection_loss": float(kept["selection_loss"]), "log_loss": float(kept["oof_loss"]),
+            "auroc": float(kept["oof_auroc"]), "per_fold": per_fold}
 
 
 def evaluate_saved(config: Config, prepared: Prepared, task: str, run_dir: str | Path) -> dict[str, Any]:

@@ -280,12 +280,12 @@ def describe_training(outcome: Any) -> str:
     sel = r.selection.set_index("stage")
     head = sel.loc["head"]
     text = (f"**{outcome.task}**: {r.n_folds} folds over {len(r.oof):,} training images. Head stage: class balance "
-            f"{r.balance!r}, epoch {int(head['best_epoch'])} (pooled OOF log-loss {head['oof_loss']:.4f}, AUROC "
-            f"{head['oof_auroc']:.4f}). ")
+            f"{r.balance!r}, epoch {int(head['best_epoch'])} (pooled OOF log-loss {head['selection_loss']:.4f} after "
+            f"cross-fitted recalibration, {head['oof_loss']:.4f} raw; AUROC {head['oof_auroc']:.4f}). ")
     if "finetune" in sel.index:
         ft = sel.loc["finetune"]
         text += (f"Fine-tuning: epoch {int(ft['best_epoch'])} of {int(ft['epochs'])} (OOF log-loss "
-                 f"{ft['oof_loss']:.4f}, AUROC {ft['oof_auroc']:.4f}). ")
+                 f"{ft['selection_loss']:.4f} recalibrated, {ft['oof_loss']:.4f} raw; AUROC {ft['oof_auroc']:.4f}). ")
     else:
         text += "The backbone was not fine-tuned for this task (finetune_tasks). "
     kept = {"finetune": "the fine-tuned backbone", "head": "the head on frozen features"}[r.kept_stage]

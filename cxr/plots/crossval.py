@@ -13,12 +13,13 @@ from cxr.plots.style import _figure, figure_style
 
 @figure_style
 def selection_figure(result: Any, title: str = "") -> Figure:
-    """The choices of `cxr.train.fit`, each on the pooled out-of-fold (OOF) log-loss of all folds.
+    """The choices of `cxr.train.fit`, each on the pooled out-of-fold (OOF) selection loss of all folds (log-loss
+    after cross-fitted recalibration; `cxr.train.fit.selection_loss`).
 
     Left: the head stage per epoch, one line per class-imbalance option (star: the option and epoch kept).
-    Middle: the fine-tuning stage per epoch, pooled (thick) and per fold (thin: each fold's held-out loss), with
-    the head's best as a dashed line (the fine-tuned stage is kept only below it). Right: the pooled OOF AUROC of
-    both stages."""
+    Middle: the fine-tuning stage per epoch: the selection loss (thick), the raw pooled log-loss (dashed) and each
+    fold's raw held-out loss (thin), with the head's best selection loss as a dashed line (the fine-tuned stage is
+    kept only below it). Right: the pooled OOF AUROC of both stages."""
     pooled, history, selection = result.pooled, result.history, result.selection.set_index("stage")
     head = pooled[pooled["stage"].eq("head")]
     ft = pooled[pooled["stage"].eq("finetune")]
@@ -26,24 +27,25 @@ def selection_figure(result: Any, title: str = "") -> Figure:
     ax_h, ax_f, ax_a = axes[0]
     for option, part in head.groupby("option", sort=False):
         chosen = option == result.balance
-        ax_h.plot(part["epoch"], part["oof_loss"], lw=2.2 if chosen else 1.2, alpha=1 if chosen else 0.7,
+        ax_h.plot(part["epoch"], part["selection_loss"], lw=2.2 if chosen else 1.2, alpha=1 if chosen else 0.7,
                   label=f"{option}{' (kept)' if chosen else ''}")
     best = selection.loc["head"]
-    ax_h.scatter([best["best_epoch"]], [best["oof_loss"]], marker="*", s=180, color="k", zorder=3,
-                 label=f"best {best['oof_loss']:.4f} (epoch {int(best['best_epoch'])})")
-    ax_h.set(xlabel="head epoch", ylabel="pooled out-of-fold log-loss", title="Stage 1: head, by imbalance option")
+    ax_h.scatter([best["best_epoch"]], [best["selection_loss"]], marker="*", s=180, color="k", zorder=3,
+                 label=f"best {best['selection_loss']:.4f} (epoch {int(best['best_epoch'])})")
+    ax_h.set(xlabel="head epoch", ylabel="pooled OOF log-loss (recalibrated)", title="Stage 1: head, by imbalance option")
     ax_h.legend(fontsize=7.5)
     if len(ft):
         folds = history[history["stage"].eq("finetune")]
         for f, part in folds.groupby("fold"):
             ax_f.plot(part["epoch"], part["oof_loss"], lw=0.8, alpha=0.6, color="grey",
-                      label="each fold's held-out loss" if f == folds["fold"].min() else None)
-        ax_f.plot(ft["epoch"], ft["oof_loss"], marker="o", lw=2.2, color="C3", label="pooled over folds")
-        ax_f.axhline(best["oof_loss"], ls="--", color="k", lw=1, label="head's best")
+                      label="each fold's held-out log-loss (raw)" if f == folds["fold"].min() else None)
+        ax_f.plot(ft["epoch"], ft["oof_loss"], ls="--", lw=1.2, color="C3", label="pooled, raw")
+        ax_f.plot(ft["epoch"], ft["selection_loss"], marker="o", lw=2.2, color="C3", label="pooled, recalibrated")
+        ax_f.axhline(best["selection_loss"], ls="--", color="k", lw=1, label="head's best (recalibrated)")
         r = selection.loc["finetune"]
         if r["best_epoch"] > 0:
-            ax_f.scatter([r["best_epoch"]], [r["oof_loss"]], marker="*", s=180, color="C3", edgecolor="k",
-                         zorder=3, label=f"best {r['oof_loss']:.4f} (epoch {int(r['best_epoch'])})")
+            ax_f.scatter([r["best_epoch"]], [r["selection_loss"]], marker="*", s=180, color="C3", edgecolor="k",
+                         zorder=3, label=f"best {r['selection_loss']:.4f} (epoch {int(r['best_epoch'])})")
         ax_f.legend(fontsize=7.5)
     else:
         ax_f.text(0.5, 0.5, "not fine-tuned\n(head on frozen features)", ha="center", va="center",

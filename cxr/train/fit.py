@@ -3,7 +3,10 @@
 The training children are split into k patient-grouped folds (`cxr.data.split`). For every fold f, a model is
 trained on the other folds and scores fold f after every epoch, so every training image gets an OUT-OF-FOLD
 (OOF) probability from a model that never saw its child. Every choice is made on the POOLED OOF predictions of
-all k folds (about all training images, instead of one small validation split):
+all k folds (about all training images, instead of one small validation split), by their log-loss after the
+calibration the model ships with (`calibration`), CROSS-FITTED: fold f's predictions recalibrated by a
+calibrator fitted on the other folds' (so an over-confident stage that ranks well is not penalised for what the
+calibration removes, and no prediction is recalibrated with its own label; raw log-loss with calibration "none"):
 
 Stage 1 (head): the ImageNet backbone's pooled features are computed once for every training image (no
 augmentation; the same for all folds) and the dropout + logit head trains on them with Adam at `head_lr`, for
@@ -56,9 +59,10 @@ class TrainResult:
     oof: one row per training image of the task: position (into `Prepared.index`), fold, y, p (the OOF probability
     at the kept stage and epoch). history: one row per (fold, stage, epoch): loss and auroc on the fold's training
     part, oof_loss and oof_auroc on its held-out fold, lr. pooled: one row per (stage, option, epoch): the pooled
-    OOF log-loss and AUROC over all folds (what the choices read). selection: one row per stage: epochs, best_epoch,
-    oof_loss, oof_auroc, kept. class_balance: one row per imbalance option tried on the head stage. seconds: wall
-    time of features, head, finetune.
+    OOF log-loss (raw), the selection loss (`selection_loss`: cross-fitted recalibrated) and AUROC over all folds
+    (what the choices read). selection: one row per stage: epochs, best_epoch, selection_loss, oof_loss,
+    oof_auroc, kept. class_balance: one row per imbalance option tried on the head stage. stage_oof: each stage's
+    OOF probabilities at its best epoch (in the order of `oof`). seconds: wall time of features, head, finetune.
     """
 
     model: keras.Model
@@ -69,6 +73,7 @@ class TrainResult:
     pooled: pd.DataFrame
     selection: pd.DataFrame
     class_balance: pd.DataFrame
+    stage_oof: dict[str, np.ndarray] = field(default_factory=dict)  # each stage's OOF at its best epoch
     balance: str = "none"
     kept_stage: str = "finetune"
     kept_epoch: int = 0
@@ -155,11 +160,34 @@ def _pooled(y: np.ndarray, fold: np.ndarray, probs: dict[int, list[np.ndarray]])
     return out
 
 
-def _curve(y: np.ndarray, pooled: list[np.ndarray], stage: str, option: str) -> pd.DataFrame:
-    rows = [{"stage": stage, "option": option, "epoch": e + 1, **dict(zip(("oof_loss", "oof_auroc"),
-                                                                          loss_auroc(y, p)))}
+def selection_loss(y: np.ndarray, p: np.ndarray, fold: np.ndarray, calibration: str) -> float:
+    """The pooled out-of-fold log-loss the choices read: with a calibration method, CROSS-FITTED (fold f's
+    probabilities recalibrated by the calibrator of `calibration` fitted on the other folds'); raw with "none".
+    Infinite for a diverged model."""
+    if calibration == "none" or not np.isfinite(p).all():
+        return loss_auroc(y, p)[0]
+    from cxr.evaluate.calibration import apply_calibrator, fit_calibrator
+
+    q = np.empty(len(p))
+    for f in np.unique(fold):
+        held = fold == f
+        q[held] = apply_calibrator(fit_calibrator(y[~held], p[~held], calibration), p[held])
+    return loss_auroc(y, q)[0]
+
+
+def _curve(y: np.ndarray, fold: np.ndarray, pooled: list[np.ndarray], stage: str, option: str,
+           calibration: str) -> pd.DataFrame:
+    rows = [{"stage": stage, "option": option, "epoch": e + 1,
+             "selection_loss": selection_loss(y, p, fold, calibration),
+             **dict(zip(("oof_loss", "oof_auroc"), loss_auroc(y, p)))}
             for e, p in enumerate(pooled)]
     return pd.DataFrame(rows)
+
+
+def _row(stage: str, epochs: int, epoch: int, curve: pd.DataFrame) -> dict[str, Any]:
+    r = curve[curve["epoch"] == epoch].iloc[0]
+    return {"stage": stage, "epochs": epochs, "best_epoch": epoch, "selection_loss": float(r["selection_loss"]),
+            "oof_loss": float(r["oof_loss"]), "oof_auroc": float(r["oof_auroc"])}
 
 
 def fit(config: Config, prepared: Prepared, task: str = "pneumonia", verbose: int = 0) -> TrainResult:
@@ -217,17 +245,16 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
                            config.head_epochs, verbose, desc=f"{task} / fold {f} / head ({option})")
             history.append(h.assign(fold=f, stage="head", option=option))
             head_probs[option][f], head_weights[option][f] = held.probs, held.weights
-        curves.append(_curve(y, _pooled(y, fold, head_probs[option]), "head", option))
+        curves.append(_curve(y, fold, _pooled(y, fold, head_probs[option]), "head", option, config.calibration))
     head_curve = pd.concat(curves, ignore_index=True)
-    best = head_curve.loc[head_curve["oof_loss"].idxmin()]
+    best = head_curve.loc[head_curve["selection_loss"].idxmin()]
     balance, head_epoch = str(best["option"]), int(best["epoch"])
-    table = (head_curve.loc[head_curve.groupby("option", sort=False)["oof_loss"].idxmin()]
+    table = (head_curve.loc[head_curve.groupby("option", sort=False)["selection_loss"].idxmin()]
              .rename(columns={"epoch": "best_epoch"}).drop(columns="stage").reset_index(drop=True))
     table["chosen"] = table["option"].eq(balance)
     seconds["head"] = time.perf_counter() - t0
     oof_head = _pooled(y, fold, head_probs[balance])[head_epoch - 1]
-    selection = [{"stage": "head", "epochs": config.head_epochs, "best_epoch": head_epoch,
-                  **dict(zip(("oof_loss", "oof_auroc"), loss_auroc(y, oof_head)))}]
+    selection = [_row("head", config.head_epochs, head_epoch, head_curve[head_curve["option"] == balance])]
     del base, features
     gc.collect()
 
@@ -264,20 +291,22 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
         members.append(member)
     kept, kept_epoch, oof = "head", head_epoch, oof_head
     pooled = [head_curve]
+    stage_oof = {"head": oof_head}
     if finetune:
         seconds["finetune"] = time.perf_counter() - t0
         ft = _pooled(y, fold, ft_probs)
-        ft_curve = _curve(y, ft, "finetune", balance)
+        ft_curve = _curve(y, fold, ft, "finetune", balance, config.calibration)
         pooled.append(ft_curve)
-        e = int(ft_curve.loc[ft_curve["oof_loss"].idxmin(), "epoch"]) if np.isfinite(ft_curve["oof_loss"]).any() else 0
+        finite = np.isfinite(ft_curve["selection_loss"])
+        e = int(ft_curve.loc[ft_curve["selection_loss"][finite].idxmin(), "epoch"]) if finite.any() else 0
         if e:
-            selection.append({"stage": "finetune", "epochs": config.finetune_epochs, "best_epoch": e,
-                              **dict(zip(("oof_loss", "oof_auroc"), loss_auroc(y, ft[e - 1])))})
-            if selection[1]["oof_loss"] < selection[0]["oof_loss"]:
+            selection.append(_row("finetune", config.finetune_epochs, e, ft_curve))
+            stage_oof["finetune"] = ft[e - 1]
+            if selection[1]["selection_loss"] < selection[0]["selection_loss"]:
                 kept, kept_epoch, oof = "finetune", e, ft[e - 1]
         else:  # every epoch diverged somewhere: never selected
             selection.append({"stage": "finetune", "epochs": config.finetune_epochs, "best_epoch": 0,
-                              "oof_loss": float("inf"), "oof_auroc": float("nan")})
+                              "selection_loss": float("inf"), "oof_loss": float("inf"), "oof_auroc": float("nan")})
     for f, member in zip(folds, members):
         member.set_weights(snapshots[f][kept_epoch if kept == "finetune" else 0])
     del snapshots
@@ -291,7 +320,7 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
     ensemble = cxr_model.ensemble_model(members, name=task)
     return TrainResult(model=ensemble, members=members, task=task, oof=oof_frame, history=history,
                        pooled=pd.concat(pooled, ignore_index=True), selection=selection, class_balance=table,
-                       balance=balance, kept_stage=kept, kept_epoch=kept_epoch, seconds=seconds, batch_size=batch)
+                       stage_oof=stage_oof, balance=balance, kept_stage=kept, kept_epoch=kept_epoch, seconds=seconds, batch_size=batch)
 
 
 def record(result: TrainResult, config: Config, path: Any) -> dict[str, Any]:
