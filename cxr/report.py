@@ -168,10 +168,21 @@ def read_out(text: str) -> None:
     print(text)
 
 
-def table(frame: pd.DataFrame, digits: int = 3) -> Any:
-    """A table for the notebook, floats at `digits` decimals, every column shown in full."""
-    with pd.option_context("display.max_colwidth", None, "display.width", 250):
-        return frame.style.format(precision=digits, na_rep="") if hasattr(frame, "style") else frame
+def table(frame: pd.DataFrame | pd.Series, digits: int = 3) -> None:
+    """Show a table in the notebook, in the order of the cell's other outputs: floats at `digits` decimals, every
+    column in full, NaN as an empty cell (printed outside IPython)."""
+    frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(frame.style.format(precision=digits, na_rep=""))
+            return
+    except ImportError:
+        pass
+    with pd.option_context("display.max_colwidth", None, "display.width", 250, "display.precision", digits):
+        print(frame.to_string())
 
 
 @contextlib.contextmanager

@@ -28,17 +28,31 @@ def test_unknown_mode_field_or_value_is_a_clear_error():
 
 
 def test_set_values_are_parsed_by_the_field_type():
-    got = parse_settings(["seed=7", "val_fraction=0.2", "exclude_test_patients=false", "weights=none",
-                          "max_per_class=10", "backbone=EfficientNetB0", "horizontal_flip=yes", "source=none"])
-    assert got == {"seed": 7, "val_fraction": 0.2, "exclude_test_patients": False, "weights": None,
-                   "max_per_class": 10, "backbone": "EfficientNetB0", "horizontal_flip": True, "source": None}
-    assert isinstance(got["seed"], int) and isinstance(got["val_fraction"], float)
+    got = parse_settings(["seed=7", "aug_resample=0.5", "exclude_test_patients=false", "weights=none",
+                          "max_per_class=10", "backbone=EfficientNetB0", "horizontal_flip=yes", "source=none",
+                          "finetune_tasks=pneumonia, subtype"])
+    assert got == {"seed": 7, "aug_resample": 0.5, "exclude_test_patients": False, "weights": None,
+                   "max_per_class": 10, "backbone": "EfficientNetB0", "horizontal_flip": True, "source": None,
+                   "finetune_tasks": ("pneumonia", "subtype")}
+    assert isinstance(got["seed"], int) and isinstance(got["aug_resample"], float)
+    assert parse_settings(["finetune_tasks=pneumonia"]) == {"finetune_tasks": ("pneumonia",)}
     assert parse_settings(["max-per-class=none"]) == {"max_per_class": None}
     for bad, message in (("seed=seven", "not a valid int"), ("horizontal_flip=maybe", "not a valid bool"),
                          ("image_size=none", "not a valid int"), ("nosuch=1", "unknown setting"),
-                         ("seed", "key=value")):
+                         ("seed", "key=value"), ("val_fraction=0.2", "unknown setting")):
         with pytest.raises(ValueError, match=message):
             parse_settings([bad])
+    with pytest.raises(ValueError, match="finetune_tasks"):
+        Config(finetune_tasks=("pneumonia", "fracture"))
+
+
+def test_config_is_the_single_source_of_defaults_and_saves_what_it_holds(tmp_path):
+    """Config round-trips through config.json (tuples included); the split seed is its own setting."""
+    c = Config.preset("smoke", seed=7, finetune_tasks=("pneumonia",))
+    c.save(tmp_path / "config.json")
+    assert Config.load(tmp_path / "config.json") == c
+    assert c.split_seed == Config().split_seed and c.seed == 7  # --set seed leaves the folds alone
+    assert Config.preset("smoke").n_folds == 2 and Config().n_folds >= 3
 
 
 def test_one_rule_for_run_folders():

@@ -14,6 +14,7 @@ from keras import layers
 
 from cxr import explain, plots
 
+BATCH = 16
 SIZE = 32
 SQUARE = 6
 pytestmark = pytest.mark.backend
@@ -32,7 +33,7 @@ def _toy_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, corners
 
 
-def _toy_model(size: int = SIZE, last_activation: str = "relu") -> keras.Model:
+def _toy_model(size: int = SIZE, last_activation: str = "relu", name: str = "toy") -> keras.Model:
     """A model with exactly the contract's chain, a tiny CNN backbone keeping a 16x16 feature map."""
     inputs = keras.Input((size, size, 1), dtype="uint8", name="image")
     x = layers.Rescaling(1.0, name="to_float")(inputs)
@@ -49,7 +50,7 @@ def _toy_model(size: int = SIZE, last_activation: str = "relu") -> keras.Model:
     x = layers.Dropout(0.1, name="dropout")(x)
     x = layers.Dense(1, name="logit")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="prob")(x)
-    return keras.Model(inputs, outputs, name="toy")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def _in_square(cams: np.ndarray, corners: np.ndarray, margin: int = 1) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_toy_model_learned_the_task(toy):
 
 def test_replay_equals_model_output(toy):
     model, xt, *_ = toy
-    assert explain.replay_check(model, xt[:16]) <= 1e-4
+    assert explain.replay_check(model, xt[:16], batch_size=BATCH) <= 1e-4
     assert explain.find_target_layer(model) == "features"
 
 
@@ -86,28 +87,28 @@ def test_replay_equals_model_output(toy):
 def test_peak_falls_inside_the_square(toy, method):
     model, xt, yt, ct, _ = toy
     pos = yt == 1
-    cams = explain.METHODS[method](model, xt[pos], target_class=1)
+    cams = explain.METHODS[method](model, xt[pos], target_class=1, batch_size=BATCH)
     hit = _in_square(cams, ct[pos], margin=2)
     assert hit.mean() >= 0.8, f"{method}: peak in square for only {hit.mean():.0%} of positives"
 
 
 def test_range_shape_finite(toy):
     model, xt, *_ = toy
-    cams = explain.grad_cam(model, xt[:10])
+    cams = explain.grad_cam(model, xt[:10], batch_size=BATCH)
     assert cams.shape == (10, SIZE, SIZE) and cams.dtype == np.float32
     assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
     peaks = cams.reshape(10, -1).max(1)
     assert np.all((peaks == 0) | np.isclose(peaks, 1.0))  # each map: no heat at all, or scaled to a maximum of 1
     assert np.isclose(peaks, 1.0).sum() >= 5
-    one = explain.grad_cam(model, xt[0, ..., 0])  # a single (H, W) image
+    one = explain.grad_cam(model, xt[0, ..., 0], batch_size=BATCH)  # a single (H, W) image
     assert one.shape == (1, SIZE, SIZE)
 
 
 def test_normal_map_differs_and_avoids_the_square(toy):
     model, xt, yt, ct, _ = toy
     pos = yt == 1
-    c1 = explain.grad_cam(model, xt[pos], target_class=1)
-    c0 = explain.grad_cam(model, xt[pos], target_class=0)
+    c1 = explain.grad_cam(model, xt[pos], target_class=1, batch_size=BATCH)
+    c0 = explain.grad_cam(model, xt[pos], target_class=0, batch_size=BATCH)
     assert np.abs(c1 - c0).mean() > 0.1
     # evidence for NORMAL is evidence against PNEUMONIA: it is not where the square is
     assert _in_square(c0, ct[pos], margin=0).mean() <= 0.2
@@ -119,7 +120,7 @@ def test_normal_map_differs_and_avoids_the_square(toy):
 def test_batch_equals_one_by_one(toy):
     model, xt, *_ = toy
     batched = explain.grad_cam(model, xt[:6], batch_size=4)
-    single = np.concatenate([explain.grad_cam(model, xt[i:i + 1]) for i in range(6)])
+    single = np.concatenate([explain.grad_cam(model, xt[i:i + 1], batch_size=BATCH) for i in range(6)])
     np.testing.assert_allclose(batched, single, atol=1e-4)
 
 
@@ -134,7 +135,7 @@ def test_all_negative_or_zero_activations_give_zeros():
         logit = model.get_layer("logit")
         logit.set_weights([np.abs(logit.get_weights()[0]) + 0.1, logit.get_weights()[1]])  # all w_k > 0
         for fn in (explain.grad_cam, explain.grad_cam_plus_plus):
-            cams = fn(model, x, target_class=1)
+            cams = fn(model, x, target_class=1, batch_size=BATCH)
             assert np.isfinite(cams).all(), (act, fn.__name__)
             assert np.all(cams == 0), (act, fn.__name__)
 
@@ -151,13 +152,13 @@ def test_saved_and_loaded_model(toy, tmp_path):
     path = tmp_path / "toy.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(explain.grad_cam(loaded, xt[:4]), explain.grad_cam(model, xt[:4]), atol=1e-4)
+    np.testing.assert_allclose(explain.grad_cam(loaded, xt[:4], batch_size=BATCH), explain.grad_cam(model, xt[:4], batch_size=BATCH), atol=1e-4)
 
 
 def test_randomization_lowers_the_correlation(toy):
     model, xt, yt, *_ = toy
     before = [w.copy() for w in model.get_weights()]
-    table = explain.randomization_test(model, xt[yt == 1][:16], seed=0)
+    table = explain.randomization_test(model, xt[yt == 1][:16], seed=0, batch_size=BATCH)
     assert list(table["randomised_to"])[1:] == ["logit", "conv3", "conv2", "conv1"]
     assert table["spearman_mean"].iloc[0] == 1.0 and (table["n_images"] == 16).all()
     # a random CNN still responds to a bright square a little (Adebayo et al. saw the same edge-detector effect),
@@ -172,8 +173,8 @@ def test_randomization_lowers_the_correlation(toy):
 def test_deletion_is_faster_with_heat_order(toy):
     model, xt, yt, *_ = toy
     pos = xt[yt == 1][:12]
-    cams = explain.grad_cam(model, pos)
-    res = explain.deletion_insertion(model, pos, cams, steps=10)
+    cams = explain.grad_cam(model, pos, batch_size=BATCH)
+    res = explain.deletion_insertion(model, pos, cams, steps=10, batch_size=BATCH)
     s = res.summary()
     assert res.curves["deletion_heat"].shape == (12, 11)
     assert s.loc["deletion", "heat"] < s.loc["deletion", "random"]
@@ -181,26 +182,42 @@ def test_deletion_is_faster_with_heat_order(toy):
     assert len(plots.deletion_insertion_figure(res).axes) == 2
 
 
-def test_pick_confusion_examples_rule():
+def test_confident_cases_rule():
     y = np.array([1, 1, 0, 0, 1, 0])
     p = np.array([0.9, 0.2, 0.1, 0.8, 0.95, 0.3])
-    picks = plots.pick_confusion_examples(y, p, threshold=0.5, per_cell=2)
-    assert list(picks["TP"]) == [4, 0] and list(picks["TN"]) == [2, 5]
-    assert list(picks["FP"]) == [3] and list(picks["FN"]) == [1]
-    none = plots.pick_confusion_examples(np.array([1, 0]), np.array([0.9, 0.1]), 0.5)
-    assert len(none["FP"]) == 0 and len(none["FN"]) == 0
+    cases = explain.confident_cases(y, p, threshold=0.5, per_cell=2)
+    assert list(cases.index) == [4, 0, 2, 5, 3, 1]  # TP, TN, FP, FN, each by confidence
+    assert list(cases["cell"]) == ["TP", "TP", "TN", "TN", "FP", "FN"]
+    np.testing.assert_array_equal(cases["p"], p[cases.index]) and np.testing.assert_array_equal(cases["y"], y[cases.index])
+    none = explain.confident_cases(np.array([1, 0]), np.array([0.9, 0.1]), 0.5, cells=("FP", "FN"))
+    assert none.empty
+    with pytest.raises(ValueError, match="unknown cells"):
+        explain.confident_cases(y, p, 0.5, cells=("XX",))
 
 
 def test_overlay_and_figures(toy):
     model, xt, yt, _, p = toy
-    cams = explain.grad_cam(model, xt[:8])
+    cams = explain.grad_cam(model, xt[:8], batch_size=BATCH)
     rgb = plots.overlay(xt[0], cams[0])
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
     fig = plots.overlay_figure(xt[0, ..., 0], cams[0], title="toy")
     assert len(fig.axes) == 3  # image, overlay, colour bar
-    grid = plots.confusion_grid(xt[:8, ..., 0], cams, yt[:8], p[:8], threshold=0.5, per_cell=2)
-    texts = [t.get_text() for ax in grid.axes for t in ax.texts]
-    assert any(t.startswith("no ") for t in texts) or len(texts) == 0
+    np.testing.assert_array_equal(plots.overlay(xt[0], np.zeros((SIZE, SIZE))), np.repeat(xt[0], 3, -1))  # no heat:
+    # the X-ray shows through unchanged
+
+
+def test_gradcam_pairs_show_the_predicted_class_on_one_scale(toy):
+    model, xt, yt, _, p = toy
+    called = (p[:6] >= 0.5).astype(int)
+    raw = explain.grad_cam(model, xt[:6], target_class=called, normalize="none", batch_size=BATCH)
+    scale = plots.map_scale(raw)
+    fig = plots.gradcam_pairs(xt[:6, ..., 0], raw, yt[:6], p[:6], 0.5, scale, cells=["x"] * 6, title="t")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert sum(t.startswith("evidence for ") for t in titles) == 6
+    assert all(f"called {'PNEUMONIA' if c else 'NORMAL'}" in t for c, t in zip(called, titles[0::2]))
+    colorbar = fig.axes[-1]
+    assert colorbar.get_ylim()[1] == pytest.approx(scale)  # one stated scale for every panel
+    assert plots.gradcam_pairs(xt[:0, ..., 0], raw[:0], [], [], 0.5, 1.0) is not None  # no cases: says so
 
 
 def test_heat_shares_and_audit():
@@ -223,11 +240,11 @@ def test_heat_shares_and_audit():
 def test_bad_target_layer_and_class(toy):
     model, xt, *_ = toy
     with pytest.raises(ValueError):
-        explain.grad_cam(model, xt[:2], layer="no_such_layer")
+        explain.grad_cam(model, xt[:2], layer="no_such_layer", batch_size=BATCH)
     with pytest.raises(ValueError):
-        explain.grad_cam(model, xt[:2], target_class=2)
+        explain.grad_cam(model, xt[:2], target_class=2, batch_size=BATCH)
     # an earlier cut point of the backbone also works
-    cams = explain.grad_cam(model, xt[:2], layer="conv2")
+    cams = explain.grad_cam(model, xt[:2], layer="conv2", batch_size=BATCH)
     assert cams.shape == (2, SIZE, SIZE) and np.isfinite(cams).all()
 
 
@@ -243,10 +260,10 @@ def test_skip_connection_target_is_refused():
     x = layers.Dense(1, name="logit")(x)
     model = keras.Model(inputs, layers.Activation("sigmoid", name="prob")(x))
     img = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 1)).astype(np.uint8)
-    assert explain.grad_cam(model, img).shape == (2, 16, 16)  # default: "add", the last feature map
-    assert explain.grad_cam(model, img, layer="c1").shape == (2, 16, 16)  # c1 is a cut point
+    assert explain.grad_cam(model, img, batch_size=BATCH).shape == (2, 16, 16)  # default: "add", the last feature map
+    assert explain.grad_cam(model, img, layer="c1", batch_size=BATCH).shape == (2, 16, 16)  # c1 is a cut point
     with pytest.raises(ValueError, match="skip connection"):
-        explain.grad_cam(model, img, layer="c2")
+        explain.grad_cam(model, img, layer="c2", batch_size=BATCH)
 
 
 def test_project_model_tiny_cnn():
@@ -256,9 +273,9 @@ def test_project_model_tiny_cnn():
     keras.utils.set_random_seed(0)
     model = cxr_model.build_model(Config.preset("smoke", backbone="tiny_cnn", image_size=64).replace(weights=None))
     x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 1)).astype(np.uint8)
-    assert explain.replay_check(model, x) <= 1e-4
+    assert explain.replay_check(model, x, batch_size=BATCH) <= 1e-4
     for fn in (explain.grad_cam, explain.grad_cam_plus_plus):
-        cams = fn(model, x)
+        cams = fn(model, x, batch_size=BATCH)
         assert cams.shape == (3, 64, 64) and np.isfinite(cams).all() and 0 <= cams.min() <= cams.max() <= 1
     assert explain.find_target_layer(model) == "block3_relu"
 
@@ -297,3 +314,29 @@ def test_faithfulness_verdict_needs_a_significant_test():
     assert "not significant" in deletion and "supported" not in deletion  # right direction, within the noise
     short = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, few)).splitlines()[0]
     assert "too few images for a test (4; at least 6)" in short and "no test" in short
+
+
+def test_per_image_classes_raw_maps_and_the_ensemble(toy):
+    """A per-image class gives each image its class's map; raw maps keep their scale (the per-image normalised
+    ones divide by the maximum); an ensemble's map is the normalised mean of its members' raw maps."""
+    from cxr import model as cxr_model
+
+    model, xt, *_ = toy
+    x = xt[:4]
+    c1 = explain.grad_cam(model, x, target_class=1, batch_size=BATCH)
+    c0 = explain.grad_cam(model, x, target_class=0, batch_size=BATCH)
+    mixed = explain.grad_cam(model, x, target_class=np.array([1, 0, 0, 1]), batch_size=BATCH)
+    np.testing.assert_allclose(mixed, np.stack([c1[0], c0[1], c0[2], c1[3]]), atol=1e-6)
+    raw = explain.grad_cam(model, x, target_class=1, normalize="none", batch_size=BATCH)
+    peak = raw.reshape(len(raw), -1).max(1)
+    np.testing.assert_allclose(c1[peak > 0], raw[peak > 0] / peak[peak > 0, None, None], atol=1e-5)
+    with pytest.raises(ValueError, match="target_class"):
+        explain.grad_cam(model, x, target_class=np.array([1, 2, 0, 1]), batch_size=BATCH)
+    twin = _toy_model(name="twin")
+    twin.set_weights([w * 0.9 for w in model.get_weights()])
+    ensemble = cxr_model.ensemble_model([model, twin], name="pair")
+    raw_twin = explain.grad_cam(twin, x, target_class=1, normalize="none", batch_size=BATCH)
+    expected = explain.finish_cams((raw + raw_twin) / 2, raw.shape[1:3])
+    np.testing.assert_allclose(explain.grad_cam(ensemble, x, target_class=1, batch_size=BATCH), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="single model"):
+        explain.grad_cam(ensemble, x, weights=[], batch_size=BATCH)

@@ -1,10 +1,11 @@
 """cxr.io: atomic writes of files and folders, the Markdown marker-block writer."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cxr import io as cxr_io
-from cxr import data
 
 
 def test_atomic_write_keeps_old_content_when_replace_fails(tmp_path, monkeypatch):
@@ -65,5 +66,24 @@ def test_update_markdown_replaces_only_the_block(tmp_path):
     assert (tmp_path / "new.md").read_text() == "<!-- x -->\nt\n<!-- /x -->\n"
 
 
-def test_old_data_names_still_reach_the_io_functions():
-    assert data.atomic_write_text is cxr_io.atomic_write_text
+def test_write_json_is_strict_and_atomic(tmp_path):
+    """One writer for strict JSON: NaN and infinities become null, numpy values plain numbers, tuples lists,
+    paths posix strings, frames records; the file is replaced whole."""
+    import json
+    from dataclasses import dataclass
+
+    import numpy as np
+    import pandas as pd
+
+    @dataclass
+    class Point:
+        x: float
+
+    obj = {"nan": float("nan"), "inf": np.float32("inf"), "int": np.int64(3), "flag": np.bool_(True),
+           "tuple": (1, 2.5), "array": np.array([1.0, np.nan]), "path": Path("a") / "b", "point": Point(1.5),
+           "frame": pd.DataFrame({"a": [1, 2]}), 4: "key"}
+    path = cxr_io.write_json(tmp_path / "x.json", obj)
+    assert json.loads(path.read_text()) == {"nan": None, "inf": None, "int": 3, "flag": True, "tuple": [1, 2.5],
+                                            "array": [1.0, None], "path": "a/b", "point": {"x": 1.5},
+                                            "frame": [{"a": 1}, {"a": 2}], "4": "key"}
+    assert path.read_text().endswith("}\n") and [p.name for p in tmp_path.iterdir()] == ["x.json"]

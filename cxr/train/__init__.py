@@ -5,4 +5,4 @@ from cxr.train.batches import (PredictBatches, TrainBatches, balanced_class_weig
 from cxr.train.device import (accelerator, batch_size, data_parallel, environment, precision_policy,  # noqa: F401
                               precision_scope, resolve, setup_precision)
 from cxr.train.fit import (BALANCE_OPTIONS, HeldOut, TrainResult, finetune_optimizer, fit, loss_auroc,  # noqa: F401
-                           predict_split, record)
+                           predict_split, record, selection_loss)
