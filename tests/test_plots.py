@@ -28,7 +28,7 @@ def _index(n: int = 60, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({
         "path": [f"train/x{i}.jpeg" for i in range(n)],
         "official_split": rng.choice(["train", "test"], n),
-        "split": rng.choice(["train", "val", "test"], n),
+        "split": rng.choice(["train", "test"], n),
         "label": np.where(subtype == "normal", "NORMAL", "PNEUMONIA"),
         "subtype": subtype,
         "patient_id": [f"p{i // 3}" for i in range(n)],
@@ -96,6 +96,7 @@ def test_data_figures(tmp_path):
     assert any("pneumonia" in t.get_text() for t in fig.axes[0].get_xticklabels())
     assert len(plots.images_per_patient(index).axes) == 1
     assert len(plots.image_sizes(index).axes) == 2
+    assert "none excluded" in fig._suptitle.get_text()
     plots.save_figure(plots.class_balance(index.drop(columns="split")), tmp_path / "balance.png")
     assert (tmp_path / "balance.png").stat().st_size > 1000
 
@@ -113,15 +114,48 @@ def test_example_grid_and_class_examples():
     assert len(titles) == 6 and sum(t.startswith("virus") for t in titles) == 2
 
 
-def test_augmentation_grid_uses_the_models_augment_layer():
-    from cxr import model
+def test_augmentation_grid_shows_the_resampling_paths_and_the_training_views():
     from cxr.config import Config
 
-    cfg = Config.preset("smoke", backbone="tiny_cnn", image_size=32)
-    net = model.training_model(model.build_model(cfg), cfg)  # the inference model itself holds no augmentation
-    image = (np.random.default_rng(0).random((1, 32, 32)) * 255).astype(np.uint8)
-    fig = plots.augmentation_grid(net, image, n=4, seed=0)
+    cfg = Config.preset("smoke", backbone="tiny_cnn", image_size=32, aug_resample=0.5, aug_border=0.1)
+    image = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    fig = plots.augmentation_grid(cfg, image, n=4, seed=0)
     shown = [im.get_array() for ax in fig.axes for im in ax.images]
-    assert len(shown) == 4
-    np.testing.assert_array_equal(shown[0], image[0])
-    assert all(np.abs(s.astype(float) - image[0]).mean() > 1 for s in shown[1:])  # augmented copies differ
+    assert len(shown) == 8
+    np.testing.assert_array_equal(shown[0], image)
+    assert all(np.abs(s.astype(float) - image).mean() > 1 for s in shown[1:])  # every copy differs
+
+
+def test_flow_diagram_draws_every_stage():
+    flow = pd.DataFrame([("files found (image files)", 110, None, ""), ("unreadable (skipped)", 3, None, "corrupt: 3"),
+                         ("readable images", 107, 80, ""), ("excluded: a reason", 2, 2, ""),
+                         ("training (cross-validated)", 85, 60, "NORMAL 40, PNEUMONIA 45; 4 folds"),
+                         ("official test", 20, 18, "NORMAL 10, PNEUMONIA 10")],
+                        columns=["stage", "images", "children", "detail"])
+    fig = plots.flow_diagram(flow)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for stage, images in zip(flow["stage"], flow["images"]):
+        assert stage in texts and f"{images:,} images" in texts
+    assert "4 folds" in texts and "60 children" in texts
+
+
+def test_selection_figure_and_fold_table():
+    from types import SimpleNamespace
+
+    pooled = pd.DataFrame([("head", o, e, 0.3 - 0.01 * e + d, 0.35 - 0.01 * e + d, 0.95)
+                           for o, d in (("none", 0.0), ("weights", 0.02)) for e in range(1, 6)]
+                          + [("finetune", "none", e, 0.2 - 0.03 * e, 0.3 - 0.03 * e, 0.97) for e in (1, 2, 3)],
+                          columns=["stage", "option", "epoch", "selection_loss", "oof_loss", "oof_auroc"])
+    history = pd.DataFrame([(f, "finetune", "none", e, 0.3 - 0.03 * e + 0.01 * f) for f in range(3) for e in (1, 2, 3)],
+                           columns=["fold", "stage", "option", "epoch", "oof_loss"])
+    selection = pd.DataFrame([("head", 5, 5, 0.25, 0.30, 0.95, False), ("finetune", 3, 3, 0.11, 0.21, 0.97, True)],
+                             columns=["stage", "epochs", "best_epoch", "selection_loss", "oof_loss", "oof_auroc",
+                                      "kept"])
+    oof = pd.DataFrame({"position": range(8), "fold": [0, 0, 1, 1, 2, 2, 2, 0], "y": [0, 1] * 4,
+                        "p": [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.6, 0.4]})
+    result = SimpleNamespace(pooled=pooled, history=history, selection=selection, balance="none", task="toy",
+                             n_folds=3, kept_stage="finetune", kept_epoch=3, oof=oof)
+    fig = plots.selection_figure(result)
+    assert len(fig.axes) == 3 and "kept: finetune, epoch 3" in fig._suptitle.get_text()
+    table = plots.fold_table(result)
+    assert list(table.index[:3]) == [0, 1, 2] and table.loc[0, "held-out images"] == 3
