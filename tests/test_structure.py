@@ -101,3 +101,29 @@ print(json.dumps({{"policy": keras.mixed_precision.global_policy().name, "rc": c
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["policy"] == "float32"
     assert result["rc"] == []
+
+
+def test_the_wheel_holds_every_subpackage_and_the_sample(tmp_path):
+    """`pip install .` (not editable) gets the whole package: build the wheel from a copy of the sources and check
+    that every package under cxr/ (every folder with an __init__.py) and the bundled sample are inside it."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "cxr", source / "cxr", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("cxr-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = sorted(p.parent.relative_to(REPO).as_posix() for p in (REPO / "cxr").rglob("__init__.py"))
+    assert {"cxr", "cxr/train", "cxr/data", "cxr/evaluate", "cxr/explain", "cxr/plots"} <= set(packages)
+    missing = [p for p in packages if f"{p}/__init__.py" not in names]
+    assert not missing, f"subpackages missing from the wheel: {missing}"
+    modules = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "cxr").rglob("*.py") if "__pycache__" not in str(p))
+    assert not [m for m in modules if m not in names]
+    assert "cxr/sample/chest-xray-sample.zip" in names
