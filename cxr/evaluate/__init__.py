@@ -16,9 +16,9 @@ from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calib
 from cxr.evaluate.document import (REFERENCES, SCHEMA_VERSION, TASK_TITLES, comparison_table, fmt, interval_table,
                                    markdown_results, metrics_document, protocol, read_metrics, report_table,
                                    results_table, write_metrics)
-from cxr.evaluate.metrics import (CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, bootstrap_draws,
-                                  check_inputs, confusion, evaluate, expected_calibration_error, metric_values,
-                                  patient_strata, task_report)
+from cxr.evaluate.metrics import (CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, bootstrap_draws,
+                                  check_inputs, child_report, child_table, confusion, expected_calibration_error,
+                                  metric_values, patient_strata, task_report)
 from cxr.evaluate.threshold import choose, choose_threshold, describe_stability, stability, stability_summary
 from cxr.io import update_markdown  # the results blocks of README.md and doc/results.md
 
