@@ -392,10 +392,17 @@ def test_describe_calibration_says_what_happened_on_test():
     y_val, y_test = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
     true_val, true_test = np.where(y_val, 0.7, 0.3), np.where(y_test, 0.7, 0.3)
     sharpen = lambda q: 1 / (1 + np.exp(-3 * np.log(q / (1 - q))))  # over-confident scores  # noqa: E731
-    block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature")
+    block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature",
+                                   groups_test=np.arange(400) // 2, n_bootstrap=200, ci_level=0.95, seed=0)
     text = E.describe_calibration(block)
     assert text.startswith("Temperature scaling fitted on validation (T = ")
-    assert "improved" in text and f"{block['test']['before']['ece']:.3f} -> {block['test']['after']['ece']:.3f}" in text
+    before, after, ci = block["test"]["before"], block["test"]["after"], block["test"]["ci"]
+    assert "improved" in text and f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}" in text
+    assert f"Brier score {before['brier']:.3f} -> {after['brier']:.3f}" in text
+    slope = ci["before"]["slope"]
+    assert f"calibration slope {before['slope']:.2f} [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}] ->" in text
+    assert "calibration intercept" in text and "After calibration: slope " in text
+    assert f"{before['ece']:.3f} -> {after['ece']:.3f}" in text
 
 
 # --- interval methods ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Honest evaluation, in the order a study uses it (every fit on VALIDATION only, the test scored once):
 
 - `threshold`: operating-point policies chosen on validation, and their stability under resampling;
-- `calibration`: temperature / Platt scaling fitted on validation, reliability tables;
+- `calibration`: temperature / Platt scaling fitted on validation; calibration slope and intercept, smoothed
+  reliability curves;
 - `metrics`: test metrics with image-level and patient-level (cluster) bootstrap intervals;
 - `clinical`: what the operating point means across prevalences (PPV/NPV), decision curves;
 - `predictions`: every validation and test prediction on record, error analysis;
@@ -11,8 +12,10 @@
 The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose_threshold`, ...).
 """
 from cxr.evaluate import calibration, clinical, ledger, predictions, threshold  # the modules themselves
-from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report, describe_calibration,
-                                      fit_calibrator, fit_temperature, reliability_table)
+from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report,
+                                      calibration_intercept_slope, calibration_intervals, describe_calibration,
+                                      fit_calibrator, fit_temperature, invert_calibrator, reliability_table,
+                                      smoothed_reliability)
 from cxr.evaluate.document import (REFERENCES, SCHEMA_VERSION, TASK_TITLES, comparison_table, fmt, interval_table,
                                    markdown_results, metrics_document, protocol, read_metrics, report_table,
                                    results_table, write_metrics)
