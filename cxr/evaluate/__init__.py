@@ -5,7 +5,8 @@
   reliability curves;
 - `metrics`: test metrics with image-level and patient-level (cluster) bootstrap intervals, per image and per child;
 - `uncertainty`: the uncertainty of the operating point (nested bootstrap), the coverage simulation of the intervals;
-- `clinical`: what the operating point means across prevalences (PPV/NPV), decision curves;
+- `clinical`: what the operating point means across prevalences (PPV/NPV), decision curves and net benefit
+  across plausible prevalences;
 - `predictions`: every validation and test prediction on record, error analysis;
 - `ledger`: one line per scoring of the test split;
 - `document`: `metrics.json`, its tables and the Markdown results blocks.
