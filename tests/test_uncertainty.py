@@ -99,3 +99,18 @@ def test_intervals_cover_a_sensitivity_of_098_on_400_patients():
     assert single.loc["sensitivity", "method"] == E.CI_METHODS["sensitivity"]
     with pytest.raises(ValueError, match="truth"):
         U.coverage_simulation(n_sim=1, n_bootstrap=10, metrics=("brier",))
+
+
+def test_method_comparison_scores_the_package_intervals_beside_the_alternatives():
+    settings = {"n_sim": 12, "n_bootstrap": 100, "n_positive": 60, "n_negative": 40, "seed": 5}
+    table = U.method_comparison(**settings)
+    assert set(table.index.get_level_values("method")) == {"package", "percentile", "BCa", "logit", "wilson_images",
+                                                           "newcombe_deff_ge_1"}
+    assert table.loc[("sensitivity", "package"), "truth"] == 0.98
+    ours = U.coverage_simulation(metrics=("sensitivity", "specificity", "auroc"), **settings)
+    for m in ("sensitivity", "specificity", "auroc"):  # the "package" rows are what task_report reports
+        assert table.loc[(m, "package"), "coverage"] == ours.loc[m, "coverage"]
+        assert table.loc[(m, "package"), "mean_width"] == pytest.approx(ours.loc[m, "mean_width"])
+    # one image per patient, no clustering: Wilson on the images is the package's interval up to deff >= 1
+    assert table.loc[("sensitivity", "package"), "mean_width"] >= table.loc[("sensitivity", "wilson_images"),
+                                                                            "mean_width"] - 1e-12

@@ -1,6 +1,7 @@
 """Uncertainty beyond the fixed-threshold intervals of `cxr.evaluate.metrics`: the uncertainty of the operating
-point itself (a nested bootstrap of selection and test patients), and the coverage simulation that chose the
-interval methods of `metrics.CI_METHODS`.
+point itself (a nested bootstrap of selection and test patients), and the coverage simulations that chose the
+interval methods of `metrics.CI_METHODS` (`method_comparison`: every method tried, on the same simulated test sets;
+`coverage_simulation`: the package's own intervals, as `task_report` computes them).
 
 The intervals of `task_report` are conditional on the threshold chosen on validation: they treat it as fixed. The
 threshold is itself an estimate, so `threshold_uncertainty` re-chooses it on each bootstrap resample of the
@@ -16,8 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from cxr.evaluate.metrics import (BCA, CI_METHODS, _bootstrap, _percentile, check_inputs, cluster_design_effect,
-                                  patient_strata, wilson_ess_interval)
+from cxr.evaluate.metrics import (BCA, CI_METHODS, METRICS, _bootstrap, _metric_interval, _metric_values,
+                                  _newcombe_variance, _percentile, _resampler, _run_bootstrap, _z, auroc_score_interval,
+                                  check_inputs, cluster_design_effect, patient_strata, wilson_bounds,
+                                  wilson_ess_interval)
 from cxr.evaluate.threshold import _resample
 
 NESTED_METRICS = ("threshold", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv")
@@ -159,9 +162,7 @@ def coverage_simulation(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, 
     One row per metric: truth, coverage, below (share of intervals wholly below the truth), above, mean_width,
     method (CI_METHODS), n_sim, n_bootstrap. Truth is the population value at the threshold 0.5 (`simulated_set`).
     """
-    truth = {"sensitivity": sensitivity, "specificity": specificity,
-             "balanced_accuracy": (sensitivity + specificity) / 2,
-             "auroc": float(stats.norm.cdf((stats.norm.ppf(sensitivity) + stats.norm.ppf(specificity)) / math.sqrt(2)))}
+    truth = _truth(sensitivity, specificity)
     unknown = set(metrics) - set(truth)
     if unknown:
         raise ValueError(f"no known truth for {sorted(unknown)}; choose from {sorted(truth)}")
@@ -179,3 +180,61 @@ def coverage_simulation(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, 
                 "mean_width": float(np.nanmean(high[m] - low[m])), "method": CI_METHODS[m], "n_sim": n_sim,
                 "n_bootstrap": n_bootstrap} for m in metrics}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("metric")
+
+
+def _truth(sensitivity: float, specificity: float) -> dict[str, float]:
+    return {"sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+            "auroc": float(stats.norm.cdf((stats.norm.ppf(sensitivity) + stats.norm.ppf(specificity)) / math.sqrt(2)))}
+
+
+def method_comparison(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, n_negative: int = 200,
+                      sensitivity: float = 0.98, specificity: float = 0.90, max_images: int = 1, icc: float = 0.0,
+                      ci_level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The simulation behind CI_METHODS: coverage of every interval method tried, on the same simulated test sets
+    and the same patient-level bootstrap (as `coverage_simulation`).
+
+    Methods: "package" (CI_METHODS, what `task_report` reports), "percentile", "BCa" (scipy), "logit" (normal
+    on the logit scale with the bootstrap standard error), and for proportions "wilson_images" (Wilson on the
+    image count, ignoring clustering), for AUROC "newcombe_deff_ge_1" (the score interval with the design effect
+    held at 1 or more). One row per (metric, method): truth, coverage, below, above, mean_width.
+    """
+    truth = _truth(sensitivity, specificity)
+    z = _z(ci_level)
+    rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for s in range(n_sim):
+        y, p, patient = simulated_set(np.random.default_rng(seed + s), n_positive, n_negative, sensitivity,
+                                      specificity, max_images, icc)
+        setup = _resampler(y, p, [0.5], patient)
+        low, high, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed + s, method="BCa")
+        values = _metric_values(y, p, 0.5)
+        codes = patient_strata(y, patient)[0]
+        for m in truth:
+            i = METRICS.index(m)
+            v, d = values[m], dist[i]
+            se = float(np.nanstd(d, ddof=1))
+            logit_ci = ((float(special.expit(special.logit(v) - z * se / (v * (1 - v)))),
+                         float(special.expit(special.logit(v) + z * se / (v * (1 - v)))))
+                        if 0 < v < 1 and se > 0 else _percentile(d, ci_level))
+            found = {"package": _metric_interval(m, v, d, (low[i], high[i]), y, p, 0.5, codes, ci_level)[:2],
+                     "percentile": _percentile(d, ci_level),
+                     "BCa": (float(low[i]), float(high[i])) if np.isfinite([low[i], high[i]]).all()
+                     else _percentile(d, ci_level),
+                     "logit": logit_ci}
+            if m in ("sensitivity", "specificity"):
+                found["wilson_images"] = wilson_bounds(v, int((y == (m == "sensitivity")).sum()), ci_level)
+            if m == "auroc":
+                n1, n0 = int(y.sum()), int((1 - y).sum())
+                var, v0 = float(np.nanvar(d, ddof=1)), float(_newcombe_variance(v, n1, n0))
+                deff = max(var / v0 if var > 0 and v0 > 0 else cluster_design_effect(codes), 1.0)
+                found["newcombe_deff_ge_1"] = auroc_score_interval(v, np.r_[v, v], n1, n0, deff, ci_level)
+            for method, ci in found.items():
+                rows.setdefault((m, method), []).append(ci)
+    out = []
+    for (m, method), cis in rows.items():
+        lo, hi = np.asarray(cis, float).T
+        out.append({"metric": m, "method": method, "truth": truth[m],
+                    "coverage": float(np.mean((lo <= truth[m]) & (truth[m] <= hi))),
+                    "below": float(np.mean(hi < truth[m])), "above": float(np.mean(lo > truth[m])),
+                    "mean_width": float(np.nanmean(hi - lo))})
+    return pd.DataFrame(out).set_index(["metric", "method"])
