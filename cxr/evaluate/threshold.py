@@ -127,8 +127,12 @@ def _resample(y: np.ndarray, groups: Any, rng: np.random.Generator) -> np.ndarra
     codes, stratum = patient_strata(y, groups)
     drawn = np.concatenate([rng.choice(s, s.size) for s in (np.flatnonzero(stratum == 0),
                                                             np.flatnonzero(stratum == 1))])
-    images = pd.Series(np.arange(y.size)).groupby(codes).apply(np.asarray)
-    return np.concatenate(images.loc[drawn].to_numpy())
+    order = np.argsort(codes, kind="stable")  # images grouped by patient, in their own order within a patient
+    counts = np.bincount(codes)
+    starts = np.cumsum(counts) - counts
+    lengths = counts[drawn]
+    first = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+    return order[first + np.arange(lengths.sum())]
 
 
 def _sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
