@@ -174,3 +174,18 @@ def test_smoothed_reliability_follows_the_diagonal_when_calibrated():
     assert at[(at.index > 0.9) & (at.index < 0.99)].max() < 0.9 and at[(at.index > 0.01) & (at.index < 0.1)].min() > 0.1
     assert curve["low"].isna().all()  # no band without resamples
     assert C.smoothed_reliability([1, 1], [0.2, 0.3], n_bootstrap=10, ci_level=0.95, seed=0)["observed"].isna().all()
+
+
+def test_describe_calibration_reads_blocks_from_metrics_json_old_and_new():
+    y, p = calibrated_set(400, seed=15, sharpen=2.5)
+    block = C.calibrate_and_report(y[:200], p[:200], y[200:], p[200:], "platt", n_bootstrap=50, ci_level=0.95,
+                                   seed=0)
+    text = C.describe_calibration(block)
+    assert text.startswith("Platt scaling fitted on validation (a = ") and "calibration slope" in text
+    assert "After calibration: slope " in text
+    block["test"]["after"]["slope"] = None  # NaN is written to metrics.json as null
+    assert "-> n/a (ideal 1)" in C.describe_calibration(block) and "slope undefined" in C.describe_calibration(block)
+    old = {**block, "test": {k: {m: v for m, v in block["test"][k].items() if m not in ("slope", "intercept")}
+                             for k in ("before", "after")}}
+    text = C.describe_calibration(old)  # a block from before slope and intercept were reported
+    assert "slope" not in text and "log-loss" in text and "expected calibration error" in text

@@ -262,11 +262,17 @@ def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any, metho
             "test": test, "ci_method": CALIBRATION_CI_METHOD}
 
 
+def _finite(x: Any) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
 def _with_ci(block: dict[str, Any], when: str, key: str) -> str:
     value = block[when][key]
+    if not _finite(value):
+        return "n/a"
     ci = block.get("ci", {}).get(when, {}).get(key, {})
     lo, hi = ci.get("ci_low"), ci.get("ci_high")
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+    if not (_finite(lo) and _finite(hi)):
         return f"{value:.2f}"
     return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
 
@@ -281,7 +287,9 @@ def _slope_intercept_reading(block: dict[str, Any], when: str) -> str:
         value = block[when][key]
         ci = block.get("ci", {}).get(when, {}).get(key, {})
         lo, hi = ci.get("ci_low"), ci.get("ci_high")
-        if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        if not _finite(value):
+            verdict = "undefined"
+        elif _finite(lo) and _finite(hi):
             verdict = below if hi < ideal else above if lo > ideal else f"consistent with {ideal:g}"
         else:
             verdict = below if value < ideal else above
@@ -307,11 +315,14 @@ def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str
                "barely changed" if all(abs(m) <= tolerance for m in moves) else "mixed")
     text = (f"{block['method'].capitalize()} scaling fitted on validation ({params}) {verdict} test calibration: "
             f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}, Brier score "
-            f"{before['brier']:.3f} -> {after['brier']:.3f}, calibration slope {_with_ci(test, 'before', 'slope')} -> "
-            f"{_with_ci(test, 'after', 'slope')} (ideal 1), calibration intercept "
-            f"{_with_ci(test, 'before', 'intercept')} -> {_with_ci(test, 'after', 'intercept')} (ideal 0); "
-            f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}. "
-            f"After calibration: {_slope_intercept_reading(test, 'after')}.")
+            f"{before['brier']:.3f} -> {after['brier']:.3f}, ")
+    if "slope" in before:  # blocks written before slope and intercept were reported lack them
+        text += (f"calibration slope {_with_ci(test, 'before', 'slope')} -> {_with_ci(test, 'after', 'slope')} "
+                 f"(ideal 1), calibration intercept {_with_ci(test, 'before', 'intercept')} -> "
+                 f"{_with_ci(test, 'after', 'intercept')} (ideal 0); ")
+    text += f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}."
+    if "slope" in after:
+        text += f" After calibration: {_slope_intercept_reading(test, 'after')}."
     if block["method"] == "temperature":
         text += (" Temperature scaling keeps the ranking and the 0.5 point, so it cannot remove a shift in "
                  "prevalence or acquisition between validation and test; what remains is that shift.")
