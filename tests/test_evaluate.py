@@ -8,7 +8,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 from sklearn import metrics as skm
 
 from cxr import evaluate as E
@@ -158,7 +158,7 @@ def test_task_report_structure_and_ci_contains_value():
     assert tn + fp + fn + tp == 300 and fn + tp == y.sum()
     assert r["confusion_matrix_at_0.5"] == E.confusion(y, p, 0.5)
     assert r["ci_methods"] == E.CI_METHODS and "Wilson" in r["ci_methods"]["sensitivity"]
-    assert "Newcombe" in r["ci_methods"]["auroc"] and "BCa" in r["ci_methods"]["brier"]
+    assert "logit" in r["ci_methods"]["auroc"] and "BCa" in r["ci_methods"]["brier"]
     for block in ("at_threshold", "at_0.5"):
         for m in E.METRICS:
             v = r[block][m]
@@ -366,7 +366,7 @@ def test_bootstrap_draws_are_the_draws_behind_the_intervals():
     for m, mask in (("sensitivity", y == 1), ("specificity", y == 0)):  # Wilson on the draws' effective size
         expected = M.wilson_ess_interval(r[m]["value"], draws[m], mask.sum(), M.cluster_design_effect(codes, mask))
         assert (r[m]["ci_low"], r[m]["ci_high"]) == pytest.approx(expected)
-    expected = M.auroc_score_interval(r["auroc"]["value"], draws["auroc"], y.sum(), (1 - y).sum())
+    expected = M.logit_interval(r["auroc"]["value"], draws["auroc"])
     assert (r["auroc"]["ci_low"], r["auroc"]["ci_high"]) == pytest.approx(expected)
     assert E.bootstrap_draws([0, 1], [0.2, 0.8], 0.5, n_bootstrap=100, seed=0).empty  # too few for an interval
 
@@ -426,8 +426,15 @@ def test_sensitivity_near_one_gets_the_wilson_interval_not_the_percentile_one():
     assert (low, high) == pytest.approx(M.wilson_bounds(385 / 390, 130, 0.95), abs=2e-3)
 
 
-def test_auroc_score_interval():
+def test_auroc_intervals():
     draws = np.random.default_rng(0).normal(0.95, 0.01, 2000)
+    low, high = M.auroc_interval(0.95, draws, 300, 200)  # normal on the logit scale: se 0.01 / (0.95 * 0.05)
+    assert special.logit(high) - special.logit(0.95) == pytest.approx(1.96 * draws.std(ddof=1) / 0.0475, rel=1e-3)
+    assert special.logit(0.95) - special.logit(low) == pytest.approx(special.logit(high) - special.logit(0.95))
+    assert 0.95 - low > high - 0.95  # skewed away from the bound at 1
+    low, high = M.auroc_interval(1.0, np.ones(100), 50, 40)  # every resample 1: the score interval, below 1
+    assert (low, high) == M.auroc_score_interval(1.0, np.ones(100), 50, 40) and 0.9 < low < 1.0 == high
+    assert np.isnan(M.auroc_interval(float("nan"), draws, 300, 200)[0])
     low, high = M.auroc_score_interval(0.95, draws, 300, 200)
     assert low < 0.95 < high and high - low == pytest.approx(2 * 1.96 * 0.01, rel=0.1)
     assert 0.95 - low > high - 0.95  # skewed away from the bound at 1

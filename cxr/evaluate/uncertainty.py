@@ -18,9 +18,9 @@ import pandas as pd
 from scipy import special, stats
 
 from cxr.evaluate.metrics import (BCA, CI_METHODS, METRICS, _bootstrap, _metric_interval, _metric_values,
-                                  _newcombe_variance, _percentile, _resampler, _run_bootstrap, _z, auroc_score_interval,
-                                  check_inputs, cluster_design_effect, patient_strata, wilson_bounds,
-                                  wilson_ess_interval)
+                                  _newcombe_variance, _percentile, _resampler, _run_bootstrap, auroc_score_interval,
+                                  check_inputs, cluster_design_effect, logit_interval, patient_strata,
+                                  wilson_bounds, wilson_ess_interval)
 from cxr.evaluate.threshold import _resample
 
 NESTED_METRICS = ("threshold", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv")
@@ -195,12 +195,13 @@ def method_comparison(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, n_
     and the same patient-level bootstrap (as `coverage_simulation`).
 
     Methods: "package" (CI_METHODS, what `task_report` reports), "percentile", "BCa" (scipy), "logit" (normal
-    on the logit scale with the bootstrap standard error), and for proportions "wilson_images" (Wilson on the
-    image count, ignoring clustering), for AUROC "newcombe_deff_ge_1" (the score interval with the design effect
-    held at 1 or more). One row per (metric, method): truth, coverage, below, above, mean_width.
+    on the logit scale with the bootstrap standard error; percentile where undefined), and for proportions
+    "wilson_images" (Wilson on the image count, ignoring clustering), for AUROC "newcombe_deff" (Newcombe's score
+    interval with the design effect var(draws) / Hanley-McNeil variance) and "newcombe_deff_ge_1" (the same with
+    the design effect held at 1 or more). One row per (metric, method): truth, coverage, below (share of intervals
+    wholly below the truth), above, mean_width.
     """
     truth = _truth(sensitivity, specificity)
-    z = _z(ci_level)
     rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for s in range(n_sim):
         y, p, patient = simulated_set(np.random.default_rng(seed + s), n_positive, n_negative, sensitivity,
@@ -212,10 +213,9 @@ def method_comparison(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, n_
         for m in truth:
             i = METRICS.index(m)
             v, d = values[m], dist[i]
-            se = float(np.nanstd(d, ddof=1))
-            logit_ci = ((float(special.expit(special.logit(v) - z * se / (v * (1 - v)))),
-                         float(special.expit(special.logit(v) + z * se / (v * (1 - v)))))
-                        if 0 < v < 1 and se > 0 else _percentile(d, ci_level))
+            logit_ci = logit_interval(v, d, ci_level)
+            if not np.isfinite(logit_ci[0]):
+                logit_ci = _percentile(d, ci_level)
             found = {"package": _metric_interval(m, v, d, (low[i], high[i]), y, p, 0.5, codes, ci_level)[:2],
                      "percentile": _percentile(d, ci_level),
                      "BCa": (float(low[i]), float(high[i])) if np.isfinite([low[i], high[i]]).all()
@@ -225,6 +225,7 @@ def method_comparison(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, n_
                 found["wilson_images"] = wilson_bounds(v, int((y == (m == "sensitivity")).sum()), ci_level)
             if m == "auroc":
                 n1, n0 = int(y.sum()), int((1 - y).sum())
+                found["newcombe_deff"] = auroc_score_interval(v, d, n1, n0, cluster_design_effect(codes), ci_level)
                 var, v0 = float(np.nanvar(d, ddof=1)), float(_newcombe_variance(v, n1, n0))
                 deff = max(var / v0 if var > 0 and v0 > 0 else cluster_design_effect(codes), 1.0)
                 found["newcombe_deff_ge_1"] = auroc_score_interval(v, np.r_[v, v], n1, n0, deff, ci_level)
