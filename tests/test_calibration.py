@@ -5,11 +5,15 @@ import inspect
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import optimize, special
 from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
 
 from cxr.evaluate import calibration as C
 from cxr.evaluate import expected_calibration_error
+
+
+NO_BOOTSTRAP = {"n_bootstrap": 0, "ci_level": 0.95, "seed": 0}
 
 
 def calibrated_set(n: int, seed: int, sharpen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +48,8 @@ def test_fit_never_sees_test_labels():
     y_test, p_test = calibrated_set(1000, seed=4, sharpen=2.5)
     scrambled = np.random.default_rng(0).permutation(y_test)
     for method in ("temperature", "platt"):
-        a = C.calibrate_and_report(y_val, p_val, y_test, p_test, method)
-        b = C.calibrate_and_report(y_val, p_val, scrambled, p_test, method)
+        a = C.calibrate_and_report(y_val, p_val, y_test, p_test, method, **NO_BOOTSTRAP)
+        b = C.calibrate_and_report(y_val, p_val, scrambled, p_test, method, **NO_BOOTSTRAP)
         params = [k for k in a if k in ("temperature", "a", "b")]
         assert params and all(a[k] == b[k] for k in params)
         assert a["fitted_on"] == "validation" and a["validation"] == b["validation"]
@@ -93,6 +97,95 @@ def test_reliability_table_by_hand_and_consistent_with_ece():
 def test_calibration_report_structure():
     y, p = calibrated_set(300, seed=7, sharpen=3.0)
     r = C.calibration_report(y, p, C.apply_temperature(p, 3.0))
-    assert set(r) == {"before", "after"} and set(r["before"]) == {"brier", "ece", "log_loss"}
+    assert set(r) == {"before", "after"}
+    assert set(r["before"]) == {"brier", "ece", "log_loss", "intercept", "slope"}
     assert r["before"]["brier"] == pytest.approx(skm.brier_score_loss(y, p))
     assert r["before"]["log_loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-6)
+
+
+def test_invert_calibrator_is_the_inverse_of_apply():
+    q = np.array([0.01, 0.2, 0.5, 0.8, 0.99])
+    for params in ({"method": "temperature", "temperature": 2.5}, {"method": "platt", "a": 0.4, "b": -0.7}):
+        np.testing.assert_allclose(C.apply_calibrator(params, C.invert_calibrator(params, q)), q, rtol=1e-9)
+    assert C.invert_calibrator({"method": "temperature", "temperature": 2.5}, 0.5) == pytest.approx(0.5)
+    assert np.isnan(C.invert_calibrator({"method": "platt", "a": -0.1, "b": 0.0}, 0.5))
+
+
+def test_slope_and_intercept_on_calibrated_overconfident_and_shifted_scores():
+    y, p = calibrated_set(20000, seed=8)
+    r = C.calibration_intercept_slope(y, p)
+    assert r["slope"] == pytest.approx(1.0, abs=0.05) and r["intercept"] == pytest.approx(0.0, abs=0.05)
+    y, p = calibrated_set(20000, seed=9, sharpen=2.0)  # over-confident: logits twice as extreme as the truth
+    r = C.calibration_intercept_slope(y, p)
+    assert r["slope"] == pytest.approx(0.5, abs=0.03) and r["slope"] < 1
+    y, p = calibrated_set(20000, seed=10)
+    r = C.calibration_intercept_slope(y, special.expit(special.logit(p) + 1.0))  # every risk too high
+    assert r["intercept"] == pytest.approx(-1.0, abs=0.06) and r["slope"] == pytest.approx(1.0, abs=0.05)
+    assert np.isnan(C.calibration_intercept_slope([1, 1], [0.2, 0.3])["slope"])
+
+
+def test_vectorised_fits_match_scikit_learn_and_scipy():
+    """The bootstrap's Newton fits equal Platt's scikit-learn fit (slope) and a 1-D maximum likelihood (intercept),
+    also with integer resampling weights."""
+    y, p = calibrated_set(400, seed=11, sharpen=1.7)
+    z = C.logit(p)
+    w = np.random.default_rng(0).integers(0, 3, (3, y.size))
+    fits = C._intercept_slope(z, y.astype(float), w)
+    for b in range(3):
+        yy, pp = np.repeat(y, w[b]), np.repeat(p, w[b])
+        tight = LogisticRegression(C=C.PLATT_C, tol=1e-12, max_iter=10000).fit(C.logit(pp)[:, None], yy)
+        assert fits[1, b] == pytest.approx(tight.coef_[0, 0], rel=1e-6)  # fit_platt's model, fully converged
+        assert fits[1, b] == pytest.approx(C.fit_platt(yy, pp)[0], rel=1e-3)
+        zz = C.logit(pp)
+        best = optimize.minimize_scalar(lambda a: C._log_loss(yy, zz + a), bounds=(-5, 5), method="bounded",
+                                        options={"xatol": 1e-9}).x
+        assert fits[0, b] == pytest.approx(best, abs=1e-5)
+
+
+def test_calibration_intervals_cover_and_widen_with_copied_patients():
+    y, p = calibrated_set(300, seed=12, sharpen=2.0)
+    r = C.calibration_intervals(y, p, n_bootstrap=300, ci_level=0.95, seed=0)
+    assert r["slope"]["ci_low"] < 0.5 < r["slope"]["ci_high"] < 1  # truth 0.5, clearly over-confident
+    assert r["intercept"]["ci_low"] < r["intercept"]["value"] < r["intercept"]["ci_high"]
+    k = 3  # three identical images per patient: no more information, so about the same interval
+    copied = C.calibration_intervals(np.repeat(y, k), np.repeat(p, k), np.repeat(np.arange(300), k),
+                                     n_bootstrap=300, ci_level=0.95, seed=0)
+    naive = C.calibration_intervals(np.repeat(y, k), np.repeat(p, k), n_bootstrap=300, ci_level=0.95, seed=0)
+    width = {name: x["slope"]["ci_high"] - x["slope"]["ci_low"] for name, x in
+             (("single", r), ("patients", copied), ("images", naive))}
+    assert width["patients"] == pytest.approx(width["single"], rel=0.25) and width["images"] < 0.75 * width["single"]
+    assert np.isnan(C.calibration_intervals([0, 1, 1], [0.2, 0.6, 0.9], n_bootstrap=50, ci_level=0.95,
+                                            seed=0)["slope"]["ci_low"])  # a single negative: no interval
+
+
+def test_smoothed_reliability_follows_the_diagonal_when_calibrated():
+    y, p = calibrated_set(4000, seed=13)
+    curve = C.smoothed_reliability(y, p, n_bootstrap=100, ci_level=0.95, seed=0)
+    assert list(curve.columns) == ["predicted", "observed", "low", "high"] and len(curve) == 101
+    assert curve["predicted"].min() == p.min() and curve["predicted"].max() == pytest.approx(p.max())
+    middle = curve[curve["predicted"].between(0.05, 0.95)]
+    assert (middle["observed"] - middle["predicted"]).abs().max() < 0.05
+    assert ((middle["low"] <= middle["predicted"] + 0.01) & (middle["predicted"] - 0.01 <= middle["high"])).all()
+    assert (curve["low"] <= curve["observed"]).all() and (curve["observed"] <= curve["high"]).all()
+    # over-confident scores: observed rates pulled towards the middle (below the diagonal at high predictions)
+    y, p = calibrated_set(4000, seed=14, sharpen=3.0)
+    curve = C.smoothed_reliability(y, p, n_bootstrap=0, ci_level=0.95, seed=0)
+    at = curve.set_index("predicted")["observed"]
+    assert at[(at.index > 0.9) & (at.index < 0.99)].max() < 0.9 and at[(at.index > 0.01) & (at.index < 0.1)].min() > 0.1
+    assert curve["low"].isna().all()  # no band without resamples
+    assert C.smoothed_reliability([1, 1], [0.2, 0.3], n_bootstrap=10, ci_level=0.95, seed=0)["observed"].isna().all()
+
+
+def test_describe_calibration_reads_blocks_from_metrics_json_old_and_new():
+    y, p = calibrated_set(400, seed=15, sharpen=2.5)
+    block = C.calibrate_and_report(y[:200], p[:200], y[200:], p[200:], "platt", n_bootstrap=50, ci_level=0.95,
+                                   seed=0)
+    text = C.describe_calibration(block)
+    assert text.startswith("Platt scaling fitted on validation (a = ") and "calibration slope" in text
+    assert "After calibration: slope " in text
+    block["test"]["after"]["slope"] = None  # NaN is written to metrics.json as null
+    assert "-> n/a (ideal 1)" in C.describe_calibration(block) and "slope undefined" in C.describe_calibration(block)
+    old = {**block, "test": {k: {m: v for m, v in block["test"][k].items() if m not in ("slope", "intercept")}
+                             for k in ("before", "after")}}
+    text = C.describe_calibration(old)  # a block from before slope and intercept were reported
+    assert "slope" not in text and "log-loss" in text and "expected calibration error" in text

@@ -89,3 +89,25 @@ def test_operating_point_curve_and_descriptions():
     assert f"{better.min():.2f}-{better.max():.2f}" in text and "lower interval bound" in text
     useless = K.decision_curve(Y, np.full(10, 0.5), [0.2, 0.4, 0.6])
     assert "does not beat" in K.describe_decision_curve(useless)
+
+
+def test_net_benefit_table_across_prevalences_and_its_description():
+    se, sp = draws()
+    table = K.net_benefit_table(se, sp, test_prevalence=0.625, point=(0.96, 0.6), thresholds=[0.05, 0.1, 0.3])
+    assert list(table.columns) == ["prevalence", "population", "threshold", "model", "model_low", "model_high",
+                                   "treat_all", "treat_none"]
+    assert table["prevalence"].unique().tolist() == [0.05, 0.1, 0.2, 0.3, 0.625]
+    assert table.groupby("prevalence")["population"].first().to_dict() == {
+        0.05: "assumed", 0.1: "assumed", 0.2: "assumed", 0.3: "assumed", 0.625: "test"}
+    for pi, part in table.groupby("prevalence"):
+        one = K.operating_point_curve(se, sp, pi, [0.05, 0.1, 0.3], point=(0.96, 0.6))
+        np.testing.assert_allclose(part[one.columns].to_numpy(float), one.to_numpy(float))
+    # by hand: at 10% prevalence and pt = 0.1, NB = 0.96 * 0.1 - 0.4 * 0.9 * (1/9) = 0.056
+    row = table[(table.prevalence == 0.1) & (table.threshold == 0.1)].iloc[0]
+    assert row.model == pytest.approx(0.096 - 0.04) and row.treat_all == pytest.approx(0.0)
+    assert (table["model_low"] <= table["model"]).all() and (table["model"] <= table["model_high"]).all()
+    assert len(K.net_benefit_table(se, sp)) == 4 * 99  # the default grid, no test prevalence
+    text = K.describe_net_benefit_table(table)
+    assert "at 5% (assumed)" in text and "62% (the test set)" in text
+    for caveat in ("carry over unchanged", "threshold probability", "not an external validation"):
+        assert caveat in text

@@ -8,6 +8,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
 import pytest
+from scipy import special, stats
 from sklearn import metrics as skm
 
 from cxr import evaluate as E
@@ -143,43 +144,77 @@ def test_ece_calibrated_vs_miscalibrated():
     assert E.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0  # p = 1 lands in the last bin
 
 
-def test_evaluate_structure_and_ci_contains_value():
+def at(y, p, threshold, n_bootstrap, seed=0, groups=None, ci_level=0.95):
+    """The metrics at `threshold` of a task report (what the removed `evaluate.evaluate` returned)."""
+    return E.task_report(y, p, threshold, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed,
+                         groups=groups)["at_threshold"]
+
+
+def test_task_report_structure_and_ci_contains_value():
     y, p = synthetic(300, seed=2)
-    r = E.evaluate(y, p, 0.5, n_bootstrap=300, seed=0)
-    assert r["n"] == 300 and r["n_positive"] == int(y.sum()) and r["threshold"] == 0.5
+    r = E.task_report(y, p, 0.4, n_bootstrap=300, ci_level=0.95, seed=0)
+    assert r["n"] == 300 and r["n_positive"] == int(y.sum()) and r["threshold"] == 0.4
     (tn, fp), (fn, tp) = r["confusion_matrix"]
     assert tn + fp + fn + tp == 300 and fn + tp == y.sum()
-    for m in E.METRICS:
-        v = r[m]
-        assert v["ci_low"] <= v["value"] <= v["ci_high"], m
-        assert v["ci_low"] < v["ci_high"], m
+    assert r["confusion_matrix_at_0.5"] == E.confusion(y, p, 0.5)
+    assert r["ci_methods"] == E.CI_METHODS and "Wilson" in r["ci_methods"]["sensitivity"]
+    assert "logit" in r["ci_methods"]["auroc"] and "BCa" in r["ci_methods"]["brier"]
+    for block in ("at_threshold", "at_0.5"):
+        for m in E.METRICS:
+            v = r[block][m]
+            assert v["ci_low"] <= v["value"] <= v["ci_high"], m
+            assert v["ci_low"] < v["ci_high"], m
+    assert "ci_fallbacks" not in r  # BCa is defined for every metric here
 
 
 def test_ci_narrows_with_more_samples_and_is_reproducible():
-    small = E.evaluate(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
-    large = E.evaluate(*synthetic(2000, seed=4), 0.5, n_bootstrap=300, seed=1)
-    for m in ("auroc", "accuracy", "sensitivity"):
+    small = at(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
+    large = at(*synthetic(2000, seed=4), 0.5, n_bootstrap=300, seed=1)
+    for m in ("auroc", "accuracy", "sensitivity", "brier"):
         assert (large[m]["ci_high"] - large[m]["ci_low"]) < (small[m]["ci_high"] - small[m]["ci_low"]) / 2
-    again = E.evaluate(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
-    assert again["auroc"] == small["auroc"]
+    again = at(*synthetic(100, seed=4), 0.5, n_bootstrap=300, seed=1)
+    assert again == small
 
 
 def test_degenerate_resamples_do_not_crash():
     # a single negative: unstratified resamples would often hold one class; here no interval is possible
-    r = E.evaluate([0, 1, 1, 1, 1], [0.2, 0.6, 0.7, 0.4, 0.9], 0.5, n_bootstrap=200)
+    r = at([0, 1, 1, 1, 1], [0.2, 0.6, 0.7, 0.4, 0.9], 0.5, n_bootstrap=200)
     assert r["auroc"]["value"] == pytest.approx(1.0) and np.isnan(r["auroc"]["ci_low"])
-    # two of each, and resamples with no positive prediction: precision's interval from defined resamples
-    r = E.evaluate([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9], 0.5, n_bootstrap=200)
-    assert np.isfinite(r["auroc"]["ci_low"]) and np.isfinite(r["precision"]["ci_high"])
+    # two of each, and resamples with no positive prediction: precision's interval from defined resamples;
+    # AUROC 1 in every resample: a finite score interval, not the degenerate [1, 1]
+    r = at([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9], 0.5, n_bootstrap=200)
+    assert 0 < r["auroc"]["ci_low"] < 1 == r["auroc"]["ci_high"] and np.isfinite(r["precision"]["ci_high"])
     # one class only: values that exist are reported, the rest NaN
-    r = E.evaluate([1, 1, 1], [0.2, 0.6, 0.9], 0.5, n_bootstrap=100)
+    r = at([1, 1, 1], [0.2, 0.6, 0.9], 0.5, n_bootstrap=100)
     assert np.isnan(r["auroc"]["value"]) and r["sensitivity"]["value"] == pytest.approx(2 / 3)
+    # perfectly separated: every resample identical; finite intervals (percentile [1, 1] where BCa is undefined)
+    y, p = np.repeat([0, 1], 12), np.r_[np.linspace(0.05, 0.3, 12), np.linspace(0.7, 0.95, 12)]
+    groups = np.repeat(np.arange(8), 3)
+    report = E.task_report(y, p, 0.5, n_bootstrap=200, ci_level=0.95, seed=0, groups=groups)
+    for block in ("at_threshold", "at_0.5"):
+        for m in E.METRICS:
+            assert np.isfinite([report[block][m]["ci_low"], report[block][m]["ci_high"]]).all(), m
+    assert set(report["ci_fallbacks"]["at_threshold"]) == {"auprc", "f1", "balanced_accuracy"}
+    sens = report["at_threshold"]["sensitivity"]
+    # a proportion of 1: Wilson on 12 images / deff 3 (all 3 images of a patient agree) = 4 effective trials
+    assert sens["ci_low"] == pytest.approx(4 / (4 + 1.959964 ** 2), abs=1e-4) and sens["ci_high"] == 1.0
+    assert sens["image_ci_low"] == pytest.approx(12 / (12 + 1.959964 ** 2), abs=1e-4)
+    # a few dozen images, smoke-run size, with few resamples: no exception, every interval finite or NaN
+    y, p = synthetic(30, seed=21)
+    for n_bootstrap in (0, 1, 2, 5):
+        r = E.task_report(y, p, 0.5, n_bootstrap=n_bootstrap, ci_level=0.95, seed=0, groups=np.arange(30) // 2)
+        assert all(np.isnan(v["ci_low"]) or np.isfinite(v["ci_low"]) for v in r["at_threshold"].values())
+
+
+def settings(cfg: Config) -> dict:
+    return {"n_bootstrap": cfg.n_bootstrap, "ci_level": cfg.ci_level, "seed": cfg.seed}
 
 
 def _document():
     cfg = Config.preset("smoke")
     y, p = synthetic(120, seed=8)
-    tasks = {"pneumonia": E.task_report(y, p, 0.42, cfg), "subtype": E.task_report(*synthetic(60, seed=9), 0.5, cfg)}
+    tasks = {"pneumonia": E.task_report(y, p, 0.42, **settings(cfg)),
+             "subtype": E.task_report(*synthetic(60, seed=9), 0.5, **settings(cfg))}
     return E.metrics_document(E.protocol(cfg), tasks), cfg
 
 
@@ -206,7 +241,8 @@ def test_metrics_json_round_trip_and_schema(tmp_path):
 
 def test_nan_is_written_as_null(tmp_path):
     cfg = Config.preset("smoke")
-    doc = E.metrics_document(E.protocol(cfg), {"pneumonia": E.task_report([1, 1, 1], [0.2, 0.6, 0.9], 0.5, cfg)})
+    doc = E.metrics_document(E.protocol(cfg), {"pneumonia": E.task_report([1, 1, 1], [0.2, 0.6, 0.9], 0.5,
+                                                                          **settings(cfg))})
     text = E.write_metrics(tmp_path / "m.json", doc).read_text()
     assert "NaN" not in text
     assert json.loads(text)["tasks"]["pneumonia"]["at_threshold"]["auroc"]["value"] is None
@@ -269,8 +305,8 @@ def test_weighted_resample_metrics_match_sklearn_on_expanded_sample():
 def test_one_image_per_patient_gives_the_image_intervals():
     y, p = synthetic(150, seed=12)
     ids = np.random.default_rng(0).permutation(150) + 1000  # any ids, in any order
-    r = E.task_report(y, p, 0.4, n_bootstrap=400, seed=3, groups=ids)
-    plain = E.task_report(y, p, 0.4, n_bootstrap=400, seed=3)
+    r = E.task_report(y, p, 0.4, n_bootstrap=400, ci_level=0.95, seed=3, groups=ids)
+    plain = E.task_report(y, p, 0.4, n_bootstrap=400, ci_level=0.95, seed=3)
     for block in ("at_threshold", "at_0.5"):
         for m in E.METRICS:
             v = r[block][m]
@@ -285,8 +321,8 @@ def test_identical_images_of_a_patient_widen_the_patient_intervals():
     y, p = synthetic(100, seed=13)
     k = 4  # every patient has 4 identical images
     yy, pp, ids = np.repeat(y, k), np.repeat(p, k), np.repeat(np.arange(100), k)
-    r = E.evaluate(yy, pp, 0.5, n_bootstrap=500, seed=0, groups=ids)
-    single = E.evaluate(y, p, 0.5, n_bootstrap=500, seed=0)
+    r = at(yy, pp, 0.5, n_bootstrap=500, seed=0, groups=ids)
+    single = at(y, p, 0.5, n_bootstrap=500, seed=0)
     for m in ("auroc", "accuracy", "sensitivity", "specificity", "brier"):
         patient, image = r[m]["ci_high"] - r[m]["ci_low"], r[m]["image_ci_high"] - r[m]["image_ci_low"]
         assert patient > 1.5 * image, m  # about sqrt(4) = 2x
@@ -294,11 +330,11 @@ def test_identical_images_of_a_patient_widen_the_patient_intervals():
         assert patient == pytest.approx(single[m]["ci_high"] - single[m]["ci_low"], rel=0.25), m
 
 
-def test_no_groups_keeps_the_old_report_exactly():
+def test_no_groups_keeps_the_old_report_and_names_the_methods():
     y, p = synthetic(80, seed=14)
-    r = E.task_report(y, p, 0.5, n_bootstrap=100, seed=0)
+    r = E.task_report(y, p, 0.5, n_bootstrap=100, ci_level=0.95, seed=0)
     assert set(r) == {"threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix",
-                      "confusion_matrix_at_0.5"}
+                      "confusion_matrix_at_0.5", "ci_methods"}
     assert set(r["at_threshold"]["auroc"]) == {"value", "ci_low", "ci_high"}
 
 
@@ -308,14 +344,14 @@ def test_mixed_patient_is_stratified_by_majority_and_grouped_report_serialises(t
     ids = np.array(["a", "a", "b", "b", "c", "c", "c", "d", "e", "f"])  # c: 2 positive, 1 negative image
     codes, stratum = E.patient_strata(y, ids)
     assert codes.tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 4, 5] and stratum.tolist() == [0, 1, 1, 1, 0, 0]
-    r = E.task_report(y, p, 0.5, n_bootstrap=200, seed=0, groups=ids)
+    r = E.task_report(y, p, 0.5, n_bootstrap=200, ci_level=0.95, seed=0, groups=ids)
     assert r["n_patients"] == 6 and r["n_patients_positive"] == 3
     doc = E.metrics_document({"ci_method": E.PATIENT_CI_METHOD}, {"pneumonia": r})
     back = E.read_metrics(E.write_metrics(tmp_path / "m.json", doc))
     assert set(back["tasks"]["pneumonia"]["at_threshold"]["auroc"]) == {"value", "ci_low", "ci_high",
                                                                         "image_ci_low", "image_ci_high"}
     with pytest.raises(ValueError, match="length"):
-        E.task_report(y, p, 0.5, n_bootstrap=10, groups=ids[:-1])
+        E.task_report(y, p, 0.5, n_bootstrap=10, ci_level=0.95, seed=0, groups=ids[:-1])
 
 
 def test_bootstrap_draws_are_the_draws_behind_the_intervals():
@@ -324,12 +360,15 @@ def test_bootstrap_draws_are_the_draws_behind_the_intervals():
     y = np.repeat(y[:60], 2)
     p = np.clip(np.repeat(p[:60], 2) + np.tile([0.0, 0.01], 60), 0, 1)
     draws = E.bootstrap_draws(y, p, 0.5, groups=ids, n_bootstrap=300, seed=2)
-    r = E.evaluate(y, p, 0.5, n_bootstrap=300, seed=2, groups=ids)
+    r = at(y, p, 0.5, n_bootstrap=300, seed=2, groups=ids)
     assert draws.shape == (300, len(E.METRICS))
-    for m in ("sensitivity", "specificity", "auroc"):
-        assert np.percentile(draws[m], 2.5) == pytest.approx(r[m]["ci_low"])
-        assert np.percentile(draws[m], 97.5) == pytest.approx(r[m]["ci_high"])
-    assert E.bootstrap_draws([0, 1], [0.2, 0.8], 0.5).empty  # too few for an interval
+    codes = E.patient_strata(y, ids)[0]
+    for m, mask in (("sensitivity", y == 1), ("specificity", y == 0)):  # Wilson on the draws' effective size
+        expected = M.wilson_ess_interval(r[m]["value"], draws[m], mask.sum(), M.cluster_design_effect(codes, mask))
+        assert (r[m]["ci_low"], r[m]["ci_high"]) == pytest.approx(expected)
+    expected = M.logit_interval(r["auroc"]["value"], draws["auroc"])
+    assert (r["auroc"]["ci_low"], r["auroc"]["ci_high"]) == pytest.approx(expected)
+    assert E.bootstrap_draws([0, 1], [0.2, 0.8], 0.5, n_bootstrap=100, seed=0).empty  # too few for an interval
 
 
 def test_interval_table_shows_both_intervals_and_their_ratio():
@@ -337,14 +376,15 @@ def test_interval_table_shows_both_intervals_and_their_ratio():
     y = np.repeat([0, 1], 40)
     p = np.clip(y * 0.3 + rng.uniform(0, 0.7, y.size), 0, 1)
     groups = np.repeat(np.arange(20), 4)  # four images per patient
-    report = E.task_report(y, p, 0.5, n_bootstrap=200, groups=groups)
+    report = E.task_report(y, p, 0.5, n_bootstrap=200, ci_level=0.95, seed=0, groups=groups)
     table = E.interval_table(report)
     assert list(table.columns) == ["value [patient-level 95% CI]", "image-level 95% CI", "width ratio"]
     auroc = report["at_threshold"]["auroc"]
     expected = (auroc["ci_high"] - auroc["ci_low"]) / (auroc["image_ci_high"] - auroc["image_ci_low"])
     assert table.loc["AUROC", "width ratio"] == pytest.approx(round(expected, 2))
     assert "20 patients" in table.index.name
-    assert list(E.interval_table(E.task_report(y, p, 0.5, n_bootstrap=50)).columns) == ["value [95% CI]"]
+    plain = E.task_report(y, p, 0.5, n_bootstrap=50, ci_level=0.95, seed=0)
+    assert list(E.interval_table(plain).columns) == ["value [95% CI]"]
 
 
 def test_describe_calibration_says_what_happened_on_test():
@@ -352,7 +392,84 @@ def test_describe_calibration_says_what_happened_on_test():
     y_val, y_test = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
     true_val, true_test = np.where(y_val, 0.7, 0.3), np.where(y_test, 0.7, 0.3)
     sharpen = lambda q: 1 / (1 + np.exp(-3 * np.log(q / (1 - q))))  # over-confident scores  # noqa: E731
-    block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature")
+    block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature",
+                                   groups_test=np.arange(400) // 2, n_bootstrap=200, ci_level=0.95, seed=0)
     text = E.describe_calibration(block)
     assert text.startswith("Temperature scaling fitted on validation (T = ")
-    assert "improved" in text and f"{block['test']['before']['ece']:.3f} -> {block['test']['after']['ece']:.3f}" in text
+    before, after, ci = block["test"]["before"], block["test"]["after"], block["test"]["ci"]
+    assert "improved" in text and f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}" in text
+    assert f"Brier score {before['brier']:.3f} -> {after['brier']:.3f}" in text
+    slope = ci["before"]["slope"]
+    assert f"calibration slope {before['slope']:.2f} [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}] ->" in text
+    assert "calibration intercept" in text and "After calibration: slope " in text
+    assert f"{before['ece']:.3f} -> {after['ece']:.3f}" in text
+
+
+# --- interval methods ----------------------------------------------------------------------------------------------
+
+def test_sensitivity_near_one_gets_the_wilson_interval_not_the_percentile_one():
+    """385/390 detected, one image per patient: the reviewer's example. The percentile bootstrap gave
+    [0.975, 0.997]; the interval now is Wilson's [0.970, 0.995] (the design effect is 1 without clustering)."""
+    y = np.r_[np.zeros(200, int), np.ones(390, int)]
+    p = np.r_[np.full(200, 0.1), np.full(385, 0.9), np.full(5, 0.2)]
+    r = E.task_report(y, p, 0.5, n_bootstrap=2000, ci_level=0.95, seed=0, groups=np.arange(y.size))
+    sens = r["at_threshold"]["sensitivity"]
+    wilson = stats.binomtest(385, 390).proportion_ci(0.95, method="wilson")
+    assert (sens["ci_low"], sens["ci_high"]) == pytest.approx((wilson.low, wilson.high), abs=1e-3)
+    assert sens["ci_low"] == pytest.approx(0.970, abs=5e-4) and sens["ci_high"] == pytest.approx(0.995, abs=5e-4)
+    assert (sens["image_ci_low"], sens["image_ci_high"]) == (sens["ci_low"], sens["ci_high"])
+    # the effective sample size shrinks with clustering: the same proportion on 130 patients of 3 identical images
+    assert M.wilson_ess_interval(385 / 390, np.tile([0.985, 0.99], 5), 390, cluster_deff=3.0) == pytest.approx(
+        M.wilson_bounds(385 / 390, 390, 0.95))  # draws that vary less than binomial: deff held at 1
+    draws = np.random.default_rng(0).binomial(130, 385 / 390, 4000) / 130  # the variance of 130 patients
+    low, high = M.wilson_ess_interval(385 / 390, draws, 390)
+    assert (low, high) == pytest.approx(M.wilson_bounds(385 / 390, 130, 0.95), abs=2e-3)
+
+
+def test_auroc_intervals():
+    draws = np.random.default_rng(0).normal(0.95, 0.01, 2000)
+    low, high = M.auroc_interval(0.95, draws, 300, 200)  # normal on the logit scale: se 0.01 / (0.95 * 0.05)
+    assert special.logit(high) - special.logit(0.95) == pytest.approx(1.96 * draws.std(ddof=1) / 0.0475, rel=1e-3)
+    assert special.logit(0.95) - special.logit(low) == pytest.approx(special.logit(high) - special.logit(0.95))
+    assert 0.95 - low > high - 0.95  # skewed away from the bound at 1
+    low, high = M.auroc_interval(1.0, np.ones(100), 50, 40)  # every resample 1: the score interval, below 1
+    assert (low, high) == M.auroc_score_interval(1.0, np.ones(100), 50, 40) and 0.9 < low < 1.0 == high
+    assert np.isnan(M.auroc_interval(float("nan"), draws, 300, 200)[0])
+    low, high = M.auroc_score_interval(0.95, draws, 300, 200)
+    assert low < 0.95 < high and high - low == pytest.approx(2 * 1.96 * 0.01, rel=0.1)
+    assert 0.95 - low > high - 0.95  # skewed away from the bound at 1
+    low, high = M.auroc_score_interval(1.0, np.ones(100), 50, 40)  # every resample 1: finite, below 1
+    assert 0.9 < low < 1.0 and high == 1.0
+    low4, _ = M.auroc_score_interval(1.0, np.ones(100), 50, 40, cluster_deff=4.0)
+    assert low4 < low  # four images per patient: less information
+    assert np.isnan(M.auroc_score_interval(float("nan"), draws, 300, 200)[0])
+
+
+# --- per child -----------------------------------------------------------------------------------------------------
+
+def test_child_table_and_report_by_hand():
+    # child a: two negative images; b: one negative and one positive image (a positive child); c, d: one image each;
+    # e: two positives, one of them missed
+    y = np.array([0, 0, 0, 1, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.1, 0.6, 0.2, 0.3, 0.9, 0.4, 0.8, 0.2, 0.05, 0.3])
+    ids = np.array(["a", "a", "b", "b", "c", "d", "e", "e", "f", "g"])
+    table = E.child_table(y, p, ids)
+    assert table.index.tolist() == list("abcdefg")
+    assert table["y"].tolist() == [0, 1, 1, 0, 1, 0, 0]
+    assert table["p"].tolist() == [0.6, 0.3, 0.9, 0.4, 0.8, 0.05, 0.3]
+    assert table["n_images"].tolist() == [2, 2, 1, 1, 2, 1, 1]
+    r = E.child_report(y, p, ids, 0.5, n_bootstrap=200, ci_level=0.95, seed=0)
+    at_t = r["at_threshold"]
+    # at 0.5: children called positive a (0.6), c, e; positives b, c, e -> tp 2 (c, e), fn 1 (b), fp 1 (a), tn 3
+    assert r["unit"] == "child" and r["n"] == 7 and r["n_positive"] == 3 and r["n_images"] == 10
+    assert r["confusion_matrix"] == [[3, 1], [1, 2]]
+    assert at_t["sensitivity"]["value"] == pytest.approx(2 / 3) and at_t["specificity"]["value"] == pytest.approx(3 / 4)
+    # AUROC of the children's maxima: positives 0.3, 0.9, 0.8 against negatives 0.6, 0.4, 0.05, 0.3
+    assert at_t["auroc"]["value"] == pytest.approx((1.5 + 4 + 4) / 12)
+    assert at_t["sensitivity"]["ci_low"] < 2 / 3 < at_t["sensitivity"]["ci_high"]
+    assert r["at_0.5"]["accuracy"]["value"] == at_t["accuracy"]["value"]
+    # resampling children: the same as the image bootstrap of the child table
+    plain = E.task_report(table["y"], table["p"], 0.5, n_bootstrap=200, ci_level=0.95, seed=0)
+    assert plain["at_threshold"] == at_t
+    with pytest.raises(ValueError, match="length"):
+        E.child_table(y, p, ids[:-1])

@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from cxr import plots
+from cxr.evaluate import calibration
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +48,16 @@ def test_roc_pr_calibration_has_three_panels(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     p = np.clip(0.5 * y + 0.5 * rng.random(200), 0, 1)
-    fig = plots.roc_pr_calibration(y, p, 0.5, title="test")
+    fig = plots.roc_pr_calibration(y, p, 0.5, groups=np.arange(200) // 2, n_bootstrap=50, ci_level=0.95, seed=0,
+                                   title="test")
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
     assert {"ROC", "Precision-recall", "Reliability"} <= set(titles)
     assert len(fig.axes) == 4  # three panels + the histogram twin of the reliability panel
+    ax_cal = next(ax for ax in fig.axes if ax.get_title() == "Reliability")
+    curve = calibration.smoothed_reliability(y, p, np.arange(200) // 2, n_bootstrap=50, ci_level=0.95, seed=0)
+    np.testing.assert_allclose(ax_cal.get_lines()[1].get_ydata(), curve["observed"])  # the smoothed curve
+    assert len(ax_cal.collections) == 1  # and its band
     out = plots.save_figure(fig, tmp_path / "a" / "b" / "roc.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(out.parent) == ["roc.png"]  # no temporary file left

@@ -65,40 +65,62 @@ def _frame(n: int = 200, seed: int = 0, sizes: bool = True) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_reliability_draws_the_tables_bins_before_and_after(rc_unchanged):
+def test_reliability_draws_smoothed_curves_with_bands_before_and_after(rc_unchanged):
     y, p = _scores(sharp=6.0)
     p_cal = calibration.apply_temperature(p, calibration.fit_temperature(y, p))
-    fig = plots.reliability(y, p, p_cal, n_bins=10, title="test set")
+    groups = np.arange(len(y)) // 2
+    fig = plots.reliability(y, p, p_cal, groups=groups, n_bootstrap=50, ci_level=0.95, seed=0, n_bins=10,
+                            title="test set")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     ax, ax_n = fig.axes
     lines = ax.get_lines()
     assert len(lines) == 3  # diagonal, before, after
-    for line, probs in zip(lines[1:], (p, p_cal)):
-        table = calibration.reliability_table(y, probs, 10)
-        seen = table["count"] > 0
-        np.testing.assert_allclose(line.get_xdata(), table.loc[seen, "mean_predicted"])
-        np.testing.assert_allclose(line.get_ydata(), table.loc[seen, "observed_rate"])
+    assert len(ax.collections) == 2  # one bootstrap band per series
+    for line, band, probs in zip(lines[1:], ax.collections, (p, p_cal)):
+        curve = calibration.smoothed_reliability(y, probs, groups, n_bootstrap=50, ci_level=0.95, seed=0)
+        np.testing.assert_allclose(line.get_xdata(), curve["predicted"])
+        np.testing.assert_allclose(line.get_ydata(), curve["observed"])
+        vertices = band.get_paths()[0].vertices
+        assert vertices[:, 1].min() == pytest.approx(curve["low"].min())
+        assert vertices[:, 1].max() == pytest.approx(curve["high"].max())
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    ece = calibration.calibration_metrics(y, p_cal)["ece"]
-    assert any(t.startswith("after calibration") and f"ECE {ece:.3f}" in t and "Brier" in t for t in legend)
+    scores = calibration.calibration_metrics(y, p_cal)
+    assert any(t.startswith("after calibration") and f"log-loss {scores['log_loss']:.3f}" in t
+               and f"Brier {scores['brier']:.3f}" in t and f"slope {scores['slope']:.2f}" in t
+               and f"intercept {scores['intercept']:.2f}" in t for t in legend)
+    assert "ECE" not in " ".join(legend)
     heights = [b.get_height() for b in ax_n.patches]
     assert len(heights) == 20 and sum(heights) == 2 * len(y)  # every image counted once per series
     assert ax.get_title() == "test set"
 
 
-def test_reliability_raw_only_and_a_single_filled_bin(rc_unchanged):
+def test_reliability_raw_only_without_band_and_a_single_value(rc_unchanged):
     y = np.array([0, 1, 1, 0, 1])
     p = np.full(5, 0.55)
-    fig = plots.reliability(y, p, None, n_bins=4)
+    fig = plots.reliability(y, p, None, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=4)
     ax = fig.axes[0]
-    assert len(ax.get_lines()) == 2
-    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), [0.6])
+    assert len(ax.get_lines()) == 2 and len(ax.collections) == 0
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), 0.6, atol=0.02)  # one score: the observed rate
     assert sum(b.get_height() for b in fig.axes[1].patches) == 5
 
 
 def _draws(seed: int = 0) -> pd.DataFrame:
     y, p = _scores(seed=seed)
     return bootstrap_draws(y, p, 0.5, n_bootstrap=100, seed=seed)
+
+
+def test_net_benefit_figure_one_panel_per_prevalence(rc_unchanged):
+    d = _draws()
+    table = clinical.net_benefit_table(d["sensitivity"], d["specificity"], test_prevalence=0.625)
+    fig = plots.evaluation.net_benefit_figure(table)
+    assert len(fig.axes) == 5
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "prevalence 5% (assumed)" and titles[-1].endswith("(test set)")
+    for ax, (_, curve) in zip(fig.axes, table.groupby(["prevalence", "population"], sort=False)):
+        np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), curve["model"])
+        np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), curve["treat_all"])
+        assert len(ax.collections) == 1  # the interval band
+    assert fig.axes[0].get_legend() is not None and all(ax.get_legend() is None for ax in fig.axes[1:])
 
 
 def test_prevalence_figure_draws_ppv_npv_bands_and_prevalence_lines(rc_unchanged):

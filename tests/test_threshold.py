@@ -58,20 +58,37 @@ def test_plateau_by_hand_with_a_dip_and_the_one_error_rule():
     assert special.logit(T.choose(y, p, "youden")) == pytest.approx(2.5)
 
 
-def test_calibrated_policy_finds_the_platt_cut():
+def test_calibrated_policy_inverts_the_saved_calibrator():
     rng = np.random.default_rng(1)
     z = rng.normal(0, 2.5, 20000)
     y = (rng.random(z.size) < special.expit(0.6 * z - 1.2)).astype(int)  # calibrated p = 0.5 at z = 2
-    t = T.choose(y, special.expit(z), "calibrated")
+    p = special.expit(z)
+    platt = E.fit_calibrator(y, p, "platt")
+    t = T.choose(y, p, "calibrated", calibrator=platt)
     assert special.logit(t) == pytest.approx(2.0, abs=0.15)
-    t_prev = T.choose(y, special.expit(z), "calibrated", target="prevalence")
+    assert E.apply_calibrator(platt, t) == pytest.approx(0.5)  # the saved model calls 0.5 exactly there
+    t_prev = T.choose(y, p, "calibrated", target="prevalence", calibrator=platt)
     assert special.logit(t_prev) == pytest.approx((special.logit(y.mean()) + 1.2) / 0.6, abs=0.15)
+    # temperature scaling: 0.5 stays 0.5; the prevalence target moves to T * logit(prevalence)
+    temp = E.fit_calibrator(y, p, "temperature")
+    assert T.choose(y, p, "calibrated", calibrator=temp) == pytest.approx(0.5)
+    t_temp = T.choose(y, p, "calibrated", target="prevalence", calibrator=temp)
+    assert special.logit(t_temp) == pytest.approx(temp["temperature"] * special.logit(y.mean()))
+    assert E.apply_calibrator(temp, t_temp) == pytest.approx(y.mean())
+    # the calibrator given is the one used: no fit of its own
+    other = {"method": "platt", "a": 1.0, "b": -1.0}
+    assert special.logit(T.choose(y, p, "calibrated", calibrator=other)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="calibrator"):
+        T.choose(y, p, "calibrated")
+    with pytest.raises(ValueError, match="calibrator"):
+        T.stability(y[:200], p[:200], "calibrated", n_boot=2)
 
 
 @pytest.mark.parametrize("policy", T.POLICIES)
 def test_thresholds_are_probabilities_even_when_scores_saturate(policy):
     for y, p in (([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0]), nearly_separable(k0=0, k1=0)):
-        t = T.choose(y, p, policy)
+        calibrator = E.fit_calibrator(y, p, "platt") if policy == "calibrated" else None
+        t = T.choose(y, p, policy, calibrator=calibrator)
         assert np.isfinite(t) and 0.0 < t < 1.0
         if policy != "sensitivity":  # that rule stops at the target sensitivity (0.95), not at a perfect cut
             assert E.metric_values(y, p, t)["balanced_accuracy"] == 1.0
@@ -99,3 +116,15 @@ def test_patient_grouped_resamples_keep_patients_whole():
     ids = np.arange(y.size) // 2
     table = T.stability(y, p, "plateau", n_boot=10, groups=ids)
     assert len(table) == 10 and table["threshold"].between(0, 1, inclusive="neither").all()
+
+
+def test_stability_refits_the_calibrator_on_each_resample():
+    y, p = nearly_separable(k0=4, k1=8)
+    platt = E.fit_calibrator(y, p, "platt")
+    table = T.stability(y, p, ("plateau", "calibrated"), n_boot=15, seed=1, calibrator=platt)
+    cal = table[table["policy"] == "calibrated"]["threshold"]
+    assert len(cal) == 15 and cal.nunique() > 1  # refitted: the cut moves with the resample
+    assert cal.median() == pytest.approx(T.choose(y, p, "calibrated", calibrator=platt), abs=0.15)
+    temp = E.fit_calibrator(y, p, "temperature")  # temperature scaling cannot move the 0.5 cut
+    table = T.stability(y, p, "calibrated", n_boot=5, calibrator=temp)
+    assert np.allclose(table["threshold"], 0.5)

@@ -1,11 +1,19 @@
-"""Probability calibration fitted on VALIDATION only: temperature scaling, Platt scaling, reliability tables.
+"""Probability calibration fitted on VALIDATION only: temperature scaling, Platt scaling; and how calibrated a set
+of probabilities is: log-loss, Brier score, calibration intercept and slope (with patient-level bootstrap
+intervals), a smoothed reliability curve with a bootstrap band, and the binned reliability table.
 
 Every fitting function takes validation labels and probabilities and nothing else, so a calibrator can never
 see test labels; `calibrate_and_report` applies the validation fit to the test probabilities and only then
 scores them. Logits are taken of probabilities clipped to [1e-7, 1 - 1e-7].
+
+Calibration slope and intercept (Van Calster et al. 2019, BMC Med 17:230): the slope b of the logistic
+recalibration logit P(y = 1) = a + b logit(p) (1 = ideal, below 1 = over-confident: predictions too extreme),
+and the calibration-in-the-large intercept a of logit P(y = 1) = a + logit(p) (logit(p) as an offset, slope
+fixed at 1; 0 = ideal, below 0 = predicted risks too high on average).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,13 +21,15 @@ import pandas as pd
 from scipy import optimize, special
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import SplineTransformer
 
-from cxr.evaluate.metrics import check_inputs, expected_calibration_error
+from cxr.evaluate.metrics import _codes_resampler, _percentile, _run_bootstrap, check_inputs, expected_calibration_error
 
 EPS = 1e-7
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-
-
+PLATT_C = 1e4  # weak L2 regularisation of the slope, so that almost separable sets still give a finite fit
+CALIBRATION_CI_METHOD = ("BCa bootstrap (scipy.stats.bootstrap) of patients within each class (images without "
+                         "patient ids); percentile where BCa is undefined")
 
 
 def logit(p: Any) -> np.ndarray:
@@ -50,7 +60,7 @@ def apply_temperature(p: Any, temperature: float) -> np.ndarray:
     return special.expit(logit(p) / float(temperature))
 
 
-def fit_platt(y_val: Any, p_val: Any, C: float = 1e4) -> tuple[float, float]:
+def fit_platt(y_val: Any, p_val: Any, C: float = PLATT_C) -> tuple[float, float]:
     """Platt scaling on the validation logits: (a, b) with calibrated p = sigmoid(a * logit(p) + b).
 
     A scikit-learn `LogisticRegression` on the single feature logit(p), with weak regularisation (large C) so
@@ -85,6 +95,17 @@ def apply_calibrator(params: dict[str, Any], p: Any) -> np.ndarray:
     return apply_platt(p, params["a"], params["b"])
 
 
+def invert_calibrator(params: dict[str, Any], q: Any) -> np.ndarray:
+    """The raw probability that the calibrator of `fit_calibrator` maps to the calibrated probability q (its
+    inverse): sigmoid(T logit(q)) for temperature scaling, sigmoid((logit(q) - b) / a) for Platt scaling (NaN
+    when a <= 0, where no increasing inverse exists)."""
+    z = logit(q)
+    if params["method"] == "temperature":
+        return special.expit(float(params["temperature"]) * z)
+    a = float(params["a"])
+    return special.expit((z - float(params["b"])) / a) if a > 0 else np.full(np.shape(z), np.nan)
+
+
 def reliability_table(y: Any, p: Any, n_bins: int = 10) -> pd.DataFrame:
     """One row per equal-width bin of p (the bins of `expected_calibration_error`; p = 1 in the last):
     bin, lower, upper, count, mean_predicted, observed_rate (NaN for an empty bin)."""
@@ -99,11 +120,121 @@ def reliability_table(y: Any, p: Any, n_bins: int = 10) -> pd.DataFrame:
                          "mean_predicted": mean_p, "observed_rate": rate})
 
 
+def _logistic_newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, offset: Any = 0.0, penalty: Any = 0.0,
+                     n_iter: int = 60) -> np.ndarray:
+    """Penalised logistic regressions for many weight vectors at once, by Newton's method: coefficients (B, k)
+    maximising sum_i w_bi (y_i eta_bi - log(1 + e^eta_bi)) - 1/2 sum_j penalty_j beta_bj^2 with
+    eta = offset + X beta, for X (n, k), y (n,), weights w (B, n).
+
+    The bootstrap refits these 2,000 times; one `LogisticRegression` per resample would take far longer, so this is
+    the same objective solved for all resamples at once (the tests check it against scikit-learn). Steps are capped
+    at 5 per coefficient, so that almost separable resamples move steadily towards their (finite) penalised fit.
+    """
+    w = np.atleast_2d(np.asarray(w, float))
+    k = X.shape[1]
+    pen = np.broadcast_to(np.asarray(penalty, float), (k,))
+    beta = np.zeros((w.shape[0], k))
+    for _ in range(n_iter):
+        mu = special.expit(offset + beta @ X.T)
+        grad = (w * (y - mu)) @ X - pen * beta
+        curv = w * mu * (1 - mu)
+        hess = np.matmul((curv[:, :, None] * X).transpose(0, 2, 1), X) + np.diag(pen + 1e-10)
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        step *= np.minimum(1.0, 5.0 / np.maximum(np.abs(step).max(axis=1, keepdims=True), 1e-300))
+        beta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta
+
+
+def _intercept_slope(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(2, B): the calibration intercept (slope fixed at 1, logit as offset) and slope (Platt's a, with the
+    regularisation of `fit_platt`) for weights w (B, n) over logits z."""
+    ones = np.ones((z.size, 1))
+    intercept = _logistic_newton(ones, y, w, offset=z)[:, 0]
+    slope = _logistic_newton(np.column_stack([ones, z]), y, w, penalty=[0.0, 1.0 / PLATT_C])[:, 1]
+    return np.stack([intercept, slope])
+
+
+def calibration_intercept_slope(y: Any, p: Any) -> dict[str, float]:
+    """{"intercept", "slope"}: calibration-in-the-large and calibration slope (module docstring); NaN with a
+    single class."""
+    y, p = check_inputs(y, p)
+    if len(np.unique(y)) < 2:
+        return {"intercept": math.nan, "slope": math.nan}
+    intercept, slope = _intercept_slope(logit(p), y.astype(float), np.ones((1, y.size)))[:, 0]
+    return {"intercept": float(intercept), "slope": float(slope)}
+
+
+def calibration_intervals(y: Any, p: Any, groups: Any = None, *, n_bootstrap: int, ci_level: float,
+                          seed: int) -> dict[str, dict[str, float]]:
+    """{"intercept": {value, ci_low, ci_high}, "slope": {...}}: the calibration intercept and slope with intervals
+    from a bootstrap of patients within each class (`groups`: patient ids; images without), BCa where defined
+    (CALIBRATION_CI_METHOD). NaN intervals with fewer than two patients in a class or no resamples."""
+    y, p = check_inputs(y, p)
+    values = calibration_intercept_slope(y, p)
+    out = {k: {"value": v, "ci_low": math.nan, "ci_high": math.nan} for k, v in values.items()}
+    z, yf = logit(p), y.astype(float)
+    setup = _codes_resampler(y, groups, lambda w: _intercept_slope(z, yf, w))
+    if n_bootstrap <= 1 or setup is None:
+        return out
+    low, high, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed)
+    for i, key in enumerate(("intercept", "slope")):
+        bca = (low[i], high[i])
+        if np.isfinite(bca).all() and np.isfinite(dist[i]).all():
+            out[key].update(ci_low=float(bca[0]), ci_high=float(bca[1]))
+        else:
+            lo, hi = _percentile(dist[i], ci_level)
+            out[key].update(ci_low=lo, ci_high=hi)
+    return out
+
+
+def smoothed_reliability(y: Any, p: Any, groups: Any = None, *, n_bootstrap: int, ci_level: float, seed: int,
+                         n_points: int = 101, n_knots: int = 4, smoothing: float = 1.0) -> pd.DataFrame:
+    """A smoothed reliability curve with a pointwise bootstrap band: columns predicted (a grid over the range of
+    p), observed (the fitted P(y = 1) there), low, high.
+
+    The curve is a penalised spline logistic regression of y on logit(p): logit P(y = 1) = a + b logit(p) + s(logit p),
+    s a cubic B-spline (`sklearn.preprocessing.SplineTransformer`, `n_knots` knots at quantiles of logit(p),
+    linear beyond them) whose coefficients carry a ridge penalty `smoothing`, so that with little data the curve
+    shrinks towards the logistic recalibration line rather than wiggling. The band holds the central `ci_level` of
+    the curves refitted on bootstrap resamples of patients within each class (`groups`; images without; no band
+    with `n_bootstrap` = 0). Replaces the 10 equal-width bins of `reliability_table`, whose curve depends on where
+    the bin edges fall and which leaves almost empty middle bins when most probabilities are near 0 or 1.
+    """
+    y, p = check_inputs(y, p)
+    grid = np.linspace(p.min(), p.max(), n_points)
+    out = pd.DataFrame({"predicted": grid, "observed": np.nan, "low": np.nan, "high": np.nan})
+    if len(np.unique(y)) < 2:
+        return out
+    z, zg = logit(p), logit(grid)
+    spline = SplineTransformer(n_knots=n_knots, degree=3, knots="quantile", extrapolation="linear").fit(z[:, None])
+
+    def design(v: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.ones(v.size), v, spline.transform(v[:, None])])
+
+    X, Xg = design(z), design(zg)
+    penalty = np.r_[0.0, 1.0 / PLATT_C, np.full(X.shape[1] - 2, smoothing)]
+    yf = y.astype(float)
+
+    def curves(w: np.ndarray) -> np.ndarray:  # (n_points, B)
+        return special.expit(_logistic_newton(X, yf, w, penalty=penalty) @ Xg.T).T
+
+    out["observed"] = curves(np.ones((1, y.size)))[:, 0]
+    setup = _codes_resampler(y, groups, curves)
+    if n_bootstrap > 1 and setup is not None:
+        _, _, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed, method="percentile")
+        alpha = 100 * (1 - ci_level) / 2
+        out["low"], out["high"] = np.nanpercentile(dist, [alpha, 100 - alpha], axis=1)
+    return out
+
+
 def calibration_metrics(y: Any, p: Any) -> dict[str, float]:
-    """{"brier", "ece", "log_loss"} (log-loss on probabilities clipped to [EPS, 1 - EPS])."""
+    """{"brier", "ece", "log_loss", "intercept", "slope"} (log-loss on probabilities clipped to [EPS, 1 - EPS];
+    intercept and slope of `calibration_intercept_slope`)."""
     y, p = check_inputs(y, p)
     return {"brier": float(skm.brier_score_loss(y, p, pos_label=1)), "ece": expected_calibration_error(y, p),
-            "log_loss": _log_loss(y, logit(p))}
+            "log_loss": _log_loss(y, logit(p)), **calibration_intercept_slope(y, p)}
 
 
 def calibration_report(y: Any, p_raw: Any, p_cal: Any) -> dict[str, dict[str, float]]:
@@ -111,31 +242,87 @@ def calibration_report(y: Any, p_raw: Any, p_cal: Any) -> dict[str, dict[str, fl
     return {"before": calibration_metrics(y, p_raw), "after": calibration_metrics(y, p_cal)}
 
 
-def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any,
-                         method: str = "temperature") -> dict[str, Any]:
+def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any, method: str = "temperature", *,
+                         groups_test: Any = None, n_bootstrap: int, ci_level: float, seed: int) -> dict[str, Any]:
     """Fit on validation, apply to test, then score both: a block for `metrics.json`.
 
     {"method", parameters ("temperature" or "a", "b"), "fitted_on": "validation",
-     "validation": calibration_report, "test": calibration_report}. The test labels are used only for scoring,
+     "validation": calibration_report, "test": calibration_report with "ci": {"before": calibration_intervals,
+     "after": ...} (patient-level with `groups_test`), "ci_method"}. The test labels are used only for scoring,
     after the parameters are fixed.
     """
     params = fit_calibrator(y_val, p_val, method)
+    p_cal = apply_calibrator(params, p_test)
+    test = calibration_report(y_test, p_test, p_cal)
+    settings = {"n_bootstrap": n_bootstrap, "ci_level": ci_level, "seed": seed}
+    test["ci"] = {"before": calibration_intervals(y_test, p_test, groups_test, **settings),
+                  "after": calibration_intervals(y_test, p_cal, groups_test, **settings)}
     return {**params, "fitted_on": "validation",
             "validation": calibration_report(y_val, p_val, apply_calibrator(params, p_val)),
-            "test": calibration_report(y_test, p_test, apply_calibrator(params, p_test))}
+            "test": test, "ci_method": CALIBRATION_CI_METHOD}
 
 
-def describe_calibration(block: dict[str, Any]) -> str:
-    """Two sentences from a `calibrate_and_report` block: what the validation-fitted calibration did on test."""
-    before, after = block["test"]["before"], block["test"]["after"]
+def _finite(x: Any) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def _with_ci(block: dict[str, Any], when: str, key: str) -> str:
+    value = block[when][key]
+    if not _finite(value):
+        return "n/a"
+    ci = block.get("ci", {}).get(when, {}).get(key, {})
+    lo, hi = ci.get("ci_low"), ci.get("ci_high")
+    if not (_finite(lo) and _finite(hi)):
+        return f"{value:.2f}"
+    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _slope_intercept_reading(block: dict[str, Any], when: str) -> str:
+    """What the slope and intercept of `when` ("before"/"after") say, from their intervals when present."""
+    parts = []
+    for key, ideal, below, above in (("slope", 1.0, "over-confident (predictions too extreme)",
+                                      "under-confident (predictions too timid)"),
+                                     ("intercept", 0.0, "predicted risks too high on average",
+                                      "predicted risks too low on average")):
+        value = block[when][key]
+        ci = block.get("ci", {}).get(when, {}).get(key, {})
+        lo, hi = ci.get("ci_low"), ci.get("ci_high")
+        if not _finite(value):
+            verdict = "undefined"
+        elif _finite(lo) and _finite(hi):
+            verdict = below if hi < ideal else above if lo > ideal else f"consistent with {ideal:g}"
+        else:
+            verdict = below if value < ideal else above
+        parts.append(f"{key} {verdict}")
+    return ", ".join(parts)
+
+
+def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str:
+    """Sentences from a `calibrate_and_report` block: what the validation-fitted calibration did on test, read from
+    the proper scores (log-loss and Brier score), the calibration slope and intercept (with their intervals when
+    the block has them) and, last, the binned expected calibration error.
+
+    The verdict: "improved" when log-loss and Brier score both fall by more than `tolerance`, "worsened" when both
+    rise by more, "barely changed" when neither moves by more, "mixed" otherwise.
+    """
+    test = block["test"]
+    before, after = test["before"], test["after"]
     params = (f"T = {block['temperature']:.2f}" if block["method"] == "temperature"
               else f"a = {block['a']:.2f}, b = {block['b']:.2f}")
-    verdict = ("improved" if after["ece"] < before["ece"] - 0.005 else
-               "worsened" if after["ece"] > before["ece"] + 0.005 else "barely changed")
+    moves = [after[k] - before[k] for k in ("log_loss", "brier")]
+    verdict = ("improved" if all(m < -tolerance for m in moves) else
+               "worsened" if all(m > tolerance for m in moves) else
+               "barely changed" if all(abs(m) <= tolerance for m in moves) else "mixed")
     text = (f"{block['method'].capitalize()} scaling fitted on validation ({params}) {verdict} test calibration: "
-            f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}, Brier score "
-            f"{before['brier']:.3f} -> {after['brier']:.3f}, log-loss {before['log_loss']:.3f} -> "
-            f"{after['log_loss']:.3f}.")
+            f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}, Brier score "
+            f"{before['brier']:.3f} -> {after['brier']:.3f}, ")
+    if "slope" in before:  # blocks written before slope and intercept were reported lack them
+        text += (f"calibration slope {_with_ci(test, 'before', 'slope')} -> {_with_ci(test, 'after', 'slope')} "
+                 f"(ideal 1), calibration intercept {_with_ci(test, 'before', 'intercept')} -> "
+                 f"{_with_ci(test, 'after', 'intercept')} (ideal 0); ")
+    text += f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}."
+    if "slope" in after:
+        text += f" After calibration: {_slope_intercept_reading(test, 'after')}."
     if block["method"] == "temperature":
         text += (" Temperature scaling keeps the ranking and the 0.5 point, so it cannot remove a shift in "
                  "prevalence or acquisition between validation and test; what remains is that shift.")

@@ -16,6 +16,7 @@ import pandas as pd
 from cxr.evaluate.metrics import check_inputs
 
 DEFAULT_PREVALENCES = np.round(np.linspace(0.01, 0.99, 99), 2)
+CLINICAL_PREVALENCES = (0.05, 0.10, 0.20, 0.30)  # plausible shares of pneumonia among children imaged for it
 
 
 def ppv_npv(sensitivity: Any, specificity: Any, prevalence: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +105,23 @@ def operating_point_curve(sens_draws: Any, spec_draws: Any, prevalence: float, t
                          "treat_all": treat_all_net_benefit(prevalence, pt), "treat_none": np.zeros(pt.size)})
 
 
+def net_benefit_table(sens_draws: Any, spec_draws: Any, prevalences: Sequence[float] = CLINICAL_PREVALENCES,
+                      test_prevalence: float | None = None, thresholds: Any = None,
+                      point: tuple[float, float] | None = None, ci_level: float = 0.95) -> pd.DataFrame:
+    """`operating_point_curve` at each prevalence of `prevalences` and at the test set's own (`test_prevalence`,
+    when given), stacked: columns prevalence, population ("assumed" or "test"), threshold, model, model_low,
+    model_high, treat_all, treat_none. The same paired draws of sensitivity and specificity (e.g. the
+    patient-level `cxr.evaluate.bootstrap_draws` of the test set) are carried to every prevalence."""
+    rows = [(float(pi), "assumed") for pi in prevalences]
+    if test_prevalence is not None:
+        rows.append((float(test_prevalence), "test"))
+    parts = [operating_point_curve(sens_draws, spec_draws, pi, thresholds, point, ci_level)
+             .assign(prevalence=pi, population=kind) for pi, kind in rows]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["prevalence", "population", "threshold", "model", "model_low", "model_high", "treat_all",
+                  "treat_none"]]
+
+
 def _runs(mask: np.ndarray, x: np.ndarray) -> list[tuple[float, float]]:
     """The [first, last] x of each run of True in mask."""
     edges = np.diff(np.r_[0, mask.astype(int), 0])
@@ -146,3 +164,23 @@ def describe_decision_curve(curve: pd.DataFrame) -> str:
         text += "; the model's probabilities are read as risks here, so this holds only if they are calibrated"
     return text + (". Net benefit is computed at one prevalence; it does not show benefit in a population with "
                    "another prevalence or case mix.")
+
+
+def describe_net_benefit_table(table: pd.DataFrame) -> str:
+    """Sentences from `net_benefit_table`: per prevalence, the threshold probabilities at which the operating point's
+    lower interval bound beats both treating everyone and treating no one; then what the table does not show."""
+    parts = []
+    for (pi, kind), curve in table.groupby(["prevalence", "population"], sort=False):
+        pt = curve["threshold"].to_numpy()
+        sure = _runs(((curve["model_low"] > curve["treat_all"]) & (curve["model_low"] > 0)).to_numpy(), pt)
+        name = f"{pi:.0%} ({'the test set' if kind == 'test' else 'assumed'})"
+        parts.append(f"at {name} for " + (", ".join(f"{a:.2f}-{b:.2f}" for a, b in sure) if sure
+                                          else "no threshold probability"))
+    return ("Net benefit of the chosen operating point (a fixed yes/no call, not a risk score) across prevalences, "
+            "from the bootstrap draws of test sensitivity and specificity: its lower interval bound beats both "
+            "treating every child and treating none " + "; ".join(parts) + ". "
+            "This assumes the test sensitivity and specificity carry over unchanged to a population with that "
+            "prevalence, which holds only if its case mix and images resemble the test set's; which threshold "
+            "probability applies is the clinician's choice (how many false alarms one found pneumonia is worth), "
+            "so the table shows a range rather than one answer; and it is a re-weighting of the same test set, "
+            "not an external validation.")

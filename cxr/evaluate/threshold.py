@@ -14,11 +14,13 @@ or resample to the next. Every policy here reads validation labels and probabili
   (logit SD 0.45-2.2x Youden's) while 0.05 cut it to 0.06-0.36x (tests/test_threshold.py keeps one such case);
   on exactly separable sets Youden's threshold (the lowest positive score) already moved little and neither
   rule was consistently steadier.
-- "calibrated": the raw probability at which Platt-calibrated validation probabilities (`cxr.evaluate.calibration`)
-  reach `target` (0.5: sigmoid(-b / a)), a maximum-likelihood fit to every validation image. In the simulations above
-  it was the steadiest on exactly separable sets and steadier than Youden otherwise (logit SD 0.4-0.6 against
-  0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). (Temperature scaling alone keeps 0.5 at 0.5, so it
-  cannot move a threshold.)
+- "calibrated": the raw probability at which the calibrated probability reaches `target` (0.5, or the validation
+  prevalence), found by inverting THE calibrator fitted on validation and saved with the model
+  (`cxr.evaluate.calibration.fit_calibrator`, passed as `calibrator`), so the operating point and the saved model's
+  calibrated probabilities agree. With Platt scaling, sigmoid((logit(target) - b) / a): a maximum-likelihood fit to
+  every validation image; in the simulations above it was the steadiest on exactly separable sets and steadier than
+  Youden otherwise (logit SD 0.4-0.6 against 0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). With
+  temperature scaling, sigmoid(T logit(target)): 0.5 stays 0.5, so only target="prevalence" moves the threshold.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import pandas as pd
 from scipy import special
 from sklearn import metrics as skm
 
-from cxr.evaluate.calibration import fit_platt, logit
+from cxr.evaluate.calibration import fit_calibrator, invert_calibrator, logit
 from cxr.evaluate.metrics import check_inputs, patient_strata
 
 POLICIES = ("youden", "sensitivity", "plateau", "calibrated")
@@ -88,13 +90,17 @@ def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
 
 
 def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | str = DEFAULT_TOLERANCE,
-           target: float | str = 0.5, target_sensitivity: float = 0.95) -> float:
+           target: float | str = 0.5, target_sensitivity: float = 0.95,
+           calibrator: dict[str, Any] | None = None) -> float:
     """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
 
     `policy`: one of POLICIES ("youden" and "sensitivity" are `choose_threshold`'s rules).
     `tolerance`: for "plateau" (a J difference, or "one_error"). `target`: for "calibrated", the calibrated
     probability at which to call positive: 0.5 (fewest errors at the validation prevalence) or "prevalence"
     (the validation prevalence: the Bayes threshold for equal weight on sensitivity and specificity, Youden's aim).
+    `calibrator`: for "calibrated", the parameters of `cxr.evaluate.calibration.fit_calibrator` (any method)
+    fitted on this validation set, the calibrator saved with the model; the threshold is its inverse at `target`.
+    A Platt fit whose slope is not positive (an untrained model) has no inverse: the plateau rule is used instead.
     """
     y, p = check_inputs(y_val, p_val)
     if len(np.unique(y)) < 2:
@@ -104,11 +110,12 @@ def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | s
     if policy == "plateau":
         return _plateau(y, p, tolerance)
     if policy == "calibrated":
-        a, b = fit_platt(y, p)
-        if not a > 1e-9:  # the scores do not rise with the label (an untrained model): no calibrated cut exists
-            return _plateau(y, p, tolerance)
-        cut = special.logit(y.mean()) if target == "prevalence" else special.logit(float(target))
-        return float(np.clip(special.expit((cut - b) / a), EPS, 1 - EPS))
+        if calibrator is None:
+            raise ValueError("the 'calibrated' policy needs the calibrator fitted on validation (fit_calibrator)")
+        if calibrator["method"] == "platt" and not calibrator["a"] > 1e-9:
+            return _plateau(y, p, tolerance)  # the scores do not rise with the label: no calibrated cut exists
+        cut = float(y.mean()) if target == "prevalence" else float(target)
+        return float(np.clip(invert_calibrator(calibrator, cut), EPS, 1 - EPS))
     raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
 
 
@@ -120,8 +127,12 @@ def _resample(y: np.ndarray, groups: Any, rng: np.random.Generator) -> np.ndarra
     codes, stratum = patient_strata(y, groups)
     drawn = np.concatenate([rng.choice(s, s.size) for s in (np.flatnonzero(stratum == 0),
                                                             np.flatnonzero(stratum == 1))])
-    images = pd.Series(np.arange(y.size)).groupby(codes).apply(np.asarray)
-    return np.concatenate(images.loc[drawn].to_numpy())
+    order = np.argsort(codes, kind="stable")  # images grouped by patient, in their own order within a patient
+    counts = np.bincount(codes)
+    starts = np.cumsum(counts) - counts
+    lengths = counts[drawn]
+    first = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+    return order[first + np.arange(lengths.sum())]
 
 
 def _sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
@@ -129,9 +140,11 @@ def _sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
 
 
 def stability(y_val: Any, p_val: Any, policy: str | Sequence[str] = ("youden", "plateau"), n_boot: int = 200,
-              seed: int = 0, groups: Any = None, **kw: Any) -> pd.DataFrame:
+              seed: int = 0, groups: Any = None, calibrator: dict[str, Any] | None = None,
+              **kw: Any) -> pd.DataFrame:
     """How the chosen threshold moves under bootstrap resampling of the validation set (patient-grouped when
-    `groups` is given). Each policy sees the same resamples.
+    `groups` is given). Each policy sees the same resamples. For "calibrated", the calibrator's method
+    (`calibrator["method"]`, required then) is refitted on each resample, as the whole rule would be.
 
     One row per (policy, resample): threshold, logit (of the threshold), sensitivity and specificity on the
     resample (what the policy sees), full_sensitivity and full_specificity on the whole validation set at that
@@ -139,12 +152,15 @@ def stability(y_val: Any, p_val: Any, policy: str | Sequence[str] = ("youden", "
     """
     y, p = check_inputs(y_val, p_val)
     policies = [policy] if isinstance(policy, str) else list(policy)
+    if "calibrated" in policies and calibrator is None:
+        raise ValueError("the 'calibrated' policy needs the calibrator fitted on validation (fit_calibrator)")
     rng = np.random.default_rng(seed)
     rows = []
     for b in range(n_boot):
         idx = _resample(y, groups, rng)
         for name in policies:
-            t = choose(y[idx], p[idx], name, **kw)
+            refit = fit_calibrator(y[idx], p[idx], calibrator["method"]) if name == "calibrated" else None
+            t = choose(y[idx], p[idx], name, calibrator=refit, **kw)
             rows.append((name, b, t, float(special.logit(t)), *_sens_spec(y[idx], p[idx], t), *_sens_spec(y, p, t)))
     return pd.DataFrame(rows, columns=["policy", "resample", "threshold", "logit", "sensitivity", "specificity",
                                        "full_sensitivity", "full_specificity"])

@@ -3,7 +3,8 @@ prevalences, decision curves, the stability of the operating point, error rates 
 errors beside their Grad-CAM, and the validation evidence for the kept training stage.
 
 Each function draws the output of one producer in `cxr.evaluate` (the tables are the data; nothing is
-recomputed here except the reliability bins, which come from `cxr.evaluate.calibration`).
+recomputed here except the smoothed reliability curves and calibration scores, which come from
+`cxr.evaluate.calibration`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
-from cxr.evaluate.calibration import calibration_metrics, reliability_table
+from cxr.evaluate.calibration import calibration_metrics, reliability_table, smoothed_reliability
 from cxr.plots.explain import _colorbar, _gray, overlay
 from cxr.plots.style import _figure, figure_style
 
@@ -41,14 +42,34 @@ ERROR_TABLE_TITLES = {
 # Calibration
 # ---------------------------------------------------------------------------------------------------------------
 
-@figure_style
-def reliability(y: Any, p_raw: Any, p_cal: Any = None, n_bins: int = 10, title: str = "",
-                labels: tuple[str, str] = ("before calibration", "after calibration")) -> Figure:
-    """Reliability diagram before vs after calibration: observed positive rate against mean predicted probability
-    per equal-width bin (`cxr.evaluate.reliability_table`), the diagonal, ECE and Brier score in the legend; below
-    it, the number of images per bin. `p_cal=None` draws the raw probabilities only.
+def _draw_reliability(ax: Any, curve: pd.DataFrame, color: str, label: str) -> None:
+    """One `cxr.evaluate.calibration.smoothed_reliability` curve on `ax`: the fitted observed rate (a line) and,
+    when the table has one, its bootstrap band (a filled area)."""
+    ax.plot(curve["predicted"], curve["observed"], lw=2, color=color, label=label)
+    if curve["low"].notna().any():
+        ax.fill_between(curve["predicted"], curve["low"], curve["high"], color=color, alpha=0.2, lw=0)
 
-    Axes: [reliability, images per bin]. The reliability lines hold the non-empty bins only.
+
+def _calibration_label(name: str, y: Any, p: Any) -> str:
+    """"name: log-loss ..., Brier ..., slope ..., intercept ..." for a legend (`calibration_metrics`)."""
+    s = calibration_metrics(y, p)
+    return (f"{name}: log-loss {s['log_loss']:.3f}, Brier {s['brier']:.3f}, slope {s['slope']:.2f}, "
+            f"intercept {s['intercept']:.2f}")
+
+
+@figure_style
+def reliability(y: Any, p_raw: Any, p_cal: Any = None, *, groups: Any = None, n_bootstrap: int, ci_level: float,
+                seed: int, n_bins: int = 10, title: str = "",
+                labels: tuple[str, str] = ("before calibration", "after calibration")) -> Figure:
+    """Reliability diagram before vs after calibration: the smoothed observed positive rate against the predicted
+    probability (`cxr.evaluate.calibration.smoothed_reliability`: a spline logistic fit on logit p) with its
+    bootstrap band (patients resampled within each class with `groups`; `n_bootstrap` = 0: no band), the
+    diagonal, and log-loss, Brier score, calibration slope and intercept in the legend; below it, the number of
+    images per equal-width bin of predicted probability (`n_bins`), where the curve rests on data.
+    `p_cal=None` draws the raw probabilities only.
+
+    Axes: [reliability, images per bin]. The reliability axes holds the diagonal, then one line per series (the
+    smoothed curve) and one band per series.
     """
     series = [(labels[0], p_raw, BEFORE_AFTER_COLORS[0])]
     if p_cal is not None:
@@ -58,17 +79,18 @@ def reliability(y: Any, p_raw: Any, p_cal: Any = None, n_bins: int = 10, title: 
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     width = 1.0 / n_bins / (len(series) + 0.5)
     for k, (name, p, color) in enumerate(series):
+        curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+        _draw_reliability(ax, curve, color, _calibration_label(name, y, p))
         table = reliability_table(y, p, n_bins)
-        scores = calibration_metrics(y, p)
-        seen = table["count"] > 0
-        ax.plot(table.loc[seen, "mean_predicted"], table.loc[seen, "observed_rate"], marker="o", lw=2, color=color,
-                label=f"{name}: ECE {scores['ece']:.3f}, Brier {scores['brier']:.3f}")
         centres = (table["lower"] + table["upper"]) / 2
         ax_n.bar(centres + (k - (len(series) - 1) / 2) * width, table["count"], width=width, color=color,
                  alpha=0.8, label=name)
-    ax.set(ylabel="observed positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title or "Reliability")
-    ax.legend(loc="upper left", fontsize=9)
-    ax_n.set(xlabel="mean predicted probability (bins of width %.2g)" % (1.0 / n_bins), ylabel="images")
+    band = f"; bands: {ci_level:.0%} bootstrap" + (" of patients" if groups is not None else "")
+    ax.set(ylabel="observed positive rate (smoothed)", xlim=(0, 1), ylim=(0, 1.01),
+           title=title or "Reliability")
+    ax.legend(loc="upper left", fontsize=8, title=("spline logistic fit" + (band if n_bootstrap > 1 else "")),
+              title_fontsize=8)
+    ax_n.set(xlabel="predicted probability (bins of width %.2g below)" % (1.0 / n_bins), ylabel="images")
     fig.tight_layout()
     return fig
 
@@ -154,6 +176,25 @@ def clinical_figure(curves: pd.DataFrame, curve: pd.DataFrame, test_prevalence: 
     _draw_decision(axes[0, 1], curve, model_label)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def net_benefit_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    """The operating point's decision curve at each prevalence of `cxr.evaluate.clinical.net_benefit_table`, one
+    panel per prevalence (in the table's order), each as `decision_curve_figure` draws it (net benefit with its
+    interval band, treat all, treat none) and titled with the prevalence and whether it is assumed or the test
+    set's. The legend is in the first panel only. One axes per prevalence."""
+    groups = list(table.groupby(["prevalence", "population"], sort=False))
+    fig, axes = _figure(1, max(len(groups), 1), size=(3.6, 3.6))
+    for k, (ax, ((pi, kind), curve)) in enumerate(zip(axes[0], groups)):
+        _draw_decision(ax, curve, None)
+        ax.set_title(f"prevalence {pi:.0%}" + (" (test set)" if kind == "test" else " (assumed)"))
+        if k:
+            ax.get_legend().remove()
+            ax.set_ylabel("")
+    fig.suptitle(title or "Net benefit of the operating point across prevalences")
     fig.tight_layout()
     return fig
 

@@ -9,12 +9,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from cxr.evaluate.calibration import reliability_table
+from cxr.evaluate.calibration import smoothed_reliability
+from cxr.plots.evaluation import _calibration_label, _draw_reliability
 from cxr.plots.style import _figure, figure_style
 
+
 @figure_style
-def roc_pr_calibration(y: Any, p: Any, threshold: float, title: str = "", n_bins: int = 10) -> Figure:
-    """Three panels: ROC with the operating point, precision-recall with it, and a reliability diagram."""
+def roc_pr_calibration(y: Any, p: Any, threshold: float, *, groups: Any = None, n_bootstrap: int, ci_level: float,
+                       seed: int, title: str = "", n_bins: int = 10) -> Figure:
+    """Three panels: ROC with the operating point, precision-recall with it, and a reliability diagram: the
+    smoothed observed rate against the predicted probability (`cxr.evaluate.calibration.smoothed_reliability`)
+    with its bootstrap band (patients resampled with `groups`; no band with `n_bootstrap` = 0), over a histogram
+    of the predicted probabilities (`n_bins` equal-width bins, on a twin axis)."""
     y = np.asarray(y).astype(int).reshape(-1)
     p = np.asarray(p, dtype="float64").reshape(-1)
     fig, axes = _figure(1, 3)
@@ -41,20 +47,18 @@ def roc_pr_calibration(y: Any, p: Any, threshold: float, title: str = "", n_bins
               ylim=(0, 1.01))
     ax_pr.legend(loc="lower left", fontsize=9)
 
-    table = reliability_table(y, p, n_bins)
-    seen = table["count"] > 0
+    curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     ax_cal.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    ax_cal.plot(table.loc[seen, "mean_predicted"], table.loc[seen, "observed_rate"], marker="o", lw=2,
-                label="model")
+    _draw_reliability(ax_cal, curve, sns.color_palette("deep").as_hex()[0], _calibration_label("model", y, p))
     ax_hist = ax_cal.twinx()
     ax_hist.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="grey", alpha=0.25)
     ax_hist.set_ylabel("images per bin", color="grey")
     ax_hist.grid(False)
     ax_cal.set_zorder(ax_hist.get_zorder() + 1)
     ax_cal.patch.set_visible(False)
-    ax_cal.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Reliability",
+    ax_cal.set(xlabel="predicted probability", ylabel="observed positive rate (smoothed)", title="Reliability",
                xlim=(0, 1), ylim=(0, 1.01))
-    ax_cal.legend(loc="upper left", fontsize=9)
+    ax_cal.legend(loc="upper left", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
