@@ -170,6 +170,8 @@ class Config:
             raise ValueError(f"threshold_policy must be one of {THRESHOLD_POLICIES}, not {self.threshold_policy!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
+        if self.threshold_policy == "calibrated" and self.calibration == "none":
+            raise ValueError("threshold_policy 'calibrated' needs a calibration ('platt' or 'temperature')")
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, not {self.n_folds!r}")
         unknown = sorted(set(self.finetune_tasks) - set(TASKS))

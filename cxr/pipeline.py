@@ -127,13 +127,15 @@ def score_test(config: Config, prepared: Prepared, task: str, model: Any, thresh
     test = scores(config, prepared, task, model, "test", calibrator)
     boot = dict(n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
     report = evaluate.task_report(test.y, test.p, threshold, groups=test.groups, **boot)
-    report["threshold_uncertainty"] = uncertainty.threshold_uncertainty(
+    nested = uncertainty.threshold_uncertainty(  # the whole rule on every resample: calibration refitted too
         selection.y, selection.p, selection.groups, test.y, test.p, test.groups,
-        lambda y, p: operating_point(config, y, p, calibrator), **boot)
-    report["per_child"] = uncertainty.child_report(test.y, test.p, test.groups, threshold, **boot)
+        lambda y, p: operating_point(config, y, p, fit_calibration(config, y, p)), **boot)
+    report["threshold_uncertainty"] = {"intervals": nested["intervals"].to_dict(orient="index"),
+                                       **{k: nested[k] for k in ("threshold", "n_bootstrap", "ci_level", "ci_method")}}
+    report["per_child"] = evaluate.child_report(test.y, test.p, test.groups, threshold, **boot)
     if calibrator is not None:
         report["calibration"] = calibration.calibrate_and_report(selection.y, selection.p, test.y, test.p,
-                                                                 calibrator, groups=test.groups, **boot)
+                                                                 calibrator["method"], groups_test=test.groups, **boot)
     draws = evaluate.bootstrap_draws(test.y, test.p, threshold, groups=test.groups, n_bootstrap=config.n_bootstrap,
                                      seed=config.seed)
     ledger.record_test_access(run_dir, task, config.to_dict(), ledger.metric_summary(report), note=note)
@@ -244,10 +246,9 @@ def clinical_curves(outcome: TaskOutcome, ci_level: float) -> tuple[pd.DataFrame
     point = (at["sensitivity"]["value"], at["specificity"]["value"])
     draws = outcome.draws
     curves = clinical.prevalence_curves(draws["sensitivity"], draws["specificity"], point=point, ci_level=ci_level)
-    decision = clinical.prevalence_decision_curves(draws["sensitivity"], draws["specificity"],
-                                                   prevalences=(*clinical.CLINICAL_PREVALENCES,
-                                                                float(outcome.test.y.mean())),
-                                                   point=point, ci_level=ci_level)
+    decision = clinical.net_benefit_table(draws["sensitivity"], draws["specificity"],
+                                          test_prevalence=float(outcome.test.y.mean()), point=point,
+                                          ci_level=ci_level)
     return curves, decision
 
 

@@ -285,7 +285,6 @@ def describe_protocol(config: Config) -> str:
 
 def describe_training(outcome: Any) -> str:
     """What cross-validation chose for a task, in words from its numbers."""
-    from cxr.evaluate import threshold as thresholds
 
     r = outcome.result
     sel = r.selection.set_index("stage")

@@ -9,7 +9,6 @@ import importlib.util
 import io
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np

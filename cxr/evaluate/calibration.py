@@ -246,8 +246,8 @@ def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any, metho
                          groups_test: Any = None, n_bootstrap: int, ci_level: float, seed: int) -> dict[str, Any]:
     """Fit on validation, apply to test, then score both: a block for `metrics.json`.
 
-    {"method", parameters ("temperature" or "a", "b"), "fitted_on": "validation",
-     "validation": calibration_report, "test": calibration_report with "ci": {"before": calibration_intervals,
+    {"method", parameters ("temperature" or "a", "b"), "fitted_on", "selection": calibration_report of the data it
+     was fitted on, "test": calibration_report with "ci": {"before": calibration_intervals,
      "after": ...} (patient-level with `groups_test`), "ci_method"}. The test labels are used only for scoring,
     after the parameters are fixed.
     """
@@ -257,8 +257,8 @@ def calibrate_and_report(y_val: Any, p_val: Any, y_test: Any, p_test: Any, metho
     settings = {"n_bootstrap": n_bootstrap, "ci_level": ci_level, "seed": seed}
     test["ci"] = {"before": calibration_intervals(y_test, p_test, groups_test, **settings),
                   "after": calibration_intervals(y_test, p_cal, groups_test, **settings)}
-    return {**params, "fitted_on": "validation",
-            "validation": calibration_report(y_val, p_val, apply_calibrator(params, p_val)),
+    return {**params, "fitted_on": "selection data (the out-of-fold predictions of the training children)",
+            "selection": calibration_report(y_val, p_val, apply_calibrator(params, p_val)),
             "test": test, "ci_method": CALIBRATION_CI_METHOD}
 
 
@@ -313,7 +313,8 @@ def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str
     verdict = ("improved" if all(m < -tolerance for m in moves) else
                "worsened" if all(m > tolerance for m in moves) else
                "barely changed" if all(abs(m) <= tolerance for m in moves) else "mixed")
-    text = (f"{block['method'].capitalize()} scaling fitted on validation ({params}) {verdict} test calibration: "
+    text = (f"{block['method'].capitalize()} scaling fitted on the out-of-fold predictions ({params}) {verdict} test "
+            f"calibration: "
             f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}, Brier score "
             f"{before['brier']:.3f} -> {after['brier']:.3f}, ")
     if "slope" in before:  # blocks written before slope and intercept were reported lack them
@@ -325,5 +326,5 @@ def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str
         text += f" After calibration: {_slope_intercept_reading(test, 'after')}."
     if block["method"] == "temperature":
         text += (" Temperature scaling keeps the ranking and the 0.5 point, so it cannot remove a shift in "
-                 "prevalence or acquisition between validation and test; what remains is that shift.")
+                 "prevalence or acquisition between the training children and the test split; what remains is that shift.")
     return text

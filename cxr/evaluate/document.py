@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.evaluate.metrics import CI_METHOD, METRIC_LABELS, METRICS, PATIENT_CI_METHOD
+from cxr.evaluate.metrics import CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD
 from cxr.io import to_json, write_json
 
 SCHEMA_VERSION = 2  # 2: cross-validation (out-of-fold selection), per-metric interval methods, threshold
@@ -69,6 +69,7 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
         "ci_level": config.ci_level,
         "ci_method": PATIENT_CI_METHOD,
         "image_ci_method": CI_METHOD,
+        "ci_methods": dict(CI_METHODS),
         "image_size": config.image_size,
         "resize_policy": config.resize_policy,
         "backbone": config.backbone,
@@ -133,7 +134,7 @@ def fmt(m: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 def report_table(task: dict[str, Any]) -> pd.DataFrame:
-    """One task's metrics as value [CI] at the validation threshold and at 0.5 (one row per metric)."""
+    """One task's metrics as value [CI] at the task's threshold and at 0.5 (one row per metric)."""
     level = "95%"
     rows = {METRIC_LABELS[m]: {f"at threshold {task['threshold']:.3f} ({level} CI)": fmt(task["at_threshold"][m]),
                                f"at 0.5 ({level} CI)": fmt(task["at_0.5"][m])} for m in METRICS}
@@ -269,7 +270,8 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
     one line per other task only (for the README)."""
     p = doc.get("protocol", {})
     parts = [
-        f"Official test set, scored once; thresholds chosen on validation ({p.get('threshold_policy', '?')}); "
+        f"Official test set, scored once; thresholds chosen on the out-of-fold predictions of the training children "
+        f"({p.get('threshold_policy', '?')}); "
         f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
         f"({p.get('ci_method', '')}; image-level intervals are in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
         f"{p.get('image_size', '?')} px. Written by `python -m cxr results` from `{source}`."
@@ -278,17 +280,21 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
         if headline:
             if task != "pneumonia":
                 parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, threshold {t['threshold']:.3f} from "
-                             "validation): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
+                             "the out-of-fold predictions): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
                                                          ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
             continue
         rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(t["at_0.5"][m])] for m in METRICS]
         cal = t.get("calibration")
         if cal:
             before, after = cal["test"]["before"], cal["test"]["after"]
-            rows.append([f"Expected calibration error after {cal['method']} scaling (fitted on validation)",
-                         f"{after['ece']:.3f} (before: {before['ece']:.3f})", ""])
+            rows.append([f"Log-loss after {cal['method']} scaling (fitted on the out-of-fold predictions)",
+                         f"{after['log_loss']:.3f} (before: {before['log_loss']:.3f})", ""])
+            if after.get("slope") is not None:
+                rows.append(["Calibration slope / intercept after scaling (ideal 1 / 0)",
+                             f"{after['slope']:.2f} / {after['intercept']:.2f} (before: {before['slope']:.2f} / "
+                             f"{before['intercept']:.2f})", ""])
         parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
-            ["metric", f"at validation threshold {t['threshold']:.3f}", "at 0.5"], rows))
+            ["metric", f"at the threshold {t['threshold']:.3f}", "at 0.5"], rows))
     if doc.get("test_ledger") and not headline:
         parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
     if "pneumonia" in doc["tasks"]:

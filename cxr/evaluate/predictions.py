@@ -1,7 +1,7 @@
 """Every scored image on record, and what the errors have in common.
 
 `predictions_frame` turns one task's scores on one split into a table (one row per image: path, label,
-probability, calibrated probability, decision, file-name family, original size); the validation and test rows
+probability, calibrated probability, decision, file-name family, original size); the out-of-fold and test rows
 of a task go into one file with `write_predictions` and come back unchanged with `read_predictions`.
 `error_analysis` counts errors by subtype, file-name family, original size and aspect ratio, each rate with a
 Wilson 95% interval; `most_confident_errors` picks the images to look at; `describe_errors` says in words what
@@ -27,6 +27,7 @@ from cxr.io import atomic_write_text
 TASK_CLASSES: dict[str, tuple[str, tuple[str, str]]] = {name: (t.column, tuple(t.class_names))
                                                         for name, t in TASKS.items()}
 THRESHOLD_ON = ("raw", "calibrated")
+OOF_SOURCE = {"oof": "train"}  # the predictions file's split "oof": the training children, each scored out of fold
 
 # The columns of a predictions file and their dtypes ("str": pandas' string dtype of the running version).
 COLUMNS: dict[str, str] = {
@@ -42,7 +43,7 @@ COLUMNS: dict[str, str] = {
     "height": "int64",
     "aspect": "float64",  # width / height
     "probability": "float64",  # the model's probability of the positive class
-    "calibrated_probability": "float64",  # after calibration fitted on validation (NaN when there is none)
+    "calibrated_probability": "float64",  # after the calibration fitted on the out-of-fold predictions (NaN: none)
     "threshold": "float64",
     "threshold_on": "str",  # which probability the threshold applies to: "raw" or "calibrated"
     "decision": "int64",  # 1 = called positive
@@ -110,9 +111,10 @@ def predictions_frame(index: pd.DataFrame, positions: Any, split: str, task: str
         raise ValueError(f"threshold must be a finite number, not {threshold!r}")
 
     rows = index.iloc[positions]
-    if "split" in rows and not rows["split"].eq(split).all():
-        found = sorted(set(rows["split"]) - {split})
-        raise ValueError(f"positions include rows of split(s) {found}, not only {split!r}")
+    expected = OOF_SOURCE.get(split, split)  # out-of-fold predictions are of training rows
+    if "split" in rows and not rows["split"].eq(expected).all():
+        found = sorted(set(rows["split"]) - {expected})
+        raise ValueError(f"positions include rows of split(s) {found}, not only {expected!r}")
     column, classes = TASK_CLASSES[task]
     label = rows[column].astype(str).to_numpy()
     unknown = sorted(set(label) - set(classes))

@@ -186,7 +186,8 @@ def describe_stability(table: pd.DataFrame) -> str:
     s = stability_summary(table)
     n = table["resample"].nunique()
     parts = [f"{name}: threshold median {r.threshold_median:.3f} (IQR {r.threshold_q25:.3f}-{r.threshold_q75:.3f}, "
-             f"SD {r.logit_sd:.2f} in logit), validation sensitivity {r.sensitivity_low:.3f}-{r.sensitivity_high:.3f} "
+             f"SD {r.logit_sd:.2f} in logit), out-of-fold sensitivity {r.sensitivity_low:.3f}-{r.sensitivity_high:.3f} "
              f"and specificity {r.specificity_low:.3f}-{r.specificity_high:.3f} across resamples"
              for name, r in s.iterrows()]
-    return f"Over {n} bootstrap resamples of the validation set, " + "; ".join(parts) + "."
+    return (f"Over {n} bootstrap resamples (of children) of the out-of-fold predictions, " + "; ".join(parts)
+            + ".")

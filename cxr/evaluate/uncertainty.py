@@ -124,7 +124,7 @@ def describe_threshold_uncertainty(result: dict[str, Any]) -> str:
     parts = [f"{m} {iv.loc[m, 'value']:.3f} [{iv.loc[m, 'ci_low']:.3f}, {iv.loc[m, 'ci_high']:.3f}] against "
              f"[{iv.loc[m, 'conditional_ci_low']:.3f}, {iv.loc[m, 'conditional_ci_high']:.3f}] at the fixed "
              f"threshold ({iv.loc[m, 'width_ratio']:.2g} times as wide)" for m in ("sensitivity", "specificity")]
-    return (f"Re-choosing the threshold on {result['n_bootstrap']} bootstrap resamples of the validation patients "
+    return (f"Re-choosing the threshold on {result['n_bootstrap']} bootstrap resamples of the selection children "
             f"moved it within {t.ci_low:.3f}-{t.ci_high:.3f} ({level} of resamples; {t.value:.3f} on all of "
             f"validation). Counting that movement, test " + "; ".join(parts) + ". The headline intervals hold "
             "the threshold fixed; these show how much of the uncertainty comes from where the threshold fell.")

@@ -11,14 +11,13 @@ from matplotlib.figure import Figure
 from cxr.io import atomic_write_bytes
 from cxr.plots.data import (augmentation_grid, class_balance, class_examples, example_grid,  # noqa: F401
                             flow_diagram, image_sizes, images_per_patient)
-from cxr.plots.evaluation import (clinical_figure, confident_errors_figure, decision_curve_figure,  # noqa: F401
-                                  error_rates_figure, prevalence_figure, reliability, stage_selection_figure,
-                                  threshold_stability_figure)
+from cxr.plots.evaluation import (decision_curve_figure, error_rates_figure, net_benefit_figure,  # noqa: F401
+                                  prevalence_figure, reliability, threshold_stability_figure)
 from cxr.plots.crossval import fold_table, selection_figure  # noqa: F401
 from cxr.plots.explain import (deletion_insertion_figure, gradcam_pairs, map_scale, overlay,  # noqa: F401
                                overlay_figure, randomization_figure, shortcut_figure)
 from cxr.plots.style import CLASS_COLORS, STYLE, SUBTYPE_COLORS, figure_style, style_rc  # noqa: F401
-from cxr.plots.training import confusion_matrix, learning_curves, roc_pr_calibration  # noqa: F401
+from cxr.plots.training import confusion_matrix, roc_pr_calibration  # noqa: F401
 
 
 DPI = 100  # the notebook embeds every figure: small enough for GitHub to render it quickly

@@ -8,17 +8,15 @@ recomputed here except the smoothed reliability curves and calibration scores, w
 """
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from cxr.evaluate.calibration import calibration_metrics, reliability_table, smoothed_reliability
-from cxr.plots.explain import _colorbar, _gray, overlay
 from cxr.plots.style import _figure, figure_style
 
 DEEP = sns.color_palette("deep").as_hex()  # explicit colours: "C0" would resolve at draw time, outside the style
@@ -167,20 +165,6 @@ def decision_curve_figure(curve: pd.DataFrame, title: str = "", model_label: str
 
 
 @figure_style
-def clinical_figure(curves: pd.DataFrame, curve: pd.DataFrame, test_prevalence: float | None,
-                    train_prevalence: float | None = None, title: str = "", log_x: bool = False,
-                    model_label: str | None = None) -> Figure:
-    """`prevalence_figure` (left) and `decision_curve_figure` (right) side by side. Two axes."""
-    fig, axes = _figure(1, 2, size=(5.6, 4.2))
-    _draw_prevalence(axes[0, 0], curves, test_prevalence, train_prevalence, log_x)
-    _draw_decision(axes[0, 1], curve, model_label)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-@figure_style
 def net_benefit_figure(table: pd.DataFrame, title: str = "") -> Figure:
     """The operating point's decision curve at each prevalence of `cxr.evaluate.clinical.net_benefit_table`, one
     panel per prevalence (in the table's order), each as `decision_curve_figure` draws it (net benefit with its
@@ -322,125 +306,5 @@ def error_rates_figure(analysis: dict[str, pd.DataFrame],
                title=ERROR_TABLE_TITLES.get(key, key.replace("_", " ")))
         ax.grid(axis="y", visible=False)
     fig.suptitle(title or "Error rates with Wilson 95% intervals")
-    fig.tight_layout()
-    return fig
-
-
-@figure_style
-def confident_errors_figure(images: Any, cams: Any, rows: pd.DataFrame, class_names: Sequence[str],
-                            per_row: int = 2, alpha: float = 0.4, cmap: str = "jet") -> Figure:
-    """The most confident errors (`cxr.evaluate.predictions.most_confident_errors`), each as a pair: the image
-    (titled with the kind of error and the file name) and its Grad-CAM overlay (titled with the true and the
-    predicted class and the probability the threshold was applied to). `images` uint8 (k, H, W), `cams` float
-    (k, H, W) in [0, 1], in the order of `rows`; `class_names` = (negative, positive). `per_row` pairs per row,
-    one colour bar; with no rows, one empty axes says so."""
-    rows = rows.reset_index(drop=True)
-    k = len(rows)
-    if len(images) != k or len(cams) != k:
-        raise ValueError(f"{k} rows but {len(images)} images and {len(cams)} maps")
-    if k == 0:
-        fig, axes = _figure(size=(4.0, 1.5))
-        axes[0, 0].axis("off")
-        axes[0, 0].text(0.5, 0.5, "no errors to show", ha="center", va="center", transform=axes[0, 0].transAxes)
-        return fig
-    per_row = max(1, min(per_row, k))
-    nrows = -(-k // per_row)
-    fig, axes = _figure(nrows, 2 * per_row, size=(2.6, 2.9))
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, row in rows.iterrows():
-        ax_i, ax_c = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
-        y = int(row["y"]) if "y" in row else int(row["label"] == class_names[1])
-        called = int(row["decision"]) if "decision" in row else 1 - y
-        calibrated = row.get("threshold_on", "raw") == "calibrated"
-        score = row["score"] if "score" in row else row["calibrated_probability" if calibrated else "probability"]
-        kind = row.get("error", "error")
-        ax_i.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
-        ax_i.set_title(f"{kind}\n{PurePosixPath(str(row.get('path', ''))).name}", fontsize=8)
-        ax_c.imshow(overlay(images[i], cams[i], alpha, cmap))
-        ax_c.set_title(f"true {class_names[y]}, called {class_names[called]}\n"
-                       f"{'calibrated ' if calibrated else ''}P({class_names[1]}) = {float(score):.3f}", fontsize=8)
-    fig.suptitle("Most confident errors: image and Grad-CAM")
-    fig.tight_layout()
-    _colorbar(fig, axes.ravel().tolist(), cmap)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Training stages
-# ---------------------------------------------------------------------------------------------------------------
-
-def _stage_x(history: pd.DataFrame, stages: list[str]) -> dict[str, tuple[np.ndarray, float]]:
-    """Per stage: (x of its epochs, offset added to its epoch numbers). Stages whose epoch numbers restart are
-    shifted to follow the previous stage, so the stages read left to right in training order."""
-    out, end = {}, 0.0
-    for stage in stages:
-        part = history[history["stage"].astype(str) == stage]
-        epoch = part["epoch"].to_numpy(float) if "epoch" in part else np.arange(1, len(part) + 1, dtype=float)
-        offset = end if epoch.size and np.nanmin(epoch) <= end else 0.0
-        out[stage] = (epoch + offset, offset)
-        if epoch.size:
-            end = float(np.nanmax(epoch + offset))
-    return out
-
-
-@figure_style
-def stage_selection_figure(history: pd.DataFrame, selection: pd.DataFrame, kept: str | None = None,
-                           title: str = "") -> Figure:
-    """Validation log-loss per epoch for each training stage, with each stage's best epoch marked.
-
-    `history`: columns epoch, stage, val_loss (val_auroc adds a right panel); `selection`: one row per stage
-    with stage (column or index), best_epoch (in the history's epoch numbers) and best_val_loss, optionally a
-    boolean "kept". The kept stage is `kept`, else the selection's kept row, else the stage with the lowest
-    best_val_loss; it is named in the title (after `title` when one is given). Stages missing from either table and NaN values are tolerated.
-    Axes: [log-loss] or [log-loss, AUROC].
-    """
-    history = history.reset_index(drop=True)
-    selection = selection.reset_index() if "stage" not in selection.columns else selection.reset_index(drop=True)
-    selection = selection.assign(stage=selection["stage"].astype(str))
-    if "best_val_loss" not in selection and "val_loss" in selection:  # `cxr.train.TrainResult.selection`
-        selection = selection.rename(columns={"val_loss": "best_val_loss"})
-    stages = list(pd.unique(history["stage"].astype(str))) if "stage" in history else []
-    stages += [s for s in selection["stage"] if s not in stages]
-    if kept is None and "kept" in selection and selection["kept"].astype(bool).any():
-        kept = str(selection.loc[selection["kept"].astype(bool), "stage"].iloc[0])
-    elif kept is None and "best_val_loss" in selection:
-        ran = set(history["stage"].astype(str)) if "stage" in history else set(stages)
-        loss = selection["best_val_loss"].astype(float).where(selection["stage"].isin(ran))
-        kept = str(selection.loc[loss.idxmin(), "stage"]) if loss.notna().any() else None
-    with_auroc = "val_auroc" in history and history["val_auroc"].notna().any()
-    fig, axes = _figure(1, 2 if with_auroc else 1, size=(5.0, 3.8))
-    ax, ax_a = axes[0, 0], (axes[0, 1] if with_auroc else None)
-    if "stage" not in history:
-        history = history.assign(stage=stages[0] if stages else "training")
-    xs = _stage_x(history, stages)
-    best = selection.set_index("stage")
-    for k, stage in enumerate(stages):
-        color = DEEP[k % len(DEEP)]
-        part = history[history["stage"].astype(str) == stage]
-        x, offset = xs[stage]
-        name = stage + (" (kept)" if stage == kept else "")
-        if len(part) == 0:
-            ax.plot([], [], color=color, label=f"{name}: not run")
-            continue
-        ax.plot(x, part["val_loss"].to_numpy(float), marker="o", ms=3, color=color, label=name)
-        if ax_a is not None:
-            ax_a.plot(x, part["val_auroc"].to_numpy(float), marker="o", ms=3, color=color, label=name)
-        if stage in best.index:
-            r = best.loc[stage]
-            e, v = float(r.get("best_epoch", np.nan)), float(r.get("best_val_loss", np.nan))
-            if np.isfinite(e) and np.isfinite(v):
-                ax.scatter([e + offset], [v], s=140, marker="*", color=color, edgecolor="k", zorder=3,
-                           label=f"{stage} best: {v:.3f} at its epoch {e:g}")
-    for a in (ax, ax_a):
-        if a is not None:
-            a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch (stages in training order)", ylabel="validation log-loss", title="Validation log-loss")
-    ax.legend(fontsize=8)
-    if ax_a is not None:
-        ax_a.set(xlabel="epoch (stages in training order)", ylabel="validation AUROC", title="Validation AUROC")
-        ax_a.legend(fontsize=8)
-    heading = title or "Stage selection on validation log-loss"
-    fig.suptitle(heading + ("" if kept is None else f" - kept stage: {kept}"))
     fig.tight_layout()
     return fig

@@ -1,10 +1,15 @@
-"""Figures of the explanations: overlays, the confusion-cell grid and the figures of the checks."""
+"""Figures of the explanations: overlays, pairs of X-ray and map on one colour scale, the figures of the checks."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from cxr.plots.style import figure_style
+
+if TYPE_CHECKING:
+    from cxr.explain.checks import Faithfulness
 
 
 def _gray(image) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
@@ -77,43 +76,5 @@ def confusion_matrix(cm: Any, class_names: Sequence[str], title: str = "") -> Fi
     sns.heatmap(cm, annot=labels, fmt="", cmap="Blues", cbar=False, square=True, ax=ax,
                 xticklabels=class_names, yticklabels=class_names, annot_kws={"size": 12})
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
-    fig.tight_layout()
-    return fig
-
-
-@figure_style
-def learning_curves(history: Any, metrics: Sequence[str] = ("loss", "auroc")) -> Figure:
-    """Train vs validation curves of `metrics`, one panel each, over all epochs.
-
-    `history` is a dict of lists or a DataFrame (Keras `History.history`-style keys: loss, val_loss, auroc,
-    val_auroc...), optionally with a "stage" column; or a list of such histories, one per stage. Stage changes
-    are marked with a dashed line.
-    """
-    if isinstance(history, (list, tuple)):
-        parts = [pd.DataFrame(h.history if hasattr(h, "history") else h) for h in history]
-        frame = pd.concat([d.assign(stage=d["stage"] if "stage" in d else f"stage {i + 1}")
-                           for i, d in enumerate(parts)], ignore_index=True)
-    else:
-        frame = pd.DataFrame(history.history if hasattr(history, "history") else history).reset_index(drop=True)
-    metrics = [m for m in metrics if m in frame or f"val_{m}" in frame]
-    if not metrics:
-        raise ValueError(f"history has none of the requested metrics; columns: {list(frame.columns)}")
-    epoch = np.arange(1, len(frame) + 1)
-    fig, axes = _figure(1, len(metrics))
-    for ax, m in zip(axes[0], metrics):
-        if m in frame:
-            ax.plot(epoch, frame[m], marker="o", ms=3, label="train")
-        if f"val_{m}" in frame:
-            ax.plot(epoch, frame[f"val_{m}"], marker="o", ms=3, label="validation")
-        if "stage" in frame:
-            stages = frame["stage"].astype(str).to_numpy()
-            starts = [0] + [i for i in range(1, len(stages)) if stages[i] != stages[i - 1]]
-            for k, s in enumerate(starts):
-                if k:
-                    ax.axvline(s + 0.5, ls="--", c="grey", lw=1)
-                ax.text(s + 0.6, 0.02, stages[s], transform=ax.get_xaxis_transform(), va="bottom",
-                        fontsize=8, color="grey")
-        ax.set(xlabel="epoch", ylabel=m, title=m)
-        ax.legend(fontsize=9)
     fig.tight_layout()
     return fig

@@ -255,6 +255,7 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
     seconds["head"] = time.perf_counter() - t0
     oof_head = _pooled(y, fold, head_probs[balance])[head_epoch - 1]
     selection = [_row("head", config.head_epochs, head_epoch, head_curve[head_curve["option"] == balance])]
+    start_weights = base.get_weights()  # every fold model starts from THIS backbone (the one the head was fitted on)
     del base, features
     gc.collect()
 
@@ -270,6 +271,7 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
         tr, va = fold != f, fold == f
         keras.utils.set_random_seed(config.seed + f)
         member = cxr_model.build_model(config, name=f"{task}_fold{f}")
+        member.set_weights(start_weights)
         member.get_layer("logit").set_weights(head_weights[balance][f][head_epoch - 1])
         snapshots[f] = [member.get_weights()]
         if finetune:
