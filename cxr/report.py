@@ -105,7 +105,7 @@ class RunLog:
         folder = Path(os.environ.get("CXR_FIGURES_DIR") or self.out / "figures")
         return folder / name
 
-    def show(self, fig: Any, name: str) -> Path:
+    def show(self, fig: Any, name: str) -> None:
         """Display `fig` inline (Jupyter, papermill and the saved notebook alike: one PNG output) and save the
         same PNG under `figure(name)`, atomically; the figure is then closed (so it is shown once)."""
         import matplotlib.pyplot as plt
@@ -123,7 +123,7 @@ class RunLog:
                 display(Image(data=data, format="png"))
         except ImportError:
             pass
-        return atomic_write_bytes(self.figure(name), data)
+        atomic_write_bytes(self.figure(name), data)
 
     def finish(self) -> None:
         """Write the wall time into the first cell's output and save the run summary (run_env.json)."""
@@ -172,12 +172,15 @@ def table(frame: pd.DataFrame | pd.Series, digits: int = 3) -> None:
     """Show a table in the notebook, in the order of the cell's other outputs: floats at `digits` decimals, every
     column in full, NaN as an empty cell (printed outside IPython)."""
     frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    if frame.empty:  # nothing to show (the reading above says why)
+        return
     try:
         from IPython import get_ipython
         from IPython.display import display
 
         if get_ipython() is not None:
-            display(frame.style.format(precision=digits, na_rep=""))
+            shown = frame.round(digits)
+            display(shown.astype(object).where(shown.notna(), ""))
             return
     except ImportError:
         pass
@@ -239,7 +242,8 @@ def run_notebook(mode: str = "full", in_place: bool = False, settings: dict[str,
     try:
         with _quiet_papermill():
             pm.execute_notebook(os.path.relpath(notebook), os.path.relpath(target), parameters=params,
-                                cwd=os.path.relpath(REPO), progress_bar=show_cells, log_output=False)
+                                cwd=os.path.relpath(REPO), progress_bar=show_cells, log_output=False,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not its TCP note
     except pm.PapermillExecutionError as error:  # one line: where it stopped and why; the details are in the copy
         value = " ".join(str(error.evalue).split())[:300]
         raise UserError(f"the notebook stopped in cell {error.exec_count}: {error.ename}: {value} "
@@ -315,12 +319,12 @@ def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: 
     lines = []
     for task, t in doc["tasks"].items():
         m = t["at_threshold"]
-        stage = {"finetune": "fine-tuned backbone", "head": "head on frozen features"}.get(
+        stage = {"finetune": "fine-tuned backbones", "head": "heads on frozen features"}.get(
             t.get("selection", {}).get("kept_stage"))
         lines.append(f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, n = {t['n']} images"
                      + (f" of {t['n_patients']} children" if t.get("n_patients") else "")
                      + f"; threshold {t['threshold']:.3f} from the out-of-fold predictions"
-                     + (f"; ensemble of {stage}s" if stage else "") + "): "
+                     + (f"; the fold ensemble of {stage}" if stage else "") + "): "
                      + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
                                  for k in ("auroc", "accuracy", "sensitivity", "specificity"))
                      + " (95% patient-level intervals).")

@@ -181,7 +181,7 @@ def test_describe_calibration_reads_blocks_from_metrics_json_old_and_new():
     block = C.calibrate_and_report(y[:200], p[:200], y[200:], p[200:], "platt", n_bootstrap=50, ci_level=0.95,
                                    seed=0)
     text = C.describe_calibration(block)
-    assert text.startswith("Platt scaling fitted on validation (a = ") and "calibration slope" in text
+    assert text.startswith("Platt scaling fitted on the out-of-fold predictions (a = ") and "calibration slope" in text
     assert "After calibration: slope " in text
     block["test"]["after"]["slope"] = None  # NaN is written to metrics.json as null
     assert "-> n/a (ideal 1)" in C.describe_calibration(block) and "slope undefined" in C.describe_calibration(block)

@@ -192,8 +192,10 @@ CASES = {  # name: a pattern the one line must match (what is wrong and what to 
     "not a zip": r"neither a folder nor a zip archive: pass",
     "empty dataset": r"No readable images under .*expected JPEG or PNG images in train/NORMAL",
     "all-junk dataset": r"No readable images under .*6 files skipped",
-    "too few images to split": r"Too few training images to split .*1 image\(s\) of 1 patient.*at least 2 patients",
-    "too few to train": r"Task 'pneumonia' cannot be trained on this data: its (train|val) split has .*add patients",
+    "too few images to split": r"Too few training images for cross-validation: 1 image\(s\) of 1 child.*at least 2 "
+                               r"children",
+    "too few to train": r"Task 'pneumonia' cannot be trained on this data: its (train|training part of fold \d) has "
+                        r".*add children",
     "unknown backbone": r"unknown backbone 'nope': choose one of efficientnet_lite0, efficientnet_lite1, "
                         r"efficientnet_lite2, tiny_cnn",
     "bad setting value": r"--set seed=abc: not a valid int",
@@ -331,8 +333,9 @@ def test_small_dataset_with_junk_is_indexed_and_split(cli, tmp_path):
     assert err == ""
     index = pd.read_csv(tmp_path / "index.csv", keep_default_na=False)
     assert len(index) == 4 + 4 + 2 + 2 * 2  # every readable image, the junk left out
-    assert set(index["split"]) == {"train", "val", "test"}
-    assert "validation takes 1 of 4 folds" in out  # fewer folds than the usual 7, said so
+    assert set(index["split"]) == {"train", "test"}
+    assert index.loc[index["split"] == "train", "fold"].nunique() == 4  # four children per class: 4 folds, not 4
+    assert "folds instead" not in out
     skipped = pd.read_csv(tmp_path / "index-skipped.csv")
     assert len(skipped) == 3 and skipped["reason"].str.contains("junk|empty|corrupt").all()
 

@@ -225,10 +225,10 @@ def test_metrics_json_round_trip_and_schema(tmp_path):
     assert back == json.loads(json.dumps(doc))
     assert back["schema_version"] == E.SCHEMA_VERSION
     proto = back["protocol"]
-    for key in ("split_seed", "val_fraction", "threshold_policy", "thresholds", "n_bootstrap", "ci_level",
-                "image_size", "backbone"):
+    for key in ("split_seed", "n_folds", "threshold_policy", "thresholds", "n_bootstrap", "ci_level", "ci_methods",
+                "image_size", "backbone", "selection", "final_model"):
         assert key in proto, key
-    assert proto["split_seed"] == cfg.seed and proto["thresholds"]["pneumonia"] == 0.42
+    assert proto["split_seed"] == cfg.split_seed and proto["thresholds"]["pneumonia"] == 0.42
     for name in ("pneumonia", "subtype"):
         task = back["tasks"][name]
         for key in ("threshold", "n", "n_positive", "at_threshold", "at_0.5", "confusion_matrix"):
@@ -378,13 +378,26 @@ def test_interval_table_shows_both_intervals_and_their_ratio():
     groups = np.repeat(np.arange(20), 4)  # four images per patient
     report = E.task_report(y, p, 0.5, n_bootstrap=200, ci_level=0.95, seed=0, groups=groups)
     table = E.interval_table(report)
-    assert list(table.columns) == ["value [patient-level 95% CI]", "image-level 95% CI", "width ratio"]
+    assert list(table.columns) == ["value [patient-level 95% CI]", "image-level 95% CI", "width ratio",
+                                   "interval method"]
     auroc = report["at_threshold"]["auroc"]
     expected = (auroc["ci_high"] - auroc["ci_low"]) / (auroc["image_ci_high"] - auroc["image_ci_low"])
-    assert table.loc["AUROC", "width ratio"] == pytest.approx(round(expected, 2))
-    assert "20 patients" in table.index.name
+    assert float(table.loc["AUROC", "width ratio"]) == pytest.approx(round(expected, 2))
+    assert table.loc["Sensitivity", "interval method"] == report["ci_methods"]["sensitivity"]
+    assert "20 children" in table.index.name
     plain = E.task_report(y, p, 0.5, n_bootstrap=50, ci_level=0.95, seed=0)
-    assert list(E.interval_table(plain).columns) == ["value [95% CI]"]
+    assert list(E.interval_table(plain).columns) == ["value [patient-level 95% CI]", "interval method"]
+    # with the nested bootstrap of the operating point, its interval stands beside the others
+    sel_y = np.repeat([0, 1], 30)
+    sel_p = np.clip(sel_y * 0.3 + rng.uniform(0, 0.7, sel_y.size), 0, 1)
+    nested = E.threshold_uncertainty(sel_y, sel_p, None, y, p, groups, lambda a, b: E.choose(a, b, "youden"),
+                                     n_bootstrap=100, ci_level=0.95, seed=0)
+    report["threshold_uncertainty"] = {"intervals": nested["intervals"].to_dict(orient="index")}
+    table = E.interval_table(report)
+    iv = nested["intervals"].loc["specificity"]
+    assert table.loc["Specificity", "95% CI with the threshold re-chosen"] == f"[{iv.ci_low:.3f}, {iv.ci_high:.3f}]"
+    text = E.describe_report(report)
+    assert "Re-choosing the threshold" in text and "false positives" in text
 
 
 def test_describe_calibration_says_what_happened_on_test():
@@ -395,7 +408,7 @@ def test_describe_calibration_says_what_happened_on_test():
     block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature",
                                    groups_test=np.arange(400) // 2, n_bootstrap=200, ci_level=0.95, seed=0)
     text = E.describe_calibration(block)
-    assert text.startswith("Temperature scaling fitted on validation (T = ")
+    assert text.startswith("Temperature scaling fitted on the out-of-fold predictions (T = ")
     before, after, ci = block["test"]["before"], block["test"]["after"], block["test"]["ci"]
     assert "improved" in text and f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}" in text
     assert f"Brier score {before['brier']:.3f} -> {after['brier']:.3f}" in text

@@ -36,9 +36,29 @@ def test_every_code_cell_follows_a_markdown_sentence():
     nb = json.loads(NOTEBOOK.read_text())
     cells = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     for before, cell in zip(cells, cells[1:]):
-        if cell["cell_type"] == "code" and before["cell_type"] == "code":
-            # two code cells in a row are allowed only for a figure that belongs to the cell above
-            assert "log.save(" in _source(cell), _source(cell)
+        if cell["cell_type"] == "code":
+            assert before["cell_type"] == "markdown", _source(cell)
+
+
+def _figures_shown(nb: dict) -> list[tuple[str, int, int]]:
+    """(source, figures the cell builds, PNG outputs it has) for every code cell that builds a figure: each
+    `log.show(` displays one figure inline."""
+    out = []
+    for cell in _cells(nb, "code"):
+        built = _source(cell).count("log.show(")
+        if built:
+            shown = sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+            out.append((_source(cell), built, shown))
+    return out
+
+
+def _assert_every_figure_inline(nb: dict) -> None:
+    figures = _figures_shown(nb)
+    assert sum(built for _, built, _ in figures) >= 20
+    for source, built, shown in figures:
+        assert shown == built, (built, shown, source[:200])
+    gradcam = [f for f in figures if "gradcam_pairs" in f[0]]
+    assert len(gradcam) == 2 and all(shown == 1 for _, _, shown in gradcam)  # right calls, errors
 
 
 def _assert_clean(nb: dict) -> None:
@@ -64,30 +84,52 @@ def test_committed_notebook_outputs_are_clean():
     _assert_clean(json.loads(NOTEBOOK.read_text()))
 
 
+def test_committed_notebook_shows_every_figure_and_stays_small():
+    """What a reader on GitHub sees: every figure the cells build is embedded, the file under 5 MB."""
+    nb = json.loads(NOTEBOOK.read_text())
+    if not any(c.get("outputs") for c in _cells(nb, "code")):
+        pytest.skip("notebook.ipynb has no outputs yet (written by `make notebook`)")
+    _assert_every_figure_inline(nb)
+    assert NOTEBOOK.stat().st_size < 5_000_000
+
+
 @pytest.mark.slow
-def test_smoke_run_executes_every_cell(tmp_path):
-    """`python -m cxr notebook --mode smoke`: every cell runs, metrics and figures are written, outputs are clean."""
-    from cxr.report import run_notebook
+def test_smoke_run_executes_every_cell_shows_every_figure_and_its_run_folder_is_a_cli_run(tmp_path):
+    """`python -m cxr notebook --mode smoke --set source=... --run DIR` (the --set path of every Config field):
+    every cell runs, every figure is inline, outputs are clean, and the run folder is the shape of a
+    `python -m cxr train` run, which `python -m cxr evaluate --run DIR` re-scores."""
+    from cxr.__main__ import main
+    from cxr.data import SAMPLE_ZIP
 
     out_rel = Path("runs") / f"pytest-smoke-{os.getpid()}"
     out = REPO / out_rel
+    shared = REPO.parent / "shared" / "data" / "chest-xray-pneumonia-224.zip"
+    source = shared if shared.is_file() else SAMPLE_ZIP
     try:
-        assert run_notebook(mode="smoke", output_dir=out_rel) == 0
+        assert main(["notebook", "--mode", "smoke", "--set", f"source={source}", "--run", str(out_rel)]) == 0
         executed = json.loads((out / "notebook.ipynb").read_text())
         errors = [o for c in _cells(executed, "code") for o in c.get("outputs", []) if o["output_type"] == "error"]
         assert not errors
+        _assert_every_figure_inline(executed)
         metrics = json.loads((out / "metrics.json").read_text())
         assert set(metrics["tasks"]) == {"pneumonia", "subtype"}
         for task in metrics["tasks"].values():
             assert 0.0 <= task["at_threshold"]["auroc"]["value"] <= 1.0
             assert task["at_threshold"]["auroc"]["ci_low"] <= task["at_threshold"]["auroc"]["ci_high"]
-        assert metrics["protocol"]["threshold_source"] == "validation split"
-        for name in ("examples.png", "gradcam_grid.png", "roc_pr_calibration.png", "learning_curves.png"):
+        assert metrics["protocol"]["threshold_source"] == "out-of-fold predictions"
+        assert {"data", "baseline", "shift"} <= set(metrics) and metrics["test_ledger"]["scorings"] == 3
+        for name in ("examples.png", "gradcam_right.png", "gradcam_errors.png", "roc_pr_calibration.png",
+                     "selection.png", "flow.png"):
             assert (out / "figures" / name).stat().st_size > 1000, name
         for task in ("pneumonia", "subtype"):
             assert (out / task / "model.keras").is_file()
             record = json.loads((out / f"{task}_run.json").read_text())  # configuration, versions, history
             assert record["history"] and record["config"]["mode"] == "smoke" and "keras" in record["environment"]["versions"]
+        # the same folder shape as `python -m cxr train`: config.json (resolved), index.csv, predictions, ledger
+        config = json.loads((out / "config.json").read_text())
+        assert config["source"] == str(source) and config["batch_size"] == 16
+        for name in ("index.csv", "predictions_pneumonia.csv", "predictions_subtype.csv", "test_ledger.jsonl"):
+            assert (out / name).is_file(), name
         _assert_clean(executed)
         text = json.dumps(executed)
         assert str(REPO) not in text
@@ -95,7 +137,9 @@ def test_smoke_run_executes_every_cell(tmp_path):
                  if "text/plain" in o.get("data", {})]
         headers = [text for text in plain if "Keras backend:" in text]
         assert len(headers) == 1  # the first cell's header, updated in place by the last cell
-        assert "wall time:" in headers[0] and "running" not in headers[0]
+        assert "wall time:" in headers[0] and "running" not in headers[0] and "note: test split" in headers[0]
+        assert main(["evaluate", "--mode", "smoke", "--run", str(out_rel), "--tasks", "pneumonia"]) == 0
+        assert json.loads((out / "metrics.json").read_text())["test_ledger"]["scorings"] == 4
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -71,30 +71,6 @@ def test_confusion_heatmap_shows_counts():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["NORMAL", "PNEUMONIA"]
 
 
-def test_learning_curves_from_frame_with_stages():
-    history = pd.DataFrame({
-        "epoch": range(1, 6), "loss": [0.7, 0.5, 0.4, 0.35, 0.3], "val_loss": [0.6, 0.5, 0.45, 0.44, 0.43],
-        "auroc": [0.7, 0.8, 0.85, 0.9, 0.92], "val_auroc": [0.75, 0.8, 0.84, 0.86, 0.87],
-        "stage": ["head"] * 3 + ["finetune"] * 2,
-    })
-    fig = plots.learning_curves(history)
-    assert len(fig.axes) == 2
-    ax = fig.axes[0]
-    assert len(ax.lines) == 3  # train, validation, stage boundary
-    assert {"train", "validation"} == {t.get_text() for t in ax.get_legend().get_texts()}
-    assert any("finetune" in t.get_text() for t in ax.texts)
-
-
-def test_learning_curves_from_two_dicts_and_missing_metric():
-    h1 = {"loss": [0.7, 0.6], "val_loss": [0.65, 0.6]}
-    h2 = {"loss": [0.5], "val_loss": [0.55]}
-    fig = plots.learning_curves([h1, h2])
-    assert len(fig.axes) == 1  # no auroc in these histories
-    assert len(fig.axes[0].lines[0].get_xdata()) == 3
-    with pytest.raises(ValueError, match="metrics"):
-        plots.learning_curves({"accuracy": [0.5]})
-
-
 def test_data_figures(tmp_path):
     index = _index()
     fig = plots.class_balance(index)

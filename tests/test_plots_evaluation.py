@@ -180,16 +180,6 @@ def test_decision_curve_figure_band_of_operating_point_curve(rc_unchanged):
     assert ax.get_ylim() == pytest.approx((-0.05, 0.055))
 
 
-def test_clinical_figure_puts_both_side_by_side(rc_unchanged):
-    d = _draws()
-    curves = clinical.prevalence_curves(d["sensitivity"], d["specificity"])
-    curve = clinical.operating_point_curve(d["sensitivity"], d["specificity"], 0.625)
-    fig = plots.clinical_figure(curves, curve, 0.625)
-    assert len(fig.axes) == 2
-    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), curves["ppv"])
-    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), curve["model"])
-
-
 def test_threshold_stability_figure_shows_each_resampled_threshold(rc_unchanged):
     y, p = _scores(200)
     table = threshold.stability(y, p, ("youden", "plateau"), n_boot=20, seed=0)
@@ -251,76 +241,8 @@ def test_error_rates_figure_skips_single_bin_tables(rc_unchanged):
     assert len(fig.axes) == 1 and "no table" in fig.axes[0].texts[0].get_text()
 
 
-def test_confident_errors_figure_pairs_image_and_overlay(rc_unchanged):
-    frame = _frame()
-    rows = predictions.most_confident_errors(frame, k=2)
-    k = len(rows)
-    assert k >= 3
-    rng = np.random.default_rng(0)
-    images = (rng.random((k, 16, 16)) * 255).astype(np.uint8)
-    cams = rng.random((k, 16, 16)).astype("float32")
-    fig = plots.confident_errors_figure(images, cams, rows, ("NEG", "POS"), per_row=2)
-    nrows = -(-k // 2)
-    assert len(fig.axes) == nrows * 4 + 1  # image/overlay pairs and the colour bar
-    grid = fig.axes[:-1]
-    for i in range(k):
-        ax_img, ax_cam = grid[2 * i], grid[2 * i + 1]
-        np.testing.assert_array_equal(ax_img.images[0].get_array(), images[i])
-        np.testing.assert_array_equal(ax_cam.images[0].get_array(), plots.overlay(images[i], cams[i]))
-        row = rows.iloc[i]
-        assert row["error"] in ax_img.get_title()
-        title = ax_cam.get_title()
-        assert f"true {('NEG', 'POS')[row['y']]}, called {('NEG', 'POS')[row['decision']]}" in title
-        assert f"P(POS) = {row['score']:.3f}" in title
-    assert all(not ax.images for ax in grid[2 * k:])  # unused cells stay empty
-    with pytest.raises(ValueError, match="rows"):
-        plots.confident_errors_figure(images[:1], cams, rows, CLASSES)
-    empty = plots.confident_errors_figure(images[:0], cams[:0], rows.iloc[:0], CLASSES)
-    assert len(empty.axes) == 1 and "no errors" in empty.axes[0].texts[0].get_text()
-
-
-def _history() -> tuple[pd.DataFrame, pd.DataFrame]:
-    history = pd.DataFrame({"epoch": [1, 2, 3, 1, 2, 3], "stage": ["head"] * 3 + ["finetune"] * 3,
-                            "val_loss": [0.3, 0.2, 0.25, 0.15, np.nan, 0.1],
-                            "val_auroc": [0.95, 0.97, 0.96, 0.98, np.nan, 0.99]})
-    selection = pd.DataFrame({"stage": ["head", "finetune"], "best_epoch": [2, 3], "best_val_loss": [0.2, 0.1]})
-    return history, selection
-
-
-def test_stage_selection_figure_marks_best_epochs_and_names_the_kept_stage(rc_unchanged):
-    history, selection = _history()
-    fig = plots.stage_selection_figure(history, selection)
-    assert len(fig.axes) == 2
-    ax = fig.axes[0]
-    head, finetune = ax.get_lines()
-    np.testing.assert_allclose(head.get_xdata(), [1, 2, 3])
-    np.testing.assert_allclose(finetune.get_xdata(), [4, 5, 6])  # restarted epochs follow the head's
-    np.testing.assert_allclose(finetune.get_ydata(), [0.15, np.nan, 0.1])
-    stars = np.concatenate([c.get_offsets() for c in ax.collections])
-    np.testing.assert_allclose(stars, [[2, 0.2], [6, 0.1]])
-    assert "kept stage: finetune" in fig._suptitle.get_text()
-    # an explicit choice and a title
-    fig = plots.stage_selection_figure(history, selection.assign(kept=[True, False]), title="pneumonia")
-    assert fig._suptitle.get_text() == "pneumonia - kept stage: head"
-
-
-def test_stage_selection_figure_missing_stage_and_no_auroc(rc_unchanged):
-    history, selection = _history()
-    head_only = history[history["stage"] == "head"].drop(columns="val_auroc")
-    fig = plots.stage_selection_figure(head_only, selection.assign(best_epoch=[2, np.nan],
-                                                                   best_val_loss=[0.2, np.nan]))
-    assert len(fig.axes) == 1
-    ax = fig.axes[0]
-    assert len([line for line in ax.get_lines() if len(line.get_xdata())]) == 1
-    assert np.concatenate([c.get_offsets() for c in ax.collections]).tolist() == [[2, 0.2]]
-    assert any("finetune: not run" in t.get_text() for t in ax.get_legend().get_texts())
-    assert "kept stage: head" in fig._suptitle.get_text()
-    # a stage with a selection row but no history is not named kept even with a lower loss
-    fig = plots.stage_selection_figure(head_only, selection)
-    assert "kept stage: head" in fig._suptitle.get_text()
-
-
 def test_evaluation_figures_save_as_png(tmp_path, rc_unchanged):
-    history, selection = _history()
-    out = plots.save_figure(plots.stage_selection_figure(history, selection), tmp_path / "stages.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = pd.DataFrame({"threshold": [0.1, 0.5, 0.9], "model": [0.5, 0.4, 0.1], "treat_all": [0.5, 0.2, -3.0],
+                           "treat_none": 0.0})
+    out = plots.save_figure(plots.decision_curve_figure(curves), tmp_path / "decision.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000

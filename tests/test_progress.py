@@ -73,7 +73,7 @@ def test_headless_runner_turns_progress_off(monkeypatch, tmp_path):
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     monkeypatch.setattr("cxr.data.resolve_source", lambda source, data_dir: report.REPO / "cxr/sample/x.zip")
     with pytest.raises(Stop):
-        report.run_notebook(mode="smoke", output_dir=str(tmp_path / "run"))
+        report.run_notebook(mode="smoke", settings={"output_dir": str(tmp_path / "run")})
     assert seen == {"CXR_PROGRESS": "0", "TQDM_DISABLE": "1", "progress_bar": False}
     assert not (tmp_path / "run" / "notebook.ipynb").exists()
 

@@ -8,6 +8,7 @@ where the threshold probability pt expresses how many false positives one true p
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +32,9 @@ def ppv_npv(sensitivity: Any, specificity: Any, prevalence: Any) -> tuple[np.nda
 
 def _interval(draws: np.ndarray, ci_level: float) -> tuple[np.ndarray, np.ndarray]:
     alpha = 100 * (1 - ci_level) / 2
-    return tuple(np.nanpercentile(draws, [alpha, 100 - alpha], axis=0))  # type: ignore[return-value]
+    with warnings.catch_warnings():  # a quantity undefined in every draw (NPV at specificity 0) is NaN, said so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return tuple(np.nanpercentile(draws, [alpha, 100 - alpha], axis=0))  # type: ignore[return-value]
 
 
 def prevalence_curves(sens_draws: Any, spec_draws: Any, prevalences: Sequence[float] = DEFAULT_PREVALENCES,

@@ -65,7 +65,7 @@ def flow_diagram(flow: pd.DataFrame, title: str = "Flow of images and children")
     main = stages[~side & ~stages["stage"].str.startswith(("training", "official test"))]
     exits = stages[side]
     ends = stages[stages["stage"].str.startswith(("training", "official test"))]
-    fig = plt.figure(figsize=(9.5, 1.3 * (len(main) + max(len(exits), 1)) + 1.6))
+    fig = plt.figure(figsize=(9.5, 1.0 * (len(main) + len(exits) + 1) + 0.6))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
     n_rows = len(main) + len(exits) + 1
