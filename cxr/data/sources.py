@@ -100,7 +100,7 @@ def download(dest: str | Path, force: bool = False) -> Path:
     dest = Path(dest)
     zip_path = dest / KAGGLE_ZIP_NAME
     if not force and _verified_download(zip_path):
-        print(f"Data: reusing the earlier download {zip_path}")
+        print(f"Data: reusing the earlier download {_display_path(zip_path)}")
         return zip_path
     where = kaggle_credentials()
     if where is None:
@@ -132,7 +132,7 @@ def download(dest: str | Path, force: bool = False) -> Path:
 
     tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".download-"))
     try:
-        print(f"Data: downloading {KAGGLE_DATASET} from Kaggle (about 1.2 GB) into {dest} ...")
+        print(f"Data: downloading {KAGGLE_DATASET} from Kaggle (about 1.2 GB) into {_display_path(dest)} ...")
         api = KaggleApi()
         api.authenticate()
         api.dataset_download_files(KAGGLE_DATASET, path=str(tmp), unzip=False, quiet=False)
@@ -191,7 +191,7 @@ def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
             if not path.exists():
                 raise DataUnavailable(f"The data source {path} (from {origin}) does not exist: pass the Kaggle zip "
                                       "or its extracted folder (see README, 'Getting the data').\n" + HOW_TO_GET_DATA)
-            print(f"Data: {path} (from {origin})")
+            print(f"Data: {_display_path(path)} (from {origin})")
             return path
     for candidate in _shared_candidates():
         if candidate.is_file():
@@ -199,7 +199,7 @@ def resolve_source(source: str | Path | None, data_dir: str | Path) -> Path:
             return candidate.resolve()
     earlier = Path(data_dir) / KAGGLE_ZIP_NAME
     if _verified_download(earlier):
-        print(f"Data: {earlier} (earlier Kaggle download)")
+        print(f"Data: {_display_path(earlier)} (earlier Kaggle download)")
         return earlier
     if kaggle_credentials() is not None:
         try:
