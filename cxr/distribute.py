@@ -6,7 +6,7 @@ split when they are fed):
     dist = data_parallel()                       # None on a single device
     with distributed(dist):
         model = build_model(config)
-        model.fit(..., batch_size=global_batch(per_device=32, n_devices=device_count(dist)))
+        model.fit(...)            # batches of the run's batch size, a multiple of device_count(dist)
 
 Under TensorFlow and PyTorch the backend's own strategies (tf.distribute, torch DDP) are not wired in: one device
 is used, and `data_parallel` returns None.
@@ -49,22 +49,6 @@ def data_parallel(devices: str | Sequence[str] | None = None) -> keras.distribut
 def device_count(distribution: keras.distribution.Distribution | None) -> int:
     """How many devices share each batch: the size of the distribution's device mesh, 1 for None."""
     return 1 if distribution is None else int(distribution.device_mesh.devices.size)
-
-
-def global_batch(per_device: int, n_devices: int = 1) -> int:
-    """The batch size fed to `fit`: `per_device` images on each of `n_devices` (always divisible by it)."""
-    if per_device < 1 or n_devices < 1:
-        raise ValueError(f"per_device and n_devices must be >= 1, got {per_device} and {n_devices}")
-    return per_device * n_devices
-
-
-def check_batch_size(batch_size: int, distribution: keras.distribution.Distribution | None) -> int:
-    """`batch_size` itself if the devices can share it evenly; ValueError otherwise."""
-    n = device_count(distribution)
-    if batch_size < 1 or batch_size % n:
-        raise ValueError(f"batch size {batch_size} is not a positive multiple of the device count {n}; "
-                         f"use global_batch(per_device, {n})")
-    return batch_size
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 
 import keras
 
-from cxr.distribute import check_batch_size, data_parallel, device_count, distributed, global_batch
+from cxr.distribute import data_parallel, device_count
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ SCRIPT = r"""
 import json
 import numpy as np
 import keras
-from cxr.distribute import data_parallel, device_count, distributed, global_batch
+from cxr.distribute import data_parallel, device_count, distributed
 
 def train(distribution, batch_size):
     with distributed(distribution):
@@ -37,7 +37,7 @@ def train(distribution, batch_size):
         return losses, [w.tolist() for w in model.get_weights()], devices
 
 dist = data_parallel("cpu")
-batch_size = global_batch(4, device_count(dist))  # the same global batch of 8 on one device and on two
+batch_size = 4 * device_count(dist)  # the same global batch of 8 on one device and on two
 single = train(None, batch_size)
 parallel = train(dist, batch_size)
 print("RESULT " + json.dumps({"auto": repr(data_parallel()), "n": device_count(dist), "single": single,
@@ -69,20 +69,5 @@ def test_data_parallel_matches_one_device_on_two_cpu_devices():
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
 
 
-def test_batch_helpers():
-    assert global_batch(16, 2) == 32 and global_batch(8) == 8
-    with pytest.raises(ValueError):
-        global_batch(0, 2)
-    assert device_count(None) == 1 and check_batch_size(7, None) == 7
-    with pytest.raises(ValueError):
-        check_batch_size(0, None)
-
-
-@pytest.mark.backend
-def test_single_device_gets_no_distribution():
-    """This test machine has one accelerator at most: no distribution, and `distributed(None)` changes nothing."""
-    if keras.backend.backend() == "jax" and len(keras.distribution.list_devices()) > 1:
-        pytest.skip("several accelerators visible")
-    assert data_parallel() is None
-    with distributed(None) as dist:
-        assert dist is None and keras.distribution.distribution() is None
+def test_device_count():
+    assert device_count(None) == 1

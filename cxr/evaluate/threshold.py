@@ -31,15 +31,17 @@ import pandas as pd
 from scipy import special
 from sklearn import metrics as skm
 
+from cxr.config import THRESHOLD_POLICIES, Config
 from cxr.evaluate.calibration import fit_calibrator, invert_calibrator, logit
 from cxr.evaluate.metrics import check_inputs, patient_strata
 
-POLICIES = ("youden", "sensitivity", "plateau", "calibrated")
+POLICIES = THRESHOLD_POLICIES  # defined once, with the Config
 EPS = 1e-6
-DEFAULT_TOLERANCE = 0.05
+DEFAULT_TOLERANCE = Config.threshold_tolerance  # the Config's default, not a second one
 
 
-def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden", target_sensitivity: float = 0.95) -> float:
+def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden",
+                     target_sensitivity: float = Config.target_sensitivity) -> float:
     """The decision threshold (predict positive when p >= threshold), chosen on VALIDATION data only.
 
     - "youden": the ROC point maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold).
@@ -90,7 +92,7 @@ def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
 
 
 def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | str = DEFAULT_TOLERANCE,
-           target: float | str = 0.5, target_sensitivity: float = 0.95,
+           target: float | str = 0.5, target_sensitivity: float = Config.target_sensitivity,
            calibrator: dict[str, Any] | None = None) -> float:
     """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
 
