@@ -10,7 +10,7 @@ MODE   ?= full
 help:
 	@echo "make run      set up .venv, get the data, execute notebook.ipynb headless into runs/<timestamp>/, print the metrics"
 	@echo "make test     set up .venv and run the whole test suite (TensorFlow, then the backend tests under JAX, and torch if installed)"
-	@echo "make notebook re-execute notebook.ipynb in place (MODE=full), refresh doc/figures, doc/metrics.json and the results in README.md, doc/results.md"
+	@echo "make notebook re-execute notebook.ipynb in place (MODE=full), refresh doc/figures, doc/metrics.json and the results in README.md, doc/results.md, data/README.md"
 	@echo "make bench    run the benchmarks in bench/ and update doc/performance.md"
 
 $(STAMP): pyproject.toml
@@ -24,7 +24,7 @@ run: $(STAMP)
 
 notebook: $(STAMP)
 	$(PY) -m cxr notebook --mode $(MODE) --in-place
-	$(PY) -m cxr results --run runs/$(MODE) --copy-metrics doc/metrics.json --update README.md doc/results.md
+	$(PY) -m cxr results --run runs/$(MODE) --copy-metrics doc/metrics.json --update README.md doc/results.md data/README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

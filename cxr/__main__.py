@@ -13,6 +13,7 @@ from cxr import UserError, ensure_writable
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_METRICS = Path("doc") / "metrics.json"  # the metrics document of the committed run (README tables)
+BLOCKS = ("results", "headline", "data")  # the Markdown blocks `python -m cxr results --update` writes
 
 
 def _config(args: argparse.Namespace):
@@ -114,9 +115,9 @@ def cmd_results(args: argparse.Namespace) -> int:
                         "`python -m cxr evaluate --run DIR`.") from None
     for target in args.update:  # everything is checked before anything is written
         text = Path(target).read_text() if Path(target).is_file() else None
-        if text is None or not any(f"<!-- {m} -->" in text and f"<!-- /{m} -->" in text for m in ("results", "headline")):
+        if text is None or not any(f"<!-- {m} -->" in text and f"<!-- /{m} -->" in text for m in BLOCKS):
             raise UserError(f"cannot update {target}: " + ("no such file" if text is None else
-                            "it has no <!-- results --> ... <!-- /results --> (or headline) block") + ".")
+                            "it has no <!-- results --> ... <!-- /results --> (or headline, data) block") + ".")
         ensure_writable(Path(target).parent, "folder of")
     if args.copy_metrics:
         ensure_writable(Path(args.copy_metrics).parent, "metrics folder")
@@ -126,11 +127,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         source = Path(args.copy_metrics)
     label = source.as_posix()
     text = evaluate.markdown_results(doc, source=label)
-    for target in args.update:  # a file with a <!-- headline --> block gets the short version there
-        if "<!-- headline -->" in Path(target).read_text():
-            update_markdown(target, evaluate.markdown_results(doc, label, True), "headline")
-        else:
-            update_markdown(target, text)
+    blocks = {"results": text, "headline": evaluate.markdown_results(doc, label, True),
+              "data": evaluate.markdown_data(doc, label)}
+    for target in args.update:  # every block the file has: results (long), headline (short), data (the audit)
+        content = Path(target).read_text()
+        for marker in BLOCKS:
+            if f"<!-- {marker} -->" in content and f"<!-- /{marker} -->" in content:
+                update_markdown(target, blocks[marker], marker)
         print(f"updated {target}")
     if not args.update:
         print(text)

@@ -264,43 +264,131 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _intervals_md(t: dict[str, Any]) -> str:
+    """A task's headline metrics with every interval: patient-level (its method), image-level, and with the
+    threshold re-chosen on every resample of the out-of-fold predictions."""
+    nested = t.get("threshold_uncertainty", {}).get("intervals", {})
+    rows = []
+    for m in ("auroc", "accuracy", "sensitivity", "specificity", "precision"):
+        v = t["at_threshold"][m]
+        n = nested.get(m)
+        rows.append([METRIC_LABELS[m], fmt(v),
+                     f"[{v['image_ci_low']:.3f}, {v['image_ci_high']:.3f}]" if v.get("image_ci_low") is not None else "",
+                     f"[{n['ci_low']:.3f}, {n['ci_high']:.3f}]" if n and n.get("ci_low") is not None else "",
+                     t.get("ci_methods", {}).get(m, "")])
+    return _md_table(["metric", "value [patient-level 95% CI]", "image-level 95% CI",
+                      "95% CI with the threshold re-chosen", "interval method"], rows)
+
+
+def _child_md(t: dict[str, Any]) -> str:
+    c = t["per_child"]
+    rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(c["at_threshold"][m])]
+            for m in ("auroc", "sensitivity", "specificity", "accuracy")]
+    return _md_table(["metric", f"per image (n = {t['n']})", f"per child (n = {c['n']})"], rows)
+
+
+def _calibration_md(cal: dict[str, Any]) -> str:
+    test, ci = cal["test"], cal["test"].get("ci", {})
+
+    def cell(when: str, key: str) -> str:
+        value = test[when].get(key)
+        if value is None:
+            return "n/a"
+        bounds = ci.get(when, {}).get(key, {})
+        lo, hi = bounds.get("ci_low"), bounds.get("ci_high")
+        return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+    rows = [[label, cell("before", key), cell("after", key)] for key, label in
+            (("log_loss", "log-loss"), ("brier", "Brier score"), ("slope", "calibration slope (ideal 1)"),
+             ("intercept", "calibration intercept (ideal 0)"), ("ece", "expected calibration error (10 bins)"))]
+    return _md_table(["on test", "before calibration", f"after {cal['method']} scaling"], rows)
+
+
+def _resize_md(rows: list[dict[str, Any]], threshold: float) -> str:
+    if not rows:
+        return "No full-resolution originals were available to this run."
+    frame = pd.DataFrame(rows)
+    agree = int(frame["agree"].sum())
+    body = _md_table(["image", "fold", "p (224-px copy)", "p (original, resized here)", "change", "same call"],
+                     [[r["path"], str(r["fold"]), f"{r['p_copy']:.3f}", f"{r['p_original']:.3f}",
+                       f"{r['delta']:+.3f}", "yes" if r["agree"] else "NO"] for r in rows])
+    return (f"The same call at threshold {threshold:.3f} for {agree} of {len(frame)} originals; largest change "
+            f"{frame['delta'].abs().max():.3f}. Each image scored by the fold model that never saw its child.\n\n"
+            + body)
+
+
 def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", headline: bool = False) -> str:
-    """The results as Markdown: each task's test metrics with 95% intervals (at the validation threshold and at
-    0.5), then the comparison with the literature, each with its protocol. `headline`: the comparison table and
-    one line per other task only (for the README)."""
+    """The results as Markdown, written from a metrics document: each task's test metrics with every interval (at
+    its threshold and at 0.5), the per-child view, calibration, the trivial baseline, the resize check, the
+    test-access ledger, and the comparison with the previous run and the literature, each with its protocol.
+    `headline`: the comparison table and one line per other task only (for the README)."""
     p = doc.get("protocol", {})
     parts = [
-        f"Official test set, scored once; thresholds chosen on the out-of-fold predictions of the training children "
-        f"({p.get('threshold_policy', '?')}); "
-        f"{p.get('ci_level', 0.95):.0%} intervals from {p.get('n_bootstrap', '?')} bootstrap resamples "
-        f"({p.get('ci_method', '')}; image-level intervals are in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
+        f"Official test set, scored once per task; every choice made on the out-of-fold predictions of the training "
+        f"children ({p.get('n_folds', '?')}-fold cross-validation; threshold policy {p.get('threshold_policy', '?')}"
+        + (f", target sensitivity {p['target_sensitivity']}" if p.get("target_sensitivity") else "")
+        + f"); the model is {p.get('final_model', 'the fold ensemble')}. {p.get('ci_level', 0.95):.0%} patient-level "
+        f"intervals from {p.get('n_bootstrap', '?')} bootstrap resamples of children (the method per metric is "
+        f"named in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
         f"{p.get('image_size', '?')} px. Written by `python -m cxr results` from `{source}`."
     ]
     for task, t in doc["tasks"].items():
+        title = TASK_TITLES.get(task, task)
         if headline:
             if task != "pneumonia":
-                parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, threshold {t['threshold']:.3f} from "
-                             "the out-of-fold predictions): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
-                                                         ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
+                parts.append(f"**{title}** (n = {t['n']}, threshold {t['threshold']:.3f} from the out-of-fold "
+                             "predictions): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
+                                                          ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
             continue
         rows = [[METRIC_LABELS[m], fmt(t["at_threshold"][m]), fmt(t["at_0.5"][m])] for m in METRICS]
-        cal = t.get("calibration")
-        if cal:
-            before, after = cal["test"]["before"], cal["test"]["after"]
-            rows.append([f"Log-loss after {cal['method']} scaling (fitted on the out-of-fold predictions)",
-                         f"{after['log_loss']:.3f} (before: {before['log_loss']:.3f})", ""])
-            if after.get("slope") is not None:
-                rows.append(["Calibration slope / intercept after scaling (ideal 1 / 0)",
-                             f"{after['slope']:.2f} / {after['intercept']:.2f} (before: {before['slope']:.2f} / "
-                             f"{before['intercept']:.2f})", ""])
-        parts.append(f"**{TASK_TITLES.get(task, task)}** (n = {t['n']}, {t['n_positive']} positive)\n\n" + _md_table(
-            ["metric", f"at the threshold {t['threshold']:.3f}", "at 0.5"], rows))
-    if doc.get("test_ledger") and not headline:
-        parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
+        parts.append(f"**{title}** (n = {t['n']} images, {t['n_positive']} positive"
+                     + (f"; {t['n_patients']} children" if t.get("n_patients") else "") + ")\n\n"
+                     + _md_table(["metric", f"at the threshold {t['threshold']:.3f}", "at 0.5"], rows))
+        if t.get("threshold_uncertainty"):
+            parts.append(f"*{title}: the intervals, and the operating point's own uncertainty.*\n\n"
+                         + _intervals_md(t))
+        if t.get("per_child"):
+            parts.append(f"*{title}: per image and per child (a child is positive, and called positive, if any of "
+                         "its images is).*\n\n" + _child_md(t))
+        if t.get("calibration"):
+            parts.append(f"*{title}: calibration on test, before and after the calibration fitted on the "
+                         "out-of-fold predictions (95% patient-level intervals).*\n\n" + _calibration_md(t["calibration"]))
+    if not headline:
+        base = doc.get("baseline")
+        if base and base.get("test"):
+            bt = base["test"]["at_threshold"]
+            parts.append(f"**Trivial baseline** (six image statistics, logistic regression; declared and scored once): "
+                         f"out-of-fold AUROC {base['oof_auroc']:.3f}; test AUROC {fmt(bt['auroc'])}, sensitivity "
+                         f"{fmt(bt['sensitivity'])}, specificity {fmt(bt['specificity'])}.")
+        raw = doc.get("shift", {}).get("raw_sample")
+        if raw is not None and "pneumonia" in doc["tasks"]:
+            parts.append("**The same X-ray, resized another way** (full-resolution originals against their 224-px "
+                         "copies)\n\n" + _resize_md(raw, doc["tasks"]["pneumonia"]["threshold"]))
+        if doc.get("test_ledger"):
+            parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
     if "pneumonia" in doc["tasks"]:
         table = comparison_table(doc)
         rows = [[name, *[str(v) for v in r[:-1]], r[-1]] for name, r in zip(table.index, table.to_numpy().tolist())]
         parts.insert(1 if headline else len(parts),
-                     "**Pneumonia vs normal beside the literature** (the same 624 test images)\n\n"
-                     + _md_table(["model", *table.columns[:-1], "protocol"], rows))
+                     "**Pneumonia vs normal beside the previous run and the literature** (the same 624 test images)"
+                     "\n\n" + _md_table(["model", *table.columns[:-1], "protocol"], rows))
     return "\n\n".join(parts)
+
+
+def markdown_data(doc: dict[str, Any], source: str = "doc/metrics.json") -> str:
+    """The data audit of a metrics document as Markdown (for data/README.md): the patient-id evidence, the
+    near-duplicate audit and the flow of images and children, written from the numbers."""
+    from cxr.data import audit
+
+    block = doc.get("data")
+    if not block:
+        return "No data audit in this metrics document."
+    flow = _md_table(["stage", "images", "children", "detail"],
+                     [[r["stage"], f"{r['images']:,}", "" if r.get("children") is None else f"{r['children']:,}",
+                       r.get("detail") or ""] for r in block["flow"]])
+    return "\n\n".join([
+        f"Written by `python -m cxr results` from `{source}` (the committed run's data audit).",
+        "**Children.** " + audit.describe_patient_ids(block["patient_ids"]),
+        "**Copies and near duplicates.** " + audit.describe_near_duplicates(block["near_duplicates"]),
+        "**Flow of images and children**\n\n" + flow,
+    ])
