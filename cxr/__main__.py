@@ -78,8 +78,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ensure_writable(run, "run folder")
     config = Config.load(run / "config.json").replace(output_dir=str(run), **parse_settings(args.set))
     prepared = data.prepare(config)
-    reports = {task: pipeline.evaluate_saved(config, prepared, task, run) for task in tasks}
-    doc = pipeline.finish_run(config, prepared, reports, run)
+    previous = evaluate.read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    reports = {}
+    for task in tasks:  # re-scored; what training chose (operating point, selection) comes from the run's record
+        kept = {k: v for k, v in previous.get("tasks", {}).get(task, {}).items() if k in ("operating_point", "selection")}
+        reports[task] = {**pipeline.evaluate_saved(config, prepared, task, run), **kept}
+    blocks = {k: previous[k] for k in ("data", "baseline", "shift") if k in previous}  # not re-computed here
+    doc = pipeline.finish_run(config, prepared, reports, run, extra=blocks)
     print(evaluate.results_table(doc).to_string())
     return 0
 

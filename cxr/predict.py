@@ -22,7 +22,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
                   gradcam_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Probability, label and threshold for each image; `{"path", "error"}` for a file that cannot be read.
 
-    `probability` is the model's own output, the one the validation threshold applies to (`label`);
+    `probability` is the model's own output, the one the threshold chosen on the out-of-fold predictions applies to (`label`);
     `calibrated_probability` applies the calibration fitted on the out-of-fold predictions and saved with the model
     (`model.json`: temperature or Platt scaling; absent for models saved without one). Images go through the same
     decoding and resize policy as training (`cxr.data.load_image`), in batches of the size the model was trained

@@ -2,8 +2,9 @@
 of probabilities is: log-loss, Brier score, calibration intercept and slope (with patient-level bootstrap
 intervals), a smoothed reliability curve with a bootstrap band, and the binned reliability table.
 
-Every fitting function takes validation labels and probabilities and nothing else, so a calibrator can never
-see test labels; `calibrate_and_report` applies the validation fit to the test probabilities and only then
+Every fitting function takes the selection data's labels and probabilities (here: the out-of-fold predictions of
+the training children; "validation" in the argument names) and nothing else, so a calibrator can never see test
+labels; `calibrate_and_report` applies that fit to the test probabilities and only then
 scores them. Logits are taken of probabilities clipped to [1e-7, 1 - 1e-7].
 
 Calibration slope and intercept (Van Calster et al. 2019, BMC Med 17:230): the slope b of the logistic

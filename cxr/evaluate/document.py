@@ -70,6 +70,7 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
         "ci_method": PATIENT_CI_METHOD,
         "image_ci_method": CI_METHOD,
         "ci_methods": dict(CI_METHODS),
+        "ece_bins": 10,
         "image_size": config.image_size,
         "resize_policy": config.resize_policy,
         "backbone": config.backbone,

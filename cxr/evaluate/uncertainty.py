@@ -3,9 +3,10 @@ point itself (a nested bootstrap of selection and test patients), and the covera
 interval methods of `metrics.CI_METHODS` (`method_comparison`: every method tried, on the same simulated test sets;
 `coverage_simulation`: the package's own intervals, as `task_report` computes them).
 
-The intervals of `task_report` are conditional on the threshold chosen on validation: they treat it as fixed. The
+The intervals of `task_report` are conditional on the threshold chosen on the selection data (the out-of-fold
+predictions of the training children): they treat it as fixed. The
 threshold is itself an estimate, so `threshold_uncertainty` re-chooses it on each bootstrap resample of the
-selection (validation) patients with the pre-declared rule, and scores a resample of the test patients at that
+selection patients with the pre-declared rule, and scores a resample of the test patients at that
 threshold: the spread then holds both sources of variation. Its intervals are reported beside the conditional ones.
 """
 from __future__ import annotations
@@ -126,7 +127,7 @@ def describe_threshold_uncertainty(result: dict[str, Any]) -> str:
              f"threshold ({iv.loc[m, 'width_ratio']:.2g} times as wide)" for m in ("sensitivity", "specificity")]
     return (f"Re-choosing the threshold on {result['n_bootstrap']} bootstrap resamples of the selection children "
             f"moved it within {t.ci_low:.3f}-{t.ci_high:.3f} ({level} of resamples; {t.value:.3f} on all of "
-            f"validation). Counting that movement, test " + "; ".join(parts) + ". The headline intervals hold "
+            f"the selection data). Counting that movement, test " + "; ".join(parts) + ". The headline intervals hold "
             "the threshold fixed; these show how much of the uncertainty comes from where the threshold fell.")
 
 
