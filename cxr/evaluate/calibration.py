@@ -1,6 +1,7 @@
-"""Probability calibration fitted on VALIDATION only: temperature scaling, Platt scaling; and how calibrated a set
-of probabilities is: log-loss, Brier score, calibration intercept and slope (with patient-level bootstrap
-intervals), a smoothed reliability curve with a bootstrap band, and the binned reliability table.
+"""Probability calibration fitted on the SELECTION data only (the out-of-fold predictions): temperature scaling,
+Platt scaling; and how calibrated a set of probabilities is: log-loss, Brier score, calibration intercept and slope
+(with patient-level bootstrap intervals), a smoothed reliability curve with a bootstrap band, and the binned
+reliability table.
 
 Every fitting function takes the selection data's labels and probabilities (here: the out-of-fold predictions of
 the training children; "validation" in the argument names) and nothing else, so a calibrator can never see test
