@@ -95,6 +95,11 @@ class RunLog:
         else:
             display(Pretty(text), display_id=HEADER_ID)
 
+    def note_data(self, prepared: Any) -> None:
+        """Add where the data came from (`prepared.source`) to the header shown at the top of the notebook."""
+        self.source = prepared.source
+        self._display(self._header(self.wall), update=True)
+
     def path(self, name: str) -> Path:
         """A path inside this run's output folder."""
         return self.out / name
@@ -285,6 +290,17 @@ def describe_protocol(config: Config) -> str:
             f"pneumonia). **Final model**: the ensemble of the {c.n_folds} fold models (mean probability). "
             f"**Test**: scored once per task and once for the trivial baseline; {c.ci_level:.0%} patient-level "
             f"intervals from {c.n_bootstrap} bootstrap resamples, and the interval that re-chooses the threshold.")
+
+
+def describe_folds(result: Any) -> str:
+    """One sentence on the spread of the kept models across folds (each on the children it never saw)."""
+    from cxr.train import loss_auroc
+
+    per = [loss_auroc(g["y"].to_numpy(), g["p"].to_numpy()) for _, g in result.oof.groupby("fold")]
+    losses, aurocs = [l for l, _ in per], [a for _, a in per]
+    return (f"Across the {len(per)} folds, each model on the children it never saw: log-loss "
+            f"{min(losses):.3f}-{max(losses):.3f}, AUROC {min(aurocs):.3f}-{max(aurocs):.3f}. This spread, not a set "
+            "of training seeds, is the study's measure of how much the result depends on the training run.")
 
 
 def describe_training(outcome: Any) -> str:

@@ -129,7 +129,12 @@ def patient_id_evidence(index: pd.DataFrame, bin_width: int = 100) -> dict[str, 
     edges = np.arange(0, top + bin_width + 1, bin_width)
     hb, _ = np.histogram(sorted(trb), edges)
     hv, _ = np.histogram(sorted(trv), edges)
+    train_pneumonia = index[index["official_split"].isin(("train", "val")) & index["label"].eq("PNEUMONIA")]
+    numbers = train_pneumonia["path"].str.rsplit("/", n=1).str[-1].str.extract(_PERSON)[0].astype(float)
+    merged = int(numbers.isin(teb | tev).sum())  # excluded if one number were one child across subtypes
     return {
+        "merged_ids_would_exclude": merged,
+        "pneumonia_training_images": int(len(train_pneumonia)),
         "numbers": {f"{s}/{t}": len(v) for (s, t), v in num.items()},
         "train_in_test_same_subtype": {"bacteria": len(trb & teb), "virus": len(trv & tev)},
         "train_in_test_other_subtype": {"bacteria_to_virus": len(trb & tev), "virus_to_bacteria": len(trv & teb)},
@@ -153,7 +158,12 @@ def describe_patient_ids(evidence: dict[str, Any]) -> str:
             f"coincide {e['train_bacteria_virus_coincidences']} times, where chance predicts "
             f"{e['chance_uniform']:.0f} (numbers uniform over their range) or {e['chance_by_density']:.0f} (as dense "
             f"as observed in blocks of {e['bin_width']}). The numbers are counted per subtype, so a child is "
-            "`personN_bacteria` or `personN_virus`, never both.")
+            "`personN_bacteria` or `personN_virus`, never both."
+            + (f" Reading `personN` as one child (as an earlier version of this study did) would have excluded "
+               f"{e['merged_ids_would_exclude']:,} training images of other children "
+               f"({e['merged_ids_would_exclude'] / e['pneumonia_training_images']:.0%} of the pneumonia training "
+               "images) and merged unrelated children in the folds and intervals."
+               if e.get("merged_ids_would_exclude") else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calib
                                       fit_calibrator, fit_temperature, invert_calibrator, reliability_table,
                                       smoothed_reliability)
 from cxr.evaluate.document import (PREVIOUS_RUN, REFERENCES, SCHEMA_VERSION, TASK_TITLES, child_summary,
-                                   comparison_table, describe_report, fmt, interval_table, markdown_data,
+                                   comparison_table, describe_comparison, describe_report, fmt, interval_table,
+                                   markdown_data,
                                    markdown_results,
                                    metrics_document, protocol, read_metrics, report_table, results_table,
                                    write_metrics)

@@ -208,7 +208,30 @@ def describe_report(task: dict[str, Any]) -> str:
     cm = task["confusion_matrix"]
     parts.append(f"Of the {cm[0][1] + cm[1][0]} errors, {cm[0][1]} are false positives and {cm[1][0]} false "
                  "negatives.")
+    oof = task.get("selection", {}).get("oof", {})
+    if oof.get("auroc") is not None:
+        gap = at["auroc"]["value"] - oof["auroc"]
+        parts.append(f"Out of fold, on the training children, the AUROC was {oof['auroc']:.3f}; on test it is "
+                     f"{at['auroc']['value']:.3f}"
+                     + ("." if abs(gap) < 0.02 else
+                        f": the test split is {'easier' if gap > 0 else 'harder'} for this model than the training "
+                        f"children, so the {'out-of-fold' if gap > 0 else 'test'} figure is the more conservative "
+                        "estimate for new children from this hospital (and neither is one for another hospital)."))
     return " ".join(parts)
+
+
+def describe_comparison(doc: dict[str, Any], task: str = "pneumonia") -> str:
+    """How this run compares with the previous committed run, in words, and why the rows are not a leaderboard."""
+    t = doc["tasks"].get(task)
+    if t is None:
+        return ""
+    now, before = t["at_threshold"], PREVIOUS_RUN["metrics"]
+    parts = [f"{METRIC_LABELS[m]} {fmt(now[m])} (previous run {fmt(before[m])})"
+             for m in ("auroc", "accuracy", "sensitivity", "specificity")]
+    return ("Against the previous committed run of this study: " + ", ".join(parts) + ". Overlapping intervals mean "
+            "the test split cannot tell the two apart on that metric. The protocols differ (see the last column), "
+            "so the rows are not a leaderboard: Kermany et al. selected their model on the test partition, and "
+            "MedMNIST+ reports the best of many models.")
 
 
 def results_table(doc: dict[str, Any]) -> pd.DataFrame:

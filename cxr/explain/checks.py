@@ -343,4 +343,17 @@ def describe_audit(audit: pd.DataFrame) -> str:
             f"outer border band, which covers {100 * row['border_area']:.0f}% of the image: {verdict} a uniform map; "
             f"{100 * row['outside_body_share_mean']:.1f}% lies outside the central body box "
             f"({100 * row['outside_body_area']:.0f}% of the area); the hottest pixel is in the border for "
-            f"{100 * row['peak_in_border_rate']:.1f}% of the images.")
+            f"{100 * row['peak_in_border_rate']:.1f}% of the images." + _normals_note(audit))
+
+
+def _normals_note(audit: pd.DataFrame) -> str:
+    """The caveat of the audit: the correctly classified images of the negative class (normal films called normal,
+    whose maps explain NORMAL), where a border or marker shortcut would show most."""
+    rows = audit[(audit["class"] != "all") & (audit["outcome"] == "correct")]
+    if rows.empty:
+        return ""
+    r = rows.iloc[0]  # classes sort alphabetically: the negative class (NORMAL) first
+    return (f" For the correctly classified {r['class']} images (n = {int(r['n'])}), {100 * r['border_share_mean']:.1f}% "
+            f"of the heat lies in the border and the hottest pixel is there for {100 * r['peak_in_border_rate']:.1f}%: "
+            "where the heat sits on markers or collimation edges, a shortcut is possible; the audit measures it but "
+            "cannot rule it out.")
