@@ -54,13 +54,12 @@ def _count_compiles() -> None:
 
 
 def _compiles_of_a_run(n: int) -> int:
-    index, images = toy_data(n=n, seed=4)
-    cfg = tiny_config(head_epochs=2, finetune_epochs=2, patience=5, aug_rotation=10.0, aug_noise=3.0,
+    prepared = toy_data(n=n, seed=4)
+    cfg = tiny_config(head_epochs=2, finetune_epochs=2, aug_rotation=10.0, aug_noise=3.0,
                       warmup_fraction=0.25)  # a warmup phase in both runs (the same eager schedule ops)
     start = len(_COMPILES)
-    result = train.fit(cfg, index, images)
-    for split in ("val", "test"):
-        train.predict_split(result.model, index, images, "pneumonia", split, batch_size=cfg.batch_size)
+    result = train.fit(cfg, prepared)
+    train.predict_split(result.model, prepared, "pneumonia", "test", batch_size=cfg.batch_size)
     return len(_COMPILES) - start
 
 
@@ -68,9 +67,9 @@ def _compiles_of_a_run(n: int) -> int:
 def test_compilations_are_bounded_and_independent_of_the_number_of_batches():
     _count_compiles()
     _compiles_of_a_run(16)  # warm-up: small eager ops (the learning-rate schedule) JAX compiles once per process
-    few, many = _compiles_of_a_run(16), _compiles_of_a_run(32)  # 2 vs 4 training batches per epoch, x2 val/test
+    few, many = _compiles_of_a_run(16), _compiles_of_a_run(32)  # 2 vs 4 training batches per epoch and fold
     assert few == many
-    assert 0 < few <= 40  # a handful per model and mode, not one per batch
+    assert 0 < few <= 80  # a handful per model, mode and fold, not one per batch
 
 
 _DP_RUN = """
@@ -78,15 +77,15 @@ import sys
 sys.path.insert(0, "tests")
 from test_train import toy_data, tiny_config
 from cxr import train
-index, images = toy_data(n=16, seed=6)
-r = train.fit(tiny_config(head_epochs=2, finetune_epochs=2, dropout=0.0), index, images)
-print("RESULT", r.devices, r.batch_size, *r.history["val_loss"].round(6))
+prepared = toy_data(n=16, seed=6)
+r = train.fit(tiny_config(head_epochs=2, finetune_epochs=2, dropout=0.0), prepared)
+print("RESULT", r.devices, r.batch_size, *r.history["oof_loss"].round(6))
 """
 
 
 @jax_only
 def test_fit_runs_data_parallel_with_the_same_losses_as_one_device():
-    """Two simulated CPU devices (keras.distribution.DataParallel) give the validation losses of one device."""
+    """Two simulated CPU devices (keras.distribution.DataParallel) give the held-out losses of one device."""
     import os
     import subprocess
     import sys
@@ -102,5 +101,5 @@ def test_fit_runs_data_parallel_with_the_same_losses_as_one_device():
 
     one = run({})
     two = run({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "CXR_DATA_PARALLEL": "cpu"})
-    assert one[:2] == ["1", "16"] and two[:2] == ["2", "16"]
+    assert one[:2] == ["1", "8"] and two[:2] == ["2", "8"]
     np.testing.assert_allclose(np.array(two[2:], float), np.array(one[2:], float), rtol=1e-3, atol=1e-4)

@@ -45,7 +45,7 @@ def toy_data(n: int = 24, seed: int = 0, folds: int = 3) -> Prepared:
 
 
 def tiny_config(**changes) -> Config:
-    base = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, batch_size=16, head_epochs=8, head_lr=3e-3,
+    base = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, batch_size=8, head_epochs=10, head_lr=1e-2,
                 finetune_epochs=3, finetune_lr=1e-2, n_bootstrap=50, mixed_precision="off", n_folds=3,
                 class_balance="none", aug_rotation=0.0, aug_scale=0.0, aug_shift=0.0, aug_shear=0.0,
                 aug_brightness=0.0, aug_contrast=0.0, aug_gamma=0.0, aug_noise=0.0)
@@ -87,33 +87,35 @@ def test_the_ensemble_averages_its_members_and_holds_no_augmentation(trained):
                                   0.5)["auroc"] > 0.9  # the square is easy to see
 
 
-def test_fit_keeps_the_finetuned_stage_chosen_on_the_pooled_recalibrated_oof_loss(trained):
+def test_the_stage_and_epochs_are_chosen_on_the_pooled_recalibrated_oof_loss(trained):
     cfg, prepared, result = trained
     sel = result.selection.set_index("stage")
     assert list(sel.index) == ["head", "finetune"]
-    assert sel.loc["finetune", "selection_loss"] < sel.loc["head", "selection_loss"]
-    assert result.kept_stage == "finetune" and sel.loc["finetune", "kept"] and not sel.loc["head", "kept"]
-    ft = result.pooled[result.pooled["stage"] == "finetune"]
-    assert sel.loc["finetune", "selection_loss"] == pytest.approx(ft["selection_loss"].min())
-    assert result.kept_epoch == int(ft.loc[ft["selection_loss"].idxmin(), "epoch"])
+    kept = sel["selection_loss"].idxmin()  # the rule: the lower cross-fitted recalibrated OOF log-loss
+    assert result.kept_stage == kept and sel.loc[kept, "kept"] and sel["kept"].sum() == 1
+    for stage, row in sel.iterrows():  # each stage's epoch: its own minimum
+        curve = result.pooled[(result.pooled["stage"] == stage) & (result.pooled["option"] == result.balance)]
+        assert row["selection_loss"] == pytest.approx(curve["selection_loss"].min())
+        assert row["best_epoch"] == int(curve.loc[curve["selection_loss"].idxmin(), "epoch"])
+    assert result.kept_epoch == int(sel.loc[kept, "best_epoch"])
     y, p, fold = result.oof["y"].to_numpy(), result.oof["p"].to_numpy(), result.oof["fold"].to_numpy()
-    assert sel.loc["finetune", "oof_loss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), rel=1e-6)
+    np.testing.assert_allclose(result.stage_oof[kept], p)
+    assert sel.loc[kept, "oof_loss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), rel=1e-6)
     # the selection loss recalibrates fold f with a calibrator fitted on the OTHER folds
     q = np.empty(len(p))
     for f in range(3):
         params = evaluate.fit_calibrator(y[fold != f], p[fold != f], cfg.calibration)
         q[fold == f] = evaluate.apply_calibrator(params, p[fold == f])
-    assert sel.loc["finetune", "selection_loss"] == pytest.approx(log_loss(y, np.clip(q, 1e-7, 1 - 1e-7)), rel=1e-6)
-    assert train.selection_loss(y, p, fold, "none") == pytest.approx(sel.loc["finetune", "oof_loss"])
-    np.testing.assert_allclose(result.stage_oof["finetune"], p)
+    assert sel.loc[kept, "selection_loss"] == pytest.approx(log_loss(y, np.clip(q, 1e-7, 1 - 1e-7)), rel=1e-6)
+    assert train.selection_loss(y, p, fold, "none") == pytest.approx(sel.loc[kept, "oof_loss"])
     assert set(result.seconds) >= {"features", "head", "finetune"}
-    assert result.batch_size == 16 and result.precision == "float32"
+    assert result.batch_size == 8 and result.precision == "float32"
 
 
 def test_a_finetune_that_does_not_beat_the_head_is_rolled_back():
     """A learning rate that wrecks the backbone: every member keeps exactly its fold's head."""
     prepared = toy_data(n=12, seed=1)
-    cfg = tiny_config(head_epochs=8, finetune_epochs=1)
+    cfg = tiny_config(finetune_epochs=1)
     head_only = train.fit(cfg.replace(finetune_epochs=0), prepared)
     wrecked = train.fit(cfg.replace(finetune_lr=1e4, weight_decay=0.0), prepared)
     assert wrecked.kept_stage == "head" and list(wrecked.selection["stage"]) == ["head", "finetune"]
@@ -240,7 +242,7 @@ def test_the_saved_ensemble_loads_as_one_model_and_predicts_identically(saved):
     np.testing.assert_allclose(train.predict_proba(loaded, images[:20], 16),
                                train.predict_proba(result.model, images[:20], 16), rtol=1e-6, atol=1e-6)
     assert meta["class_names"] == ["NORMAL", "PNEUMONIA"] and meta["config"]["image_size"] == SIZE
-    assert meta["config"]["batch_size"] == 16  # predict uses what training used
+    assert meta["config"]["batch_size"] == 8  # predict uses what training used
 
 
 def test_predict_scores_good_files_and_reports_bad_ones(saved, tmp_path):

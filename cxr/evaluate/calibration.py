@@ -66,13 +66,18 @@ def fit_platt(y_val: Any, p_val: Any, C: float = PLATT_C) -> tuple[float, float]
     """Platt scaling on the validation logits: (a, b) with calibrated p = sigmoid(a * logit(p) + b).
 
     A scikit-learn `LogisticRegression` on the single feature logit(p), with weak regularisation (large C) so
-    that almost separable validation sets still give a finite fit.
+    that almost separable validation sets still give a finite fit. A calibration map must not reverse the ranking:
+    when the fitted slope is negative (scores that fall as the label rises: an uninformative or inverted model),
+    the slope is set to 0 and only the intercept is fitted (every probability becomes the observed prevalence).
     """
     y, p = check_inputs(y_val, p_val)
     if len(np.unique(y)) < 2:
         raise ValueError("Platt scaling needs both classes in the validation labels")
     model = LogisticRegression(C=C, max_iter=1000).fit(logit(p)[:, None], y)
-    return float(model.coef_[0, 0]), float(model.intercept_[0])
+    a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
+    if a < 0:
+        a, b = 0.0, float(special.logit(y.mean()))
+    return a, b
 
 
 def apply_platt(p: Any, a: float, b: float) -> np.ndarray:
