@@ -701,13 +701,15 @@ def test_patient_id_evidence_counts_numbers_per_subtype():
     rows = [("train", "bacteria", n) for n in (1, 2, 3, 4)] + [("train", "virus", n) for n in (3, 4, 5)]
     rows += [("test", "virus", 1), ("test", "bacteria", 5), ("test", "bacteria", 9)]
     index = pd.DataFrame({"official_split": [r[0] for r in rows], "subtype": [r[1] for r in rows],
-                          "path": [f"{r[0]}/PNEUMONIA/person{r[2]}_{r[1]}_{i}.jpeg" for i, r in enumerate(rows)]})
+                          "label": "PNEUMONIA", "path": [f"{r[0]}/PNEUMONIA/person{r[2]}_{r[1]}_{i}.jpeg" for i, r in enumerate(rows)]})
     e = data.audit.patient_id_evidence(index, bin_width=5)
     assert e["numbers"] == {"train/bacteria": 4, "train/virus": 3, "test/bacteria": 2, "test/virus": 1}
     assert e["train_in_test_same_subtype"] == {"bacteria": 0, "virus": 0}
     assert e["train_in_test_other_subtype"] == {"bacteria_to_virus": 1, "virus_to_bacteria": 1}
     assert e["train_bacteria_virus_coincidences"] == 2
     assert e["chance_uniform"] == pytest.approx(4 * 3 / 5)
+    # training children whose number reappears in test (bacteria 1, virus 5) would be excluded by merged ids
+    assert e["merged_ids_would_exclude"] == 2 and e["pneumonia_training_images"] == 7
     assert "counted per subtype" in data.audit.describe_patient_ids(e)
 
 
