@@ -351,7 +351,7 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
         f"Official test set, scored once per task; every choice made on the out-of-fold predictions of the training "
         f"children ({p.get('n_folds', '?')}-fold cross-validation; threshold policy {p.get('threshold_policy', '?')}"
         + (f", target sensitivity {p['target_sensitivity']}" if p.get("target_sensitivity") else "")
-        + f"); the model is {p.get('final_model', 'the fold ensemble')}. {p.get('ci_level', 0.95):.0%} patient-level "
+        + f"); the model is the {p.get('final_model', 'fold ensemble')}. {p.get('ci_level', 0.95):.0%} patient-level "
         f"intervals from {p.get('n_bootstrap', '?')} bootstrap resamples of children (the method per metric is "
         f"named in `metrics.json`). Backbone {p.get('backbone', '?')} ({p.get('weights', '?')}), "
         f"{p.get('image_size', '?')} px. Written by `python -m cxr results` from `{source}`."
