@@ -1,4 +1,5 @@
-"""Forward and training speed of the EfficientNet-Lite backbones (Lite0, Lite1, Lite2), one run, printed only.
+"""Forward and training speed of the EfficientNet-Lite backbones (Lite0, Lite1, Lite2), in one run; the table (with
+each variant's speed as a ratio of Lite0's) goes to the `lite` block of doc/performance.md (`--no-write`: print only).
 
     KERAS_BACKEND=tensorflow .venv/bin/python bench/lite_speed.py [--size 224] [--batch 32] [--predict-batches 4]
         [--fit-steps 3] [--repeats 3] [--variants lite0 lite1 lite2]
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from cxr import lite, model as cxr_model, train  # noqa: E402  (before keras: hides TensorFlow's start-up lines)
 import keras  # noqa: E402
 from cxr.config import Config  # noqa: E402
+from cxr.io import update_markdown  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timings of each phase; the fastest is reported")
     parser.add_argument("--variants", nargs="*", default=list(lite.VARIANTS))
+    parser.add_argument("--no-write", action="store_true", help="do not update doc/performance.md")
     args = parser.parse_args(argv)
     bs, size = args.batch, args.size
     rng = np.random.default_rng(0)
@@ -75,20 +78,28 @@ def main(argv: list[str] | None = None) -> int:
 
         top = lite.build_lite(v, (size, size, 3), include_top=True).count_params()
         rows.append((v.title, top, net.get_layer("backbone").count_params(), net.count_params(),
-                     cxr_model.count_params(net)["trainable"], predict_rate, fit_rate))
+                     sum(int(np.prod(w.shape)) for w in net.trainable_weights), predict_rate, fit_rate))
         print(f"{v.title}: predict {predict_rate:.1f} images/s, fit {fit_rate:.1f} images/s", flush=True)
         del net, trainer
         keras.backend.clear_session()
 
-    print(f"\n{size} px, batch {bs}, Keras {keras.__version__}, backend {keras.backend.backend()}, "
-          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); predict: "
-          f"{args.predict_batches} batches, fit: {args.fit_steps} steps, whole backbone trainable, after a warm-up, "
-          f"best of {args.repeats}\n")
-    print("| model | params with ImageNet top | backbone params | classifier params | trainable in fit "
-          "| predict images/s | fit images/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    lines = [f"Command: `python bench/lite_speed.py --size {size} --batch {bs}`. {size} px, batch {bs}, Keras "
+             f"{keras.__version__}, backend {keras.backend.backend()}, {os.cpu_count()} CPU cores "
+             f"({platform.processor() or platform.machine()}); random images; predict: {args.predict_batches} "
+             f"batches, fit: {args.fit_steps} steps of the fine-tuning recipe with the whole backbone trainable, each "
+             f"after a warm-up, best of {args.repeats}.", "",
+             "| model | params with ImageNet top | backbone params | classifier params | trainable in fit "
+             "| predict images/s | vs first | fit images/s | vs first |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    p0, f0 = rows[0][5], rows[0][6]
     for title, top, backbone, total, trainable, p, f in rows:
-        print(f"| {title} | {top:,} | {backbone:,} | {total:,} | {trainable:,} | {p:.1f} | {f:.1f} |")
+        lines.append(f"| {title} | {top:,} | {backbone:,} | {total:,} | {trainable:,} | {p:.1f} | {p / p0:.2f} "
+                     f"| {f:.1f} | {f / f0:.2f} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if not args.no_write:
+        update_markdown(REPO / "doc" / "performance.md", text, "lite", create=True)
+        print(f"\nupdated {REPO / 'doc' / 'performance.md'}")
     return 0
 
 
