@@ -30,6 +30,16 @@ def _relative(path: Any) -> str:
         return Path(path).name
 
 
+def _kernel_path(path: Path) -> str:
+    """`path` as the notebook's kernel (working folder: the repository) must see it: relative to the repository
+    when inside it, else absolute."""
+    path = path.resolve()
+    try:
+        return path.relative_to(REPO.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 class RunLog:
     """What the notebook prints about its own run. The header (first cell) says what ran where and how this run
     differs from the design; `show` displays a figure inline AND saves it; `finish()` fills in the wall time."""
@@ -71,7 +81,7 @@ class RunLog:
         e, c = self.env, self.config
         hardware = e["gpu"] or f"CPU only ({e['cpu_count']} cores, {e['processor']})"
         versions = ", ".join(f"{k} {v}" for k, v in e["versions"].items())
-        precision = "mixed_bfloat16" if c.mixed_precision == "on" else "float32"
+        precision = {"on": "mixed_bfloat16", "float16": "mixed_float16"}.get(c.mixed_precision, "float32")
         lines = [
             f"mode: {c.mode} | backbone: {c.backbone} ({c.weights or 'random'} weights) | image size: {c.image_size} px"
             f" | {c.n_folds}-fold cross-validation | fine-tuning: {c.finetune_epochs} epochs at most",
@@ -227,15 +237,22 @@ def run_notebook(mode: str = "full", in_place: bool = False, settings: dict[str,
     from cxr.data import resolve_source
 
     settings = dict(settings or {})
+    source = settings.get("source")
+    if source and str(source).lower() != "kaggle" and Path(str(source)).expanduser().exists():
+        # the kernel runs in the repository: a path is handed over relative to it when it lies inside it (the
+        # executed notebook then holds no local absolute path), absolute otherwise (it works from any folder)
+        settings["source"] = _kernel_path(Path(str(source)).expanduser())
     config = Config.preset(mode, **settings)
     out_dir = config.run_dir
     if not out_dir.is_absolute():
         out_dir = Path(os.path.relpath(REPO / out_dir))
     target = Path(notebook) if in_place else out_dir / "notebook.ipynb"
-    resolved = resolve_source(config.source, Path(config.data_dir))  # a bad source stops here, before any folder
+    given = config.source if config.source is None or Path(config.source).is_absolute() or \
+        str(config.source).lower() == "kaggle" else str(REPO / config.source)
+    resolved = resolve_source(given, Path(config.data_dir))  # a bad source stops here, before any folder
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"data: {_relative(resolved)}")
-    params = {"MODE": mode, "SETTINGS": {**settings, "output_dir": out_dir.as_posix()}}
+    params = {"MODE": mode, "SETTINGS": {**settings, "output_dir": _kernel_path(out_dir.absolute())}}
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are displayed explicitly (RunLog.show), never twice
     show_cells = progress.enabled()  # papermill's own bar of cells, in this terminal only
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in a headless run's saved outputs
