@@ -51,15 +51,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _check_backbone(config)
-    ensure_writable(config.run_dir, "run folder")
+    pipeline.lock_run(config.run_dir)  # a second run into the same folder stops here, before any work
     prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop before any writing
     config = pipeline.start_run(config)
     outcomes, doc = pipeline.run_study(config, prepared, args.tasks, verbose=2 if args.verbose else 0)
     for task, o in outcomes.items():
         print(f"{task}: {o.result.n_folds}-fold ensemble, kept stage {o.result.kept_stage}, threshold "
               f"{o.threshold:.4f} (out-of-fold) -> {o.model_dir}")
-    print(f"test scored once per task; {config.run_dir / 'metrics.json'}")
+    print(_ledger_line(config.run_dir, doc))
     return 0
+
+
+def _ledger_line(run_dir: Path, doc: dict) -> str:
+    """The CLI's last line: how many times this run folder's test split has been scored, read from its ledger (a
+    killed and re-run `train` scores it again, and says so), and where the metrics are."""
+    from cxr.evaluate import ledger
+
+    frame = ledger.read_ledger(run_dir)
+    frame = frame[frame["split"].fillna("test") == "test"]
+    per_task = ", ".join(f"{t} {k}x" for t, k in frame["task"].value_counts().sort_index().items()) or "never"
+    return (f"test split scored {len(frame)} time{'s' if len(frame) != 1 else ''} in this run folder "
+            f"({per_task}; ledger {run_dir / ledger.LEDGER_NAME}); {run_dir / 'metrics.json'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -75,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not tasks:
         raise UserError(f"no saved model in {run} (looked for {', '.join(f'{t}/model.keras' for t in args.tasks)}): "
                         "train first (`python -m cxr train --run DIR`).")
-    ensure_writable(run, "run folder")
+    pipeline.lock_run(run)
     config = Config.load(run / "config.json").replace(output_dir=str(run), **parse_settings(args.set))
     prepared = data.prepare(config)
     previous = evaluate.read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
@@ -86,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     blocks = {k: previous[k] for k in ("data", "baseline", "shift") if k in previous}  # not re-computed here
     doc = pipeline.finish_run(config, prepared, reports, run, extra=blocks)
     print(evaluate.results_table(doc).to_string())
+    print(_ledger_line(run, doc))
     return 0
 
 

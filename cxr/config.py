@@ -90,7 +90,8 @@ class Config:
     # an image was resized
     # training (`cxr.train`): stage 1 = head on cached frozen features, stage 2 = backbone fine-tuning, in every fold
     seed: int = 42  # training randomness (initialisation, batches, augmentation); not the split (`split_seed`)
-    batch_size: int | None = None  # per step, all devices together; None: 32 on a CPU, 128 per GPU (resolved once
+    batch_size: int | None = None  # per step, all devices together; None: 32 on a CPU, on a GPU by its memory
+    # (`cxr.train.device.GPU_PROFILES`: 64 per 16 GB T4/P100, 128 per 24-32 GB card, 256 per 40-80 GB A100/H100; resolved once
     # by `cxr.train.resolve`, then used by training, scoring, Grad-CAM and predict alike)
     head_epochs: int = 50  # stage 1 at most; the epoch is chosen on the pooled out-of-fold log-loss
     head_lr: float = 1e-3
@@ -106,7 +107,8 @@ class Config:
     layer_decay: float = 0.8  # learning rate x layer_decay**k for the k-th block below the top
     warmup_fraction: float = 0.1  # linear warmup over this share of the stage's steps, then cosine decay
     final_lr_fraction: float = 0.01  # the cosine ends at finetune_lr * final_lr_fraction
-    mixed_precision: str = "auto"  # "auto" (mixed_bfloat16 on a GPU, float32 on a CPU), "on", "off"
+    mixed_precision: str = "auto"  # "auto" (on a GPU: mixed_bfloat16 where it has bfloat16 units, Ampere and
+    # later, mixed_float16 on older ones such as T4, P100, V100; float32 on a CPU), "on" (bfloat16), "float16", "off"
     # evaluation: every choice on the out-of-fold predictions of the training children, the test scored once
     # the operating point (cxr.evaluate.threshold): "sensitivity" (the highest threshold that keeps
     # `target_sensitivity`), "plateau" (the middle of the thresholds whose Youden J is within `threshold_tolerance`
@@ -163,8 +165,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.mode not in PRESETS:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {sorted(PRESETS)}")
-        if self.mixed_precision not in ("auto", "on", "off"):
-            raise ValueError(f"mixed_precision must be 'auto', 'on' or 'off', not {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "on", "float16", "off"):
+            raise ValueError(f"mixed_precision must be 'auto', 'on', 'float16' or 'off', not {self.mixed_precision!r}")
         if self.resize_policy not in RESIZE_POLICIES:
             raise ValueError(f"resize_policy must be 'squash' or 'letterbox', not {self.resize_policy!r}")
         if self.threshold_policy not in THRESHOLD_POLICIES:

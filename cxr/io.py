@@ -1,11 +1,13 @@
-"""Atomic writes (a file or a whole folder is either the old one or the complete new one, never half) and the
-marker-block Markdown writer. The bottom of the package: imports nothing from `cxr`."""
+"""Atomic writes (a file or a whole folder is either the old one or the complete new one, never half), the lock of
+a folder that one process writes (`lock_folder`), the sweep of temporary files a killed writer left
+(`sweep_stale`) and the marker-block Markdown writer. The bottom of the package: imports nothing from `cxr`."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,9 +19,26 @@ def _chmod_default(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Give an `OSError` raised inside the block that names no file (a full disk during `write`, a quota) the path
+    being written, so that every disk error says where: "cannot write runs/x/model.keras: No space left on device"."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically: a temporary file in the same folder, fsync, then `os.replace`."""
     path = Path(path)
+    with naming(path):
+        return _atomic_write_bytes(path, data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -56,10 +75,11 @@ def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = Path(name)
     tmp.unlink()
     try:
-        yield tmp
-        if tmp.exists():
-            _chmod_default(tmp)
-        os.replace(tmp, path)
+        with naming(path):
+            yield tmp
+            if tmp.exists():
+                _chmod_default(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -72,7 +92,8 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        yield tmp
+        with naming(path):
+            yield tmp
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -132,3 +153,77 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     import json
 
     return atomic_write_text(path, json.dumps(to_json(obj), indent=indent, allow_nan=False) + "\n")
+
+
+class FolderLocked(RuntimeError):
+    """Another process holds the lock of a folder (`lock_folder`); the message names the folder and that process."""
+
+
+LOCK_NAME = ".lock"
+_held: dict[str, int] = {}  # folder -> file descriptor of its lock, for the life of this process
+
+
+def lock_folder(folder: str | Path) -> Path:
+    """Take the exclusive lock of `folder` (created if need be) for the rest of this process's life, and return
+    the lock file. Held already by this process: nothing to do (a notebook cell run twice). Held by another live
+    process: `FolderLocked`, naming its pid. The lock is an `fcntl.flock` on `folder/.lock`, so the system drops it
+    when its process ends, however it ends (a killed run leaves no stale lock). Where flock is missing (Windows)
+    nothing is locked."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    lock = folder / LOCK_NAME
+    if key in _held:
+        return lock
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return lock
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.read(fd, 64).decode(errors="replace").split()[0]
+        except (OSError, IndexError):
+            owner = "?"
+        os.close(fd)
+        raise FolderLocked(f"{folder} is being written by another run (process {owner}); wait for it to end or "
+                           "choose another run folder (--run DIR).") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+    _held[key] = fd
+    return lock
+
+
+def unlock_folder(folder: str | Path) -> None:
+    """Give the lock of `folder` back before this process ends (tests, long-lived kernels)."""
+    fd = _held.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def sweep_stale(folder: str | Path, patterns: tuple[str, ...] = (".*.tmp", ".*.tmp-*", ".*.old-*"),
+                min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files and folders that a killed atomic writer left in `folder` (names as
+    `atomic_write_bytes`, `atomic_file` and `atomic_folder` make them) and that are older than `min_age_s` (a live
+    writer's are young). Returns what was removed. Call it where the folder's writer holds its lock, or on caches
+    whose writers are known to be gone."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            try:
+                if now - path.lstat().st_mtime < min_age_s:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                continue
+    return removed

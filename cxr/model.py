@@ -298,14 +298,58 @@ def save_model(model: keras.Model, directory: str | Path, config, threshold: flo
     return directory
 
 
+MAX_IMAGE_SIZE = 2048  # a model.json asking for larger inputs is damaged or foreign (a 23 GiB batch, not a model)
+
+
+def check_model_meta(meta: Any, where: Path) -> dict[str, Any]:
+    """`meta` (a parsed model.json) checked field by field: a dict with config.image_size (int, 32..MAX_IMAGE_SIZE),
+    config.resize_policy (one of RESIZE_POLICIES), config.batch_size (None or int >= 1), threshold (a number in
+    [0, 1]), class_names (two strings) and calibration (None or a dict). Returns it; raises `ValueError` with one line
+    naming the file and the field otherwise."""
+    import math
+
+    from cxr.config import RESIZE_POLICIES
+
+    def bad(field: str, what: str, value: Any) -> ValueError:
+        shown = repr(value)
+        return ValueError(f"{where}: {field} {what}, not {shown[:60] + ('...' if len(shown) > 60 else '')}")
+
+    if not isinstance(meta, dict):
+        raise bad("the document", "must be a JSON object", meta)
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise bad("config", "must be an object (the training Config)", config)
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= MAX_IMAGE_SIZE:
+        raise bad("config.image_size", f"must be an integer from 32 to {MAX_IMAGE_SIZE}", size)
+    if config.get("resize_policy") not in RESIZE_POLICIES:
+        raise bad("config.resize_policy", f"must be one of {RESIZE_POLICIES}", config.get("resize_policy"))
+    batch = config.get("batch_size")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096):
+        raise bad("config.batch_size", "must be null or an integer from 1 to 4096", batch)
+    threshold = meta.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or not 0.0 <= threshold <= 1.0:
+        raise bad("threshold", "must be a number from 0 to 1", threshold)
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n for n in names)):
+        raise bad("class_names", "must be a list of two names", names)
+    if meta.get("calibration") is not None and not isinstance(meta["calibration"], dict):
+        raise bad("calibration", "must be null or an object", meta["calibration"])
+    return meta
+
+
 def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     """Load a model saved by `save_model` (Keras safe mode) and its metadata. `directory`: the model folder
-    (holding model.keras and model.json) or its model.keras file. A wrong path or a file Keras cannot read raises
-    `cxr.UserError` saying what to pass.
+    (holding model.keras and model.json) or its model.keras file. A wrong path, a model.json that is not valid
+    (`check_model_meta`) or that does not fit the model (its input size), or a file Keras cannot read raises
+    `cxr.UserError` with one line saying what to pass; the full cause is chained (`--debug` shows it).
 
     Models saved before the augmentation moved out of the model (an "augment" Sequential of Keras Random* layers
     after "to_float") load as they are: those layers are identities at inference, so they predict the same.
     """
+    import zipfile
+
     from cxr import UserError
 
     path = Path(directory)
@@ -317,14 +361,27 @@ def load_model(directory: str | Path) -> tuple[keras.Model, dict[str, Any]]:
         if not (directory / f).is_file():
             raise UserError(f"{directory} is not a saved model folder ({f} missing): {hint}.")
     try:
-        meta = json.loads((directory / "model.json").read_text())
-        model = keras.saving.load_model(directory / "model.keras", safe_mode=True, compile=False)
-    except Exception as error:  # noqa: BLE001  (a damaged or foreign file: one clear line)
-        message = " ".join(str(error).split())[:200]
-        saved = ""
-        if isinstance(locals().get("meta"), dict):
-            saved = f"; saved with Keras {meta.get('keras_version', '?')}, backend {meta.get('backend', '?')}"
+        meta = check_model_meta(json.loads((directory / "model.json").read_text()), directory / "model.json")
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        what = str(error) if str(error).startswith(str(directory)) else \
+            f"{directory / 'model.json'} is not valid JSON ({' '.join(str(error).split())[:120]})"
+        raise UserError(f"{what}: the model's record is damaged or foreign; {hint}.") from error
+    keras_file = directory / "model.keras"
+    if not zipfile.is_zipfile(keras_file):
+        raise UserError(f"{keras_file} is damaged or incomplete ({keras_file.stat().st_size} bytes, not a Keras "
+                        f"archive; an interrupted copy?): copy it again or retrain; {hint}.")
+    try:
+        model = keras.saving.load_model(keras_file, safe_mode=True, compile=False)
+    except Exception as error:  # noqa: BLE001  (a damaged or foreign file: one clear line, the cause chained)
+        message = " ".join(str(error).split())
+        short = message if len(message) <= 300 else message[:300] + " ... (--debug shows the whole message)"
+        saved = f"; saved with Keras {meta.get('keras_version', '?')}, backend {meta.get('backend', '?')}"
         raise UserError(f"cannot load the model in {directory} with Keras {keras.__version__} "
-                        f"({type(error).__name__}: {message}{saved}): {hint}, or retrain it with this version "
-                        "of cxr.") from None
+                        f"({type(error).__name__}: {short}{saved}): {hint}, or retrain it with this version "
+                        "of cxr.") from error
+    size = meta["config"]["image_size"]
+    shape = tuple(model.input_shape[1:3]) if model.input_shape and len(model.input_shape) == 4 else None
+    if shape is not None and None not in shape and shape != (size, size):
+        raise UserError(f"{directory / 'model.json'}: config.image_size {size} does not fit the model, whose input "
+                        f"is {shape[0]}x{shape[1]}: the record belongs to another model; {hint}.")
     return model, meta

@@ -60,13 +60,30 @@ class TaskOutcome:
     model_dir: Path  # the saved model folder (model.keras + model.json)
 
 
-def start_run(config: Config) -> Config:
-    """Resolve the machine-dependent settings ONCE (`train.resolve`: batch size, dtype policy), create the run
-    folder (`config.run_dir`) and write its config.json (the resolved Config). Returns the resolved Config, the
-    one every later step takes."""
-    from cxr import ensure_writable
+def lock_run(run_dir: str | Path) -> Path:
+    """Take the run folder for this process (`cxr.io.lock_folder`: held until the process ends) and remove what a
+    killed earlier run left there (temporary files and model folders of interrupted atomic writes). Another live
+    run writing the same folder is a `UserError` (one line; the CLI exits with 2): two runs never mix one folder."""
+    from cxr import UserError, ensure_writable
+    from cxr.io import FolderLocked, lock_folder, sweep_stale
 
-    ensure_writable(config.run_dir, "run folder")
+    run_dir = Path(run_dir)
+    ensure_writable(run_dir, "run folder")
+    try:
+        lock_folder(run_dir)
+    except FolderLocked as error:
+        raise UserError(str(error)) from None
+    # under the lock no other writer is alive: every temporary left here is a killed run's
+    for folder in [run_dir, *(d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith("."))]:
+        sweep_stale(folder, min_age_s=0.0)
+    return run_dir
+
+
+def start_run(config: Config) -> Config:
+    """Take the run folder (`lock_run`), resolve the machine-dependent settings ONCE (`train.resolve`: batch size,
+    dtype policy) and write the folder's config.json (the resolved Config). Returns the resolved Config, the one
+    every later step takes."""
+    lock_run(config.run_dir)
     config = train.resolve(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     config.save(config.run_dir / "config.json")

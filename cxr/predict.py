@@ -32,9 +32,10 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
     from cxr import data, evaluate, model as cxr_model, train
     from cxr.config import Config
 
-    model, meta = cxr_model.load_model(model_folder(model_dir))
+    model, meta = cxr_model.load_model(model_folder(model_dir))  # model.json checked against the model
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
-    batch_size = int(meta["config"].get("batch_size") or train.resolve(Config()).batch_size)
+    # the batch size the model was trained with; a record without one (auto) is resolved from its own Config
+    batch_size = meta["config"].get("batch_size") or train.resolve(Config.from_dict(meta["config"])).batch_size
     threshold, names = float(meta["threshold"]), list(meta["class_names"])
     results: list[dict[str, Any]] = []
     images, ok = [], []
@@ -63,12 +64,33 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
         out.mkdir(parents=True, exist_ok=True)
         called = (probs >= threshold).astype(int)
         cams = explain.grad_cam(model, batch, target_class=called, batch_size=batch_size)
-        for i, image, cam, c in zip(ok, batch[..., 0], cams, called):
+        targets = overlay_names([results[i]["path"] for i in ok])
+        for i, image, cam, c, name in zip(ok, batch[..., 0], cams, called, targets):
             r = results[i]
             fig = plots.overlay_figure(image, cam, title=f"{Path(r['path']).name}: P({names[1]}) = "
                                                           f"{r['probability']:.3f}, called {names[c]}",
                                        label=f"Grad-CAM: evidence for {names[c]}\n(this image's maximum = 1)")
-            target = out / (Path(r["path"]).stem + "_gradcam.png")
+            target = out / name
             plots.save_figure(fig, target)
             r["gradcam"] = str(target)
     return results
+
+
+def overlay_names(paths: list[str | Path]) -> list[str]:
+    """One Grad-CAM file name per input, never two alike: `<stem>_gradcam.png`, and where stems repeat (a.png and
+    a.jpg, or two folders' 1.dcm) the parent folders are prefixed until they differ, then a counter."""
+    paths = [Path(p) for p in paths]
+    names = [p.stem for p in paths]
+    depth = 0
+    while len(set(names)) < len(names) and depth < 8:
+        depth += 1
+        counts = {n: names.count(n) for n in names}
+        names = ["__".join([q for q in p.parent.parts[-depth:] if q.strip("/\\.")] + [p.stem])
+                 if counts[n] > 1 else n for p, n in zip(paths, names)]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(f"{n}{'' if k == 0 else f'-{k + 1}'}_gradcam.png")
+    return out

@@ -17,7 +17,49 @@ import pandas as pd
 from cxr import distribute
 from cxr.config import Config
 
-CPU_BATCH, GPU_BATCH_PER_DEVICE = 32, 128
+CPU_BATCH, GPU_BATCH_PER_DEVICE = 32, 128  # the GPU figure when the card's memory is unknown
+
+# The GPU presets, resolved from the card the backend sees (`gpu_preset`): (least memory in GiB, batch per device).
+# The recipe is the same everywhere; only the step's batch and the dtype change. A 16 GB T4 or P100 (Kaggle, Colab)
+# takes 64 images of 224 px per step with the whole EfficientNet-Lite0 unfrozen, an 80 GB H100 256.
+GPU_PROFILES = ((40.0, 256), (20.0, 128), (0.0, 64))
+# cards without bfloat16 units (before Ampere): mixed_float16 there (Keras adds loss scaling), bfloat16 elsewhere
+NO_BFLOAT16 = r"(^|[^A-Z0-9])(T4|P100|P40|P4|V100|K80|K40|M60|TITAN [VX]|RTX 20\d\d|GTX)([^0-9]|$)"
+
+
+def gpu_preset(name: str | None, memory_gib: float | None) -> dict[str, Any]:
+    """The GPU preset of a card: its batch per device (by memory, `GPU_PROFILES`; from a size in the name such as
+    "80GB" when the backend tells none; `GPU_BATCH_PER_DEVICE` when neither) and its dtype ("float16" on cards
+    without bfloat16, `NO_BFLOAT16`; "on", i.e. bfloat16, otherwise)."""
+    import re
+
+    text = (name or "").upper()
+    if memory_gib is None:
+        found = re.search(r"(\d+)\s*GB", text)
+        memory_gib = float(found.group(1)) if found else None
+    batch = GPU_BATCH_PER_DEVICE if memory_gib is None else next(b for gib, b in GPU_PROFILES if memory_gib >= gib)
+    old = re.search(NO_BFLOAT16, text) is not None
+    return {"batch_per_device": batch, "mixed_precision": "float16" if old else "on", "gpu": name,
+            "memory_gib": memory_gib}
+
+
+def _gpu_memory_gib() -> float | None:
+    """Memory of the first GPU in GiB as the backend reports it (JAX, torch), or None."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            limit = (gpus[0].memory_stats() or {}).get("bytes_limit") if gpus else None
+            return limit / 2**30 if limit else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001  (a hint for the preset, not a requirement)
+        return None
+    return None
 
 
 def accelerator() -> str:
@@ -44,8 +86,8 @@ def precision_policy(config: Config) -> str:
     `config.mixed_precision` is "auto", or always when "on"; "float32" otherwise (CPU: bfloat16 is slow there)."""
     wanted = config.mixed_precision
     if wanted == "auto":
-        wanted = "on" if accelerator() != "cpu" else "off"
-    return "mixed_bfloat16" if wanted == "on" else "float32"
+        wanted = gpu_preset(_gpu_name(), _gpu_memory_gib())["mixed_precision"] if accelerator() != "cpu" else "off"
+    return {"on": "mixed_bfloat16", "float16": "mixed_float16"}.get(wanted, "float32")
 
 
 def setup_precision(config: Config) -> str:
@@ -72,19 +114,20 @@ def resolve(config: Config) -> Config:
     (training, scoring, Grad-CAM, predict; `batch_size`) and the dtype policy (`mixed_precision` "on" or "off").
     The run folder's config.json and each model.json record the resolved values."""
     dist = data_parallel()
-    precision = "on" if precision_policy(config) == "mixed_bfloat16" else "off"
+    precision = {"mixed_bfloat16": "on", "mixed_float16": "float16"}.get(precision_policy(config), "off")
     return config.replace(batch_size=batch_size(config, distribute.device_count(dist)), mixed_precision=precision)
 
 
 def batch_size(config: Config, n_devices: int = 1) -> int:
     """The batch size of every step (training, scoring, prediction) of a run: `config.batch_size`, or, when it
-    is None, 32 on a CPU and 128 per GPU. It must be a multiple of the device count (data parallel)."""
+    is None, 32 on a CPU and the GPU preset's batch per device (`gpu_preset`) times the devices. It must be a
+    multiple of the device count (data parallel)."""
     if config.batch_size is not None:
         size = int(config.batch_size)
     elif accelerator() == "cpu":
         size = CPU_BATCH * n_devices
     else:
-        size = GPU_BATCH_PER_DEVICE * n_devices
+        size = gpu_preset(_gpu_name(), _gpu_memory_gib())["batch_per_device"] * n_devices
     if size % n_devices:
         raise ValueError(f"batch_size {size} is not a multiple of the {n_devices} devices")
     return size
