@@ -60,6 +60,9 @@ class Config:
     resize_policy: str = "squash"  # "squash" (stretch to a square) or "letterbox" (pad to a square)
     n_folds: int = 4  # the training children are split into this many patient-grouped folds (cross-validation)
     split_seed: int = 42  # the folds (and the smoke-mode cap); separate from the training seed
+    fold_scheme: str = "random"  # how the training children are cut into folds: "random" (StratifiedGroupKFold
+    # seeded by split_seed) or "blocks" (contiguous ID blocks of every file-name family, periods of time, as the
+    # official test is cut: `cxr.data.split.block_folds`)
     # Kaggle file names reuse patient ids in train and test: drop training images whose id is also in the official
     # test (the test is never changed), so that no patient id appears in two splits.
     exclude_test_patients: bool = True
@@ -177,6 +180,8 @@ class Config:
             raise ValueError("threshold_policy 'calibrated' needs a calibration ('platt' or 'temperature')")
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, not {self.n_folds!r}")
+        if self.fold_scheme not in ("random", "blocks"):
+            raise ValueError(f"fold_scheme must be 'random' or 'blocks', not {self.fold_scheme!r}")
         unknown = sorted(set(self.finetune_tasks) - set(TASKS))
         if isinstance(self.finetune_tasks, str) or unknown:
             raise ValueError(f"finetune_tasks must be a tuple of task names from {sorted(TASKS)}, not "

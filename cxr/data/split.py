@@ -1,11 +1,14 @@
 """The patient-level split: the official test is kept as it is; the training children (official train + val) are
 split into `n_folds` cross-validation folds, grouped by child, by identical bytes and by near-duplicate images
-(connected components), stratified by subtype. Training images that are copies (byte-identical or near
-duplicates) of a test image, or (optionally) carry a test child's id, are excluded. Also the leakage check, the
-per-class cap of the smoke mode and the summary tables."""
+(connected components), stratified by subtype (the "random" scheme) or in contiguous ID blocks of every file-name
+family, periods of time as the official test is cut (the "blocks" scheme). Training images that are copies
+(byte-identical or near duplicates) of a test image, or (optionally) carry a test child's id, are excluded. Also
+the leakage check, the per-class cap of the smoke mode and the summary tables."""
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,12 @@ TEST_PATIENT = "patient id also in the official test"
 TEST_COPY = "byte-identical to an official test image"
 TEST_NEAR_COPY = "near duplicate of an official test image"
 NO_FOLD = -1  # the `fold` of test and excluded rows
+FOLD_SCHEMES = ("random", "blocks")  # `split_by_patient(scheme=...)`, `Config.fold_scheme`
+FAMILIES = ("IM", "NORMAL2-IM", "bacteria", "virus")  # the file-name families of the archive (`id_family`)
+OTHER = "other"  # the family of a file name outside them
+_NORMAL2 = re.compile(r"^NORMAL2-IM-(\d+)-", re.IGNORECASE)
+_IM = re.compile(r"^IM-(\d+)-", re.IGNORECASE)
+_PERSON = re.compile(r"^person(\d+)_(bacteria|virus)", re.IGNORECASE)
 
 
 def split_summary(index: pd.DataFrame, by: str = "split") -> pd.DataFrame:
@@ -96,13 +105,109 @@ def check_no_leakage(index: pd.DataFrame, patients_vs_test: bool = False, near: 
                              f"{kept['path'].iloc[pairs[apart][0, 0]]}")
 
 
+def id_family(path: str) -> tuple[str, int]:
+    """(family, ID number) of an image from its file name: `IM-0115-0001.jpeg` -> ("IM", 115),
+    `NORMAL2-IM-0102-0001.jpeg` -> ("NORMAL2-IM", 102), `person1000_bacteria_2931.jpeg` -> ("bacteria", 1000),
+    `person1000_virus_1681.jpeg` -> ("virus", 1000); any other name -> ("other", -1). The ID numbers of a family
+    follow acquisition time, and the official test is made of whole ID blocks of every family."""
+    name = Path(str(path)).name
+    for family, pattern in (("NORMAL2-IM", _NORMAL2), ("IM", _IM)):
+        match = pattern.match(name)
+        if match:
+            return family, int(match.group(1))
+    match = _PERSON.match(name)
+    if match:
+        return match.group(2).lower(), int(match.group(1))
+    return OTHER, -1
+
+
+def _contiguous_cut(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Fold 0..k-1 of each of n >= k items in their order: k contiguous, non-empty runs whose sums (images) are
+    as close to equal as the cut points allow (each cut at the item boundary nearest to j/k of the total)."""
+    n = len(sizes)
+    cumulative = np.cumsum(sizes)
+    before = cumulative[:-1]  # images before the boundary b = 1..n-1
+    cuts = [1 + int(np.argmin(np.abs(before - j * cumulative[-1] / k))) for j in range(1, k)]
+    for j in range(len(cuts)):  # strictly increasing, every run non-empty
+        cuts[j] = max(cuts[j], (cuts[j - 1] if j else 0) + 1)
+    for j in reversed(range(len(cuts))):
+        cuts[j] = min(cuts[j], (cuts[j + 1] if j + 1 < len(cuts) else n) - 1)
+    return np.searchsorted(np.asarray(cuts, np.int64), np.arange(n), side="right")
+
+
+def block_folds(pool: pd.DataFrame, groups: np.ndarray, n_folds: int) -> np.ndarray:
+    """Fold 0..n_folds-1 of each row of `pool` (needs `path`) in contiguous ID blocks, as the official test is cut:
+    within each file-name family (`id_family`), the groups (`groups`, one integer per row: children with their
+    byte copies and near duplicates, `_group_ids`) are sorted by their smallest ID number and cut into `n_folds`
+    contiguous runs of about equal image counts, so fold f is the f-th period of time of every family (fold 0 the
+    earliest IDs). A group spanning families goes with the family of its first member (by path). A family with
+    fewer groups than folds gives one group to each of the least-filled folds, in ID order; groups of other
+    file names are dealt, largest first, to the least-filled fold. Deterministic and independent of row order."""
+    groups = np.asarray(groups)
+    if len(groups) != len(pool):
+        raise ValueError(f"groups has {len(groups)} entries for {len(pool)} rows")
+    if n_folds < 1:
+        raise ValueError(f"n_folds must be at least 1, not {n_folds!r}")
+    if not len(pool):
+        return np.zeros(0, np.int64)
+    paths = pool["path"].astype(str).to_numpy()
+    family, number = zip(*(id_family(p) for p in paths))
+    rows = pd.DataFrame({"group": groups, "path": paths, "family": family, "number": number})
+    rows = rows.sort_values(["path", "group"], kind="stable")
+    head = rows.drop_duplicates("group").set_index("group")  # the first member (by path) of each group
+    own = rows[rows["family"].to_numpy() == head.loc[rows["group"], "family"].to_numpy()]
+    table = pd.DataFrame({"family": head["family"], "first_path": head["path"],
+                          "start": own.groupby("group")["number"].min().reindex(head.index),
+                          "images": rows.groupby("group").size().reindex(head.index)})
+    fold = pd.Series(NO_FOLD, index=table.index, dtype=np.int64)
+    load = np.zeros(n_folds, np.int64)
+    ordered = {f: table[table["family"] == f].sort_values(["start", "first_path"]) for f in FAMILIES}
+    big = [f for f in FAMILIES if len(ordered[f]) >= n_folds]
+    small = [f for f in FAMILIES if 0 < len(ordered[f]) < n_folds]
+    for f in big:
+        sizes = ordered[f]["images"].to_numpy()
+        cut = _contiguous_cut(sizes, n_folds)
+        fold[ordered[f].index] = cut
+        load += np.bincount(cut, weights=sizes, minlength=n_folds).astype(np.int64)
+    for f in small:
+        chosen = np.sort(np.argsort(load, kind="stable")[:len(ordered[f])])
+        fold[ordered[f].index] = chosen
+        load[chosen] += ordered[f]["images"].to_numpy()
+    others = table[table["family"] == OTHER].sort_values(["images", "first_path"], ascending=[False, True])
+    for g, size in others["images"].items():
+        f = int(np.argmin(load))
+        fold[g] = f
+        load[f] += size
+    return fold.loc[groups].to_numpy()
+
+
+def fold_blocks(index: pd.DataFrame) -> pd.DataFrame:
+    """Per fold and file-name family (`id_family`) of the training rows of a split index (`split_by_patient`):
+    the ID range (`first_id`, `last_id`; empty for "other"), `images` and `children`. With the "blocks" scheme
+    each fold is one contiguous ID range of every family."""
+    if "fold" not in index or "split" not in index:
+        raise ValueError("fold_blocks needs a split index (the `split` and `fold` columns of split_by_patient)")
+    train = index[index["split"].eq("train")]
+    family, number = zip(*(id_family(p) for p in train["path"])) if len(train) else ((), ())
+    rows = pd.DataFrame({"fold": train["fold"].astype(int).to_numpy(),
+                         "family": pd.Categorical(family, categories=[*FAMILIES, OTHER]),
+                         "number": pd.array(number, dtype="Int64"), "patient_id": train["patient_id"].to_numpy()})
+    rows.loc[rows["family"] == OTHER, "number"] = pd.NA
+    table = rows.groupby(["fold", "family"], observed=True).agg(
+        first_id=("number", "min"), last_id=("number", "max"), images=("patient_id", "size"),
+        children=("patient_id", "nunique"))
+    return table.sort_index()
+
+
 def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_patients: bool = False,
-                     near: pd.DataFrame | None = None) -> pd.DataFrame:
+                     near: pd.DataFrame | None = None, scheme: str = "random") -> pd.DataFrame:
     """Add `split` (train/test/excluded), `fold` (0..k-1 for training rows, -1 otherwise) and `excluded_reason`
     (empty unless excluded): the official test is kept as it is; the official train + val become the training
     children, assigned to `n_folds` folds grouped by patient id, identical sha1 and near-duplicate pairs (`near`:
-    paths, from `cxr.data.audit.near_duplicate_pairs`), stratified by subtype (so by label too), with
-    scikit-learn's StratifiedGroupKFold seeded by `seed`.
+    paths, from `cxr.data.audit.near_duplicate_pairs`). `scheme` "random": stratified by subtype (so by label
+    too), with scikit-learn's StratifiedGroupKFold seeded by `seed`; "blocks": contiguous ID blocks of every
+    file-name family, as the official test is cut (`block_folds`; `seed` unused), so that a held-out fold is a
+    period of time apart from the others, as the test is.
 
     Every row is kept (the index is the inventory of what was found). Training images byte-identical to, or near
     duplicates of, a test image are `excluded`; so are training images whose patient id is also in the official
@@ -112,6 +217,8 @@ def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_pat
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if scheme not in FOLD_SCHEMES:
+        raise ValueError(f"unknown fold scheme {scheme!r}; choose one of {FOLD_SCHEMES}")
     index = index.sort_values("path", ignore_index=True).copy()
     is_test = index["official_split"].eq("test")
     reason = pd.Series("", index=index.index, dtype=object)
@@ -156,17 +263,20 @@ def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_pat
             "official train/val folders; at least 2 children with 2 images of one class are needed (in practice, "
             "10 or more children per class): add images to train/NORMAL and train/PNEUMONIA.")
     k = int(min(n_folds, n_groups))
-    if (counts < k).all():  # scikit-learn needs n_splits <= the largest class
+    if scheme == "random" and (counts < k).all():  # scikit-learn needs n_splits <= the largest class
         k = int(counts.max())
     if k < n_folds:
         print(f"Note: only {len(pool)} training images ({n_groups} children, largest class {counts.idxmax()} with "
               f"{counts.max()}): {k} cross-validation folds instead of {n_folds}.")
-    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    fold = np.full(len(pool), NO_FOLD)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny data
-        for f, (_, held_out) in enumerate(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups)):
-            fold[held_out] = f
+    if scheme == "blocks":
+        fold = block_folds(pool, groups, k)
+    else:
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        fold = np.full(len(pool), NO_FOLD)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny data
+            for f, (_, held_out) in enumerate(folds.split(np.zeros(len(pool)), pool["subtype"].to_numpy(), groups)):
+                fold[held_out] = f
     kept.loc[pool.index, "fold"] = fold
     for label in sorted(set(pool["label"])):
         short = [f for f in range(k) if not (kept["fold"].eq(f) & kept["label"].eq(label)).any()]
