@@ -142,7 +142,9 @@ def block_folds(pool: pd.DataFrame, groups: np.ndarray, n_folds: int) -> np.ndar
     contiguous runs of about equal image counts, so fold f is the f-th period of time of every family (fold 0 the
     earliest IDs). A group spanning families goes with the family of its first member (by path). A family with
     fewer groups than folds gives one group to each of the least-filled folds, in ID order; groups of other
-    file names are dealt, largest first, to the least-filled fold. Deterministic and independent of row order."""
+    file names are dealt, largest first, to the least-filled fold. Deterministic and independent of row order.
+    A copy linking two children far apart in ID puts the later child's images inside the earlier one's block
+    (the group is never split), so that family's ranges then overlap by those images."""
     groups = np.asarray(groups)
     if len(groups) != len(pool):
         raise ValueError(f"groups has {len(groups)} entries for {len(pool)} rows")
