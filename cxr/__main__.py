@@ -40,9 +40,14 @@ def _check_backbone(config) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from cxr.data import index_source
+    """Index a zip or folder, or any source `train --source` takes ("kaggle": the Kaggle download), resolved by
+    `cxr.data.resolve_source` as the other commands do."""
+    from cxr.data import index_source, resolve_source
 
-    index_source(_config(args), args.source, args.out)
+    config = _config(args)
+    ensure_writable(Path(args.out).parent, "index folder")  # before any download
+    source = resolve_source(args.source, config.data_dir)
+    index_source(config, source, args.out)
     return 0
 
 

@@ -241,8 +241,12 @@ def test_bad_input_gets_one_clear_line(name, cli, tmp_path, monkeypatch):
     if name == "kaggle credentials refused":
         monkeypatch.setenv("KAGGLE_USERNAME", "someone")
         monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-key-value")
-        calls = fake_kaggle(monkeypatch, RuntimeError("401 Client Error: Unauthorized for user someone "
-                                                      "key s3cr3t-key-value"))
+        import requests  # what the kaggle 2.x client raises: an HTTPError with the response (refusal by status)
+
+        refusal = requests.Response()
+        refusal.status_code = 401
+        calls = fake_kaggle(monkeypatch, requests.HTTPError("401 Client Error: Unauthorized for user someone "
+                                                            "key s3cr3t-key-value", response=refusal))
     before = set(written(tmp_path))
     code, out, err = cli(*args)
     lines = err.strip().splitlines()

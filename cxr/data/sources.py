@@ -405,9 +405,9 @@ def download(dest: str | Path, force: bool = False) -> Path:
         return zip_path
     where = kaggle_credentials()
     if where is None:
-        raise DataUnavailable("No Kaggle credentials found: set KAGGLE_API_TOKEN (or save the token as "
-                              "~/.kaggle/access_token, or a kaggle.json as ~/.kaggle/kaggle.json), or download the "
-                              "archive by hand and set CXR_DATA=/path/to/archive.zip.\n" + HOW_TO_GET_DATA)
+        raise DataUnavailable("No Kaggle credentials found: save an API token as ~/.kaggle/access_token or set "
+                              "KAGGLE_API_TOKEN (or save a legacy ~/.kaggle/kaggle.json), or download the archive by "
+                              "hand and set CXR_DATA=/path/to/archive.zip.\n" + HOW_TO_GET_DATA)
     hub = _kagglehub() if _in_colab() else None
     client = None if hub is not None else _kaggle_client(where)
     if client is None:
