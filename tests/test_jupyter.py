@@ -181,3 +181,55 @@ def test_notebook_first_cells_run_in_a_jupyter_server_kernel(jupyter_server, tmp
     for result in results:
         assert not [m for m in result["iopub"] if m["msg_type"] == "error"]
     assert (tmp_path / "run" / "figures" / "class_balance.png").stat().st_size > 1000
+
+
+SLUG = r"([A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)"
+BADGE_LINKS = (rf"https://colab\.research\.google\.com/github/{SLUG}/blob/([\w.\-]+)/notebook\.ipynb",
+               rf"https://kaggle\.com/kernels/welcome\?src=https://github\.com/{SLUG}/blob/([\w.\-]+)/notebook\.ipynb")
+
+
+def test_colab_and_kaggle_links_and_repo_url_name_one_repository():
+    """The README's badges, the notebook's badges and the setup cell's REPO_URL point at the same repository."""
+    import re
+
+    nb = json.loads(NOTEBOOK.read_text())
+    title = "".join(nb["cells"][0]["source"])
+    setup = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+    readme = (REPO / "README.md").read_text()
+    found = set()
+    for text in (readme, title):
+        for pattern in BADGE_LINKS:
+            links = re.findall(pattern, text)
+            assert links, (pattern, text[:200])
+            found |= set(links)
+    url = re.match(rf'REPO_URL = "https://github\.com/{SLUG}"', setup)
+    assert url, setup[:200]
+    assert {slug for slug, _ in found} == {url.group(1)} and len({branch for _, branch in found}) == 1
+    assert "open-in-kaggle.svg" in title and "colab-badge.svg" in title
+
+
+def _run_setup_cell(tmp_path, repo_url: str | None = None) -> subprocess.CompletedProcess:
+    """The notebook's first code cell in a fresh interpreter in tmp_path where `cxr` cannot be found (as on a fresh
+    Colab or Kaggle session), REPO_URL optionally replaced."""
+    nb = json.loads(NOTEBOOK.read_text())
+    source = "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+    if repo_url is not None:
+        source = source.replace('REPO_URL = "https://github.com/OWNER/REPO"', f"REPO_URL = {repo_url!r}", 1)
+    harness = "import sys\nsys.modules['cxr'] = None  # importlib.util.find_spec('cxr') is then None\n" + source
+    env = {k: v for k, v in os.environ.items() if k not in ("CXR_DATA",)}
+    return subprocess.run([sys.executable, "-c", harness], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_setup_cell_without_cxr_and_the_placeholder_url_says_what_to_set(tmp_path):
+    done = _run_setup_cell(tmp_path)
+    assert done.returncode == 1
+    assert "RuntimeError: cxr is not installed: set REPO_URL at the top of this cell" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing cloned, nothing installed
+
+
+def test_setup_cell_without_cxr_reports_a_failed_clone(tmp_path):
+    """A REPO_URL that cannot be cloned stops the cell (git's own message), before any pip install."""
+    done = _run_setup_cell(tmp_path, repo_url=str(tmp_path / "no-such-repo"))
+    assert done.returncode == 1 and "CalledProcessError" in done.stderr and "git" in done.stderr
+    assert "pip" not in done.stderr.split("CalledProcessError", 1)[1]
