@@ -381,6 +381,25 @@ def test_killed_download_is_resumed(fake, home, tmp_path, capsys):
     assert sources.download(data) == zip_path  # verified: reused
 
 
+def test_a_second_download_into_the_same_folder_is_refused(fake, home, tmp_path, capsys):
+    access_token(home)
+    data = tmp_path / "data"
+    lock = data / sources.PARTIAL_DIR / ".lock"
+    lock.parent.mkdir(parents=True)
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused(capsys, lambda: sources.download(data), "Another process is downloading")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert fake_kaggle.STORAGE not in fake.paths()
+    assert sources.download(data).read_bytes() == ARCHIVE  # once the other process is gone
+    assert data_left(data) == [sources.KAGGLE_ZIP_NAME, sources.KAGGLE_ZIP_NAME + ".json"]
+
+
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m cxr ...` in a fresh process (so the client is imported there, under the test's environment)."""
     return subprocess.run([sys.executable, "-m", "cxr", *args], cwd=tmp_path, env=dict(os.environ),

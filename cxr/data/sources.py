@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 
 from cxr import UserError, progress
 from cxr.config import KAGGLE_DATASET, OFFICIAL_SPLITS
-from cxr.io import atomic_folder, atomic_write_text
+from cxr.io import FolderLocked, atomic_folder, atomic_write_text, lock_folder, unlock_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # cxr/
 REPO_ROOT = PACKAGE_DIR.parent
@@ -387,6 +387,27 @@ def _kagglehub_download(kagglehub, where: str) -> Path:
     return folder
 
 
+def _download_into(api, partial: Path, where: str) -> None:
+    """Download (or continue) the zip at `partial` and check it; a failure keeps the partial only when the client
+    can resume it, and is one `DataUnavailable` line."""
+    resuming = _resumable(partial)
+    print(f"Data: downloading {KAGGLE_DATASET} from Kaggle (about 1.2 GB) into {_display_path(partial.parent.parent)}"
+          + (f", resuming the partial download ({_size(partial.stat().st_size)})" if resuming else "") + " ...")
+    try:
+        with _client_output(_ClientNotices(), stderr=False):  # the progress bar (stderr) stays
+            _client_download(api, partial)
+    except (Exception, SystemExit) as error:  # noqa: BLE001  (network, auth, disk: one clear message)
+        if _resumable(partial):
+            kept = f"; {_size(partial.stat().st_size)} kept in {_display_path(partial.parent)} to resume"
+        else:
+            kept = ""
+            shutil.rmtree(partial.parent, ignore_errors=True)
+        if isinstance(error, SystemExit):
+            raise _refused(where) from None
+        raise _failure(error, where, kept) from None
+    _check_download(partial)
+
+
 def download(dest: str | Path, force: bool = False) -> Path:
     """Download the Kaggle dataset into folder `dest` and return the zip (or kagglehub's folder).
 
@@ -420,27 +441,19 @@ def download(dest: str | Path, force: bool = False) -> Path:
     api = client()
     _authenticate(api, where)
     partial = dest / PARTIAL_DIR / KAGGLE_ZIP_NAME
-    resuming = _resumable(partial)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    print(f"Data: downloading {KAGGLE_DATASET} from Kaggle (about 1.2 GB) into {_display_path(dest)}"
-          + (f", resuming the partial download ({_size(partial.stat().st_size)})" if resuming else "") + " ...")
     try:
-        with _client_output(_ClientNotices(), stderr=False):  # the progress bar (stderr) stays
-            _client_download(api, partial)
-    except (Exception, SystemExit) as error:  # noqa: BLE001  (network, auth, disk: one clear message)
-        if _resumable(partial):
-            kept = f"; {_size(partial.stat().st_size)} kept in {_display_path(partial.parent)} to resume"
-        else:
-            kept = ""
-            shutil.rmtree(partial.parent, ignore_errors=True)
-        if isinstance(error, SystemExit):
-            raise _refused(where) from None
-        raise _failure(error, where, kept) from None
-    _check_download(partial)
-    os.replace(partial, zip_path)
-    atomic_write_text(_download_marker(zip_path),
-                      json.dumps({"dataset": KAGGLE_DATASET, "size": zip_path.stat().st_size}))
-    shutil.rmtree(partial.parent, ignore_errors=True)
+        lock_folder(partial.parent)  # one download into data/.download/ at a time (dropped if the process dies)
+    except FolderLocked:
+        raise DataUnavailable(f"Another process is downloading {KAGGLE_DATASET} into {_display_path(partial.parent)}: "
+                              "wait for it to end (or stop it), then run again.") from None
+    try:
+        _download_into(api, partial, where)
+        os.replace(partial, zip_path)
+        atomic_write_text(_download_marker(zip_path),
+                          json.dumps({"dataset": KAGGLE_DATASET, "size": zip_path.stat().st_size}))
+        shutil.rmtree(partial.parent, ignore_errors=True)
+    finally:
+        unlock_folder(partial.parent)
     print(f"Data: {_display_path(zip_path)} ({_size(zip_path.stat().st_size)}, Kaggle download)")
     return zip_path
 
