@@ -1,9 +1,14 @@
 """The process pool that indexing and image decoding share: chunks of work over a few processes, in order,
-with a live progress bar in interactive sessions only."""
+with a live progress bar in interactive sessions only. Workers end with the process that started them (a killed
+build leaves no orphans)."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any, Callable, Iterator
@@ -25,6 +30,31 @@ def _mp_context():
     return get_context("fork" if sys.platform == "linux" and not heavy else "spawn")
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker as soon as its parent process dies, even by SIGKILL. Linux: the kernel
+    sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread polls the parent's id every second."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
 def parallel_map(fn: Callable[[list], Any], items: list, workers: int | None, desc: str,
                  chunk: int = 32) -> Iterator[Any]:
     """Yield fn(chunk) for consecutive chunks of `items`, in order, over a process pool, with a progress bar.
@@ -39,7 +69,8 @@ def parallel_map(fn: Callable[[list], Any], items: list, workers: int | None, de
                 bar.update(len(part))
                 yield result
             return
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context()) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context(),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             for part, result in zip(chunks, pool.map(fn, chunks)):
                 bar.update(len(part))
                 yield result
