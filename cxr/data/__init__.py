@@ -25,15 +25,16 @@ import pandas as pd
 
 from cxr.config import SPLITS, Config, task as get_task
 from cxr.data import audit
-from cxr.data.images import build_cache, cache_is_valid, load_image, resize, to_grayscale  # noqa: F401
+from cxr.data.images import (MIN_SIDE, ImageRejected, build_cache, cache_is_valid, is_dicom,  # noqa: F401
+                             load_image, min_side, read_image, resize, to_grayscale)
 from cxr.data.index import (INDEX_COLUMNS, KAGGLE_COUNTS, build_index, cached_index, check_counts,  # noqa: F401
-                            count_table, patient_id, subtype_of)
+                            count_table, patient_id, read_checked_csv, subtype_of,
+                            write_checked_csv)
 from cxr.data.sources import (HOW_TO_GET_DATA, KAGGLE_ZIP_NAME, SAMPLE_ZIP, SHARED_ZIP_NAME, DataUnavailable,  # noqa: F401
                               check_source, download, extract, find_root, kaggle_credentials, raw_sample_dir,
                               resolve_source)
 from cxr.data.split import (EXCLUDED, NO_FOLD, cap_per_class, check_no_leakage, exclusion_summary,  # noqa: F401
                             mark_excluded, split_by_patient, split_summary)
-from cxr.io import atomic_write_csv
 
 
 NEAR_COLUMNS = ["a", "b", "path_a", "path_b", "distance", "byte_identical"]
@@ -173,8 +174,8 @@ def prepare(config: Config, workers: int | None = None, verbose: bool = True,
         print(describe(inventory, skipped, max_skipped=20))
     # the cache holds the study's rows only, in path order
     images = build_cache(kept, root, config.image_size, config.resize_policy, data_dir / "cache", workers=workers)
-    atomic_write_csv(data_dir / "skipped.csv", skipped)
-    atomic_write_csv(data_dir / "index.csv", inventory)
+    write_checked_csv(data_dir / "skipped.csv", skipped)  # each with its record (rows, sha256): read_checked_csv
+    write_checked_csv(data_dir / "index.csv", inventory)
     return Prepared(index=kept, skipped=skipped, images=images, root=root, source=source,
                     excluded=inventory[~is_kept].reset_index(drop=True), near_duplicates=near)
 
@@ -215,7 +216,8 @@ def check_trainable(index: pd.DataFrame, tasks: list[str] | tuple[str, ...]) -> 
 
 def index_source(config: Config, source: str | Path, out: str | Path, workers: int | None = None) -> pd.DataFrame:
     """Index a zip or folder, split it as `config` says, print what was found and write `out` (every readable
-    image, the excluded ones with their reason) and `<out stem>-skipped.csv`. Bad input raises `DataUnavailable`
+    image, the excluded ones with their reason) and `<out stem>-skipped.csv`, each with its checksum record
+    `<name>.json` (rows, sha256; read them back with `read_checked_csv`). Bad input raises `DataUnavailable`
     (one line) before anything is written. Returns the index."""
     from cxr import ensure_writable
 
@@ -231,8 +233,8 @@ def index_source(config: Config, source: str | Path, out: str | Path, workers: i
     _check_not_empty(index, skipped, root)
     index, _ = _split(config, index)
     skipped_out = out.with_name(out.stem + "-skipped.csv")
-    atomic_write_csv(skipped_out, skipped)
-    atomic_write_csv(out, index)
+    write_checked_csv(skipped_out, skipped)  # each with its record `<name>.json` (rows, sha256): read_checked_csv
+    write_checked_csv(out, index)
     print(f"dataset root: {root}")
     print(describe(index, skipped, max_skipped=len(skipped)))
     print(f"wrote {out} ({len(index)} rows, {int(index['split'].eq(EXCLUDED).sum())} excluded) and {skipped_out} "

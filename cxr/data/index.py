@@ -1,10 +1,12 @@
 """The index: one row per decodable image (path, official split, label, subtype, patient id, size, mode, format,
 sha1, perceptual hash), every other file listed with the reason it was skipped, and the count check against the
-Kaggle archive."""
+Kaggle archive. Index files are written with a sidecar record (row count, sha256) and verified when read back: a cut
+or changed index is never used as if it were whole."""
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -15,10 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 from cxr.config import CLASS_NAMES, OFFICIAL_SPLITS
 from cxr.data.audit import perceptual_hash
-from cxr.data.images import to_grayscale
+from cxr.data.images import DICOM_SUFFIXES, ImageRejected, read_image
 from cxr.data.parallel import parallel_map
-from cxr.data.sources import INDEX_VERSION, _is_macosx
-from cxr.io import atomic_write_csv
+from cxr.data.sources import INDEX_VERSION, DataUnavailable, _is_macosx
+from cxr.io import atomic_write_bytes, atomic_write_text
 
 # Image counts of the Kaggle archive, per (official split, label).
 KAGGLE_COUNTS = {
@@ -32,7 +34,8 @@ KAGGLE_COUNTS = {
 INDEX_COLUMNS = ["path", "official_split", "label", "subtype", "patient_id", "width", "height", "mode", "format", "sha1",
                  "phash"]
 SKIPPED_COLUMNS = ["path", "reason"]
-IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", *DICOM_SUFFIXES}
+SCAN_FORMAT = "c"  # the cached scan's layout: "c" = with its checksum records (part of the file names)
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)", re.IGNORECASE)
@@ -68,8 +71,9 @@ def subtype_of(filename: str, label: str) -> str:
 
 
 def _inspect_file(abs_path: str) -> dict[str, Any]:
-    """sha1, size, mode and perceptual hash of one file, fully decoded to catch corrupt and truncated images; or a
-    skip reason."""
+    """sha1, size (as displayed), mode, format and perceptual hash of one file, fully decoded by `read_image` (the
+    decoder training and prediction use: EXIF orientation, DICOM, the checks of `ImageRejected`) to catch corrupt,
+    truncated and unusable images; or a skip reason."""
     suffix = Path(abs_path).suffix.lower()
     try:
         data = Path(abs_path).read_bytes()
@@ -78,12 +82,10 @@ def _inspect_file(abs_path: str) -> dict[str, Any]:
     if not data:
         return {"reason": "empty file"}
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height, mode, fmt = img.width, img.height, img.mode, img.format
-            if fmt == "JPEG":
-                img.draft(img.mode if img.mode != "RGB" else "L", (64, 64))  # decodes every block, faster
-            img.load()
-            phash = perceptual_hash(to_grayscale(img))
+        gray, info = read_image(io.BytesIO(data), name=abs_path, draft=64)  # draft: decodes every block, faster
+        phash = perceptual_hash(gray)
+    except ImageRejected as error:
+        return {"reason": error.reason}
     except UnidentifiedImageError:
         if suffix in IMAGE_EXTENSIONS:
             return {"reason": f"corrupt: not a decodable image despite the {suffix} extension"}
@@ -91,8 +93,7 @@ def _inspect_file(abs_path: str) -> dict[str, Any]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
         return {"reason": f"{kind}: {error}"}
-    return {"width": width, "height": height, "mode": mode, "format": fmt, "sha1": hashlib.sha1(data).hexdigest(),
-            "phash": phash}
+    return {**info, "sha1": hashlib.sha1(data).hexdigest(), "phash": phash}
 
 
 def _inspect_chunk(paths: list[str]) -> list[dict[str, Any]]:
@@ -198,17 +199,64 @@ def _tree_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_checked_csv(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write `frame` as CSV (no index column) atomically, then its record `<name>.json` (row count and sha256 of
+    the bytes), which `read_checked_csv` verifies."""
+    path = Path(path)
+    payload = frame.to_csv(index=False).encode()
+    atomic_write_bytes(path, payload)
+    atomic_write_text(_record_path(path), json.dumps({"rows": int(len(frame)),
+                                                      "sha256": hashlib.sha256(payload).hexdigest()}) + "\n")
+    return path
+
+
+def read_checked_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV written by `write_checked_csv`, every value a string (empty for missing), after checking it against
+    its record: `DataUnavailable` (one line) when the file or its record is missing or they disagree (a file cut
+    at a line boundary has too few rows, one cut mid-line or edited does not match the checksum)."""
+    path = Path(path)
+    try:
+        record = json.loads(_record_path(path).read_text())
+        rows, checksum = int(record["rows"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataUnavailable(f"{path} has no readable checksum record ({_record_path(path).name}): write it again "
+                              "with the command that made it") from None
+    try:
+        payload = path.read_bytes()
+    except OSError as error:
+        raise DataUnavailable(f"cannot read {path} ({error}); write it again with the command that made it") from None
+    if hashlib.sha256(payload).hexdigest() != checksum:
+        lines = max(0, payload.count(b"\n") - 1)  # less the header
+        raise DataUnavailable(f"{path} does not match its checksum record (cut or changed since it was written: "
+                              f"{lines} lines of rows, the record says {rows} rows); write it again")
+    frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
+    if len(frame) != rows:
+        raise DataUnavailable(f"{path} has {len(frame)} rows, its checksum record says {rows}; write it again")
+    return frame
+
+
 def cached_index(root: str | Path, cache_dir: str | Path,
                  workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`build_index(root)`, reused from cache_dir while no file under root changed (size, mtime)."""
+    """`build_index(root)`, reused from cache_dir while no file under root changed (size, mtime) and the cached
+    files match their checksum records (`read_checked_csv`); a damaged cached scan is rebuilt (said in one line)."""
     root, cache_dir = Path(root), Path(cache_dir)
-    key = f"{INDEX_VERSION}-{_tree_fingerprint(root)[:16]}"
+    key = f"{INDEX_VERSION}{SCAN_FORMAT}-{_tree_fingerprint(root)[:16]}"
     index_path, skipped_path = cache_dir / f"scan-{key}.csv", cache_dir / f"scan-{key}-skipped.csv"
-    if index_path.is_file() and skipped_path.is_file():
-        index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-        index[["width", "height"]] = index[["width", "height"]].astype("int64")
-        return index, pd.read_csv(skipped_path, dtype=str, keep_default_na=False)
+    if index_path.is_file() or skipped_path.is_file():
+        try:
+            skipped = read_checked_csv(skipped_path)
+            index = read_checked_csv(index_path)
+            if list(index.columns) != INDEX_COLUMNS or list(skipped.columns) != SKIPPED_COLUMNS:
+                raise DataUnavailable(f"{index_path} does not have the columns of this version")
+            index[["width", "height"]] = index[["width", "height"]].astype("int64")
+            return index, skipped
+        except (DataUnavailable, ValueError) as error:
+            print(f"Data: the cached scan index is damaged ({str(error).splitlines()[0]}): rebuilding it")
     index, skipped = build_index(root, workers=workers)
-    atomic_write_csv(skipped_path, skipped)  # index last: its presence means both are complete
-    atomic_write_csv(index_path, index)
+    write_checked_csv(skipped_path, skipped)  # index last: its record's presence means both are complete
+    write_checked_csv(index_path, index)
     return index, skipped
