@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -218,7 +219,11 @@ def read_image(source: str | Path | BinaryIO, name: str | None = None, draft: in
             img.draft("L", (draft, draft))  # draft keeps the EXIF block: the orientation is applied below
         img.load()
         before = img.size
-        ImageOps.exif_transpose(img, in_place=True)
+        try:
+            ImageOps.exif_transpose(img, in_place=True)
+        except (SyntaxError, ValueError, TypeError, KeyError, struct.error) as error:
+            raise ImageRejected(name, f"corrupt: its EXIF block cannot be read ({type(error).__name__}: {error}), "
+                                      "so its orientation is unknown") from None
         if img.size != before:  # orientation 5 to 8: the picture as displayed is the file's transpose
             width, height = height, width
         gray = to_grayscale(img, name)
