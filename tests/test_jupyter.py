@@ -137,7 +137,7 @@ def test_notebook_first_cells_run_in_a_jupyter_server_kernel(jupyter_server, tmp
 
     base, token = jupyter_server
     sources = _first_cells()
-    assert sources[0].startswith("REPO_URL = ") and "MODE = " in sources[1]
+    assert sources[0].startswith("REPO_URL = ") and "MODE = " in sources[1] and "data.prepare(" in sources[3]
     # what a person types into the parameters cell (the notebook's own cell runs first, as in "Run All")
     parameters = (f'MODE = "smoke"\nSETTINGS = {{"source": {str(SAMPLE_ZIP)!r}, '
                   f'"output_dir": {str(tmp_path / "run")!r}, "data_dir": {str(tmp_path / "data")!r}}}')
@@ -151,7 +151,9 @@ def test_notebook_first_cells_run_in_a_jupyter_server_kernel(jupyter_server, tmp
         session = uuid.uuid4().hex
         try:
             results = []
-            for code in [sources[0], sources[1], parameters, *sources[2:]]:
+            # last: the data cell again with progress switched off, as the headless runner switches it off
+            headless = 'import os\nos.environ["CXR_PROGRESS"] = "0"\n' + sources[3]
+            for code in [sources[0], sources[1], parameters, *sources[2:], headless]:
                 results.append(await _execute(ws, code, session))
                 assert results[-1]["reply"]["status"] == "ok", (code[:200], results[-1]["reply"])
             return results
@@ -178,6 +180,9 @@ def test_notebook_first_cells_run_in_a_jupyter_server_kernel(jupyter_server, tmp
         assert all(m["msg_type"] != "stream" or "%|" not in m["content"]["text"] for m in prep["iopub"])
     else:
         assert not widgets and "%|" in _text(prep, "stderr")
+    quiet = results[-1]
+    assert "readable images found" in _text(quiet, "stdout")
+    assert not _data(quiet, "application/vnd.jupyter.widget-view+json") and "%|" not in _text(quiet, "stderr")
     for result in results:
         assert not [m for m in result["iopub"] if m["msg_type"] == "error"]
     assert (tmp_path / "run" / "figures" / "class_balance.png").stat().st_size > 1000
