@@ -137,7 +137,8 @@ def _handler(fake: FakeKaggle):
                 headers.update({"ETag": fake.etag, "Accept-Ranges": "bytes",
                                 "Last-Modified": email.utils.formatdate(1_700_000_000, usegmt=True)})
             if fake.mode == "not-zip":
-                self._send(200, b"<html><body>Kaggle is down for maintenance</body></html>", {"Content-Type": "text/html"})
+                self._send(200, b"<html><body>Kaggle is down for maintenance</body></html>",
+                           {"Content-Type": "text/html"})
                 return
             wanted = self.headers.get("Range")
             if wanted and fake.validator and self.headers.get("If-Range") in (None, fake.etag):

@@ -158,31 +158,43 @@ def data_left(data: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def client_config(home: Path, env: dict[str, str]) -> str:
-    """The kaggle.json path the real client computes in a fresh process (its class body fixes it on import)."""
-    code = "from kaggle.api.kaggle_api_extended import KaggleApi; print(KaggleApi.config)"
+def client_configs(home: Path, envs: list[dict[str, str]]) -> list[str]:
+    """The kaggle.json path the real client computes under each environment (its class body fixes it on import:
+    imported, then reloaded per environment, in a child process)."""
+    code = ("import contextlib, importlib, io, json, os, sys\n"
+            "base, found = dict(os.environ), []\n"
+            "for env in json.loads(sys.argv[1]):\n"
+            "    os.environ.clear(); os.environ.update({**base, **env})\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        m = importlib.reload(importlib.import_module('kaggle.api.kaggle_api_extended'))\n"
+            "    found.append(m.KaggleApi.config)\n"
+            "print(json.dumps(found))\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k != "XDG_CONFIG_HOME"}
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, "HOME": str(home), **env}, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    return out.strip().splitlines()[-1]
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(envs)], env={**clean, "HOME": str(home)},
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_credentials_are_looked_for_where_the_client_looks(home, tmp_path, monkeypatch):
     assert sources.kaggle_credentials() is None
+    config = tmp_path / "config"
+    envs = [{}, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, {"KAGGLE_CONFIG_DIR": str(config)}]
+    assert client_configs(home, envs) == [str(home / ".config/kaggle/kaggle.json"),
+                                          str(tmp_path / "xdg/kaggle/kaggle.json"), str(config / "kaggle.json")]
+    assert not (home / ".kaggle").exists()  # (the client created the others, not this one)
     # no ~/.kaggle on Linux: the client's kaggle.json is ~/.config/kaggle/kaggle.json (or under $XDG_CONFIG_HOME)
     xdg = legacy_key(home / ".config" / "kaggle")
     assert sources.kaggle_config_dir() == xdg.parent
-    assert client_config(home, {}) == str(xdg)
     assert sources.kaggle_credentials() == str(xdg)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert sources.kaggle_credentials() is None
     other = legacy_key(tmp_path / "xdg" / "kaggle")
-    assert client_config(home, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}) == str(other)
     assert sources.kaggle_credentials() == str(other)
     monkeypatch.delenv("XDG_CONFIG_HOME")
     # once ~/.kaggle exists, it is the folder (the XDG one is no longer read)
     (home / ".kaggle").mkdir()
     assert sources.kaggle_config_dir() == home / ".kaggle"
+    assert client_configs(home, [{}]) == [str(home / ".kaggle" / "kaggle.json")]
     assert sources.kaggle_credentials() is None
     # `kaggle auth login` writes ~/.kaggle/credentials.json (read only with a refresh token)
     oauth = home / ".kaggle" / "credentials.json"
@@ -192,12 +204,10 @@ def test_credentials_are_looked_for_where_the_client_looks(home, tmp_path, monke
     assert sources.kaggle_credentials() == str(oauth)
     oauth.unlink()
     # $KAGGLE_CONFIG_DIR holds kaggle.json only: an access_token there is never read by the client
-    config = tmp_path / "config"
-    config.mkdir()
+    config.mkdir(exist_ok=True)
     (config / "access_token").write_text("tok-IGNORED-123\n")
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
     assert sources.kaggle_credentials() is None
-    assert client_config(home, {"KAGGLE_CONFIG_DIR": str(config)}) == str(config / "kaggle.json")
     legacy_key(config)
     assert sources.kaggle_credentials() == str(config / "kaggle.json")
     (config / "kaggle.json").write_text(json.dumps({"username": "tester"}))  # no key: not a credential ...
@@ -518,7 +528,8 @@ def test_extract_skips_entries_over_the_caps_before_writing(tmp_path, capsys, mo
     assert archive.stat().st_size < 1 << 20  # 102 MiB declared in a few hundred KB
     written: list[str] = []
     real = sources._extract_entry
-    monkeypatch.setattr(sources, "_extract_entry", lambda zf, info, t: written.append(info.filename) or real(zf, info, t))
+    monkeypatch.setattr(sources, "_extract_entry",
+                        lambda zf, info, target: written.append(info.filename) or real(zf, info, target))
     root = sources.extract(archive, tmp_path / "out")
     message = capsys.readouterr().out
     assert "1 over 64 MiB" in message and "1 compressed over 100:1" in message
