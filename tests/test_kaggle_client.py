@@ -416,7 +416,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_index_kaggle_one_line_refusal_then_download(fake, home, tmp_path, monkeypatch):
+def test_cli_index_kaggle_one_line_refusal_then_download(fake, home, tmp_path, monkeypatch, capsys):
     """`python -m cxr index kaggle` in a fresh process, where the client authenticates already on import (and
     prints its help there too): a refused token is the command's whole output, one error line; with a good token
     the download is indexed."""
@@ -429,11 +429,14 @@ def test_cli_index_kaggle_one_line_refusal_then_download(fake, home, tmp_path, m
     assert data_left(tmp_path / "data") == []
     assert fake.paths().count("/api/v1/security.OAuthService/IntrospectToken") == 2  # on import, then by us
     monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.TOKEN)
-    done = cli(tmp_path, "index", "kaggle", "--out", "index.csv")
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    from cxr.__main__ import main
+
+    assert main(["index", "kaggle", "--out", "index.csv"]) == 0  # (in this process, to save a start)
     assert (tmp_path / "data" / sources.KAGGLE_ZIP_NAME).read_bytes() == ARCHIVE
     assert len((tmp_path / "index.csv").read_text().strip().splitlines()) == 1 + N_KEPT
-    assert HELP_TEXT not in done.stdout + done.stderr and fake_kaggle.TOKEN not in done.stdout + done.stderr
+    out = capsys.readouterr()
+    assert HELP_TEXT not in out.out + out.err and fake_kaggle.TOKEN not in out.out + out.err
 
 
 # ----------------------------------------------------------------------------------------------------------------
