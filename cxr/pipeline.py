@@ -13,9 +13,11 @@ before `score_test` reads a test label or a test image.
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,27 @@ class TaskOutcome:
     draws: pd.DataFrame  # patient-level bootstrap draws of the test metrics at the threshold
     predictions: pd.DataFrame  # every out-of-fold and test prediction (also predictions_<task>.csv)
     model_dir: Path  # the saved model folder (model.keras + model.json)
+
+
+@contextlib.contextmanager
+def claimed_run(run_dir: str | Path) -> Iterator[Path]:
+    """`lock_run` for a command's whole work: when the work fails and the run folder holds nothing but its lock
+    (the command stopped before writing anything, e.g. on bad data), the folders it created are removed again, so
+    a failed command leaves nothing behind."""
+    from cxr.io import LOCK_NAME, unlock_folder
+
+    run_dir = Path(run_dir)
+    top = next((p for p in (run_dir, *run_dir.parents) if p.parent.exists()), run_dir)  # first folder made here
+    created = not top.exists()
+    lock_run(run_dir)
+    try:
+        yield run_dir
+    except BaseException:
+        left = [p for p in top.rglob("*") if p.is_file()] if created else None
+        if created and [p.relative_to(run_dir).as_posix() for p in left] == [LOCK_NAME]:
+            unlock_folder(run_dir)
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 def lock_run(run_dir: str | Path) -> Path:

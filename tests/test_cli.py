@@ -157,8 +157,15 @@ def setup_case(name: str, tmp: Path) -> list[str]:
     if name == "damaged model file":
         put(tmp / "a.jpeg", jpeg(1))
         put(tmp / "m" / "model.keras", b"garbage")
-        put(tmp / "m" / "model.json", b"{}")
+        meta = {"config": {"image_size": 32, "resize_policy": "squash", "batch_size": 8}, "threshold": 0.5,
+                "class_names": ["NORMAL", "PNEUMONIA"]}
+        put(tmp / "m" / "model.json", json.dumps(meta).encode())
         return ["predict", tmp / "a.jpeg", "--model", tmp / "m" / "model.keras"]
+    if name == "foreign model record":
+        put(tmp / "a.jpeg", jpeg(1))
+        put(tmp / "m" / "model.keras", b"garbage")
+        put(tmp / "m" / "model.json", b"{}")
+        return ["predict", tmp / "a.jpeg", "--model", tmp / "m"]
     if name == "output folder is a file":
         put(tmp / "blocker", b"a file where a folder should be")
         return ["index", small_dataset(tmp / "s"), "--out", tmp / "blocker" / "index.csv"]
@@ -202,7 +209,8 @@ CASES = {  # name: a pattern the one line must match (what is wrong and what to 
     "unknown setting": r"unknown setting\(s\) \['sead'\]",
     "missing model path": r"no saved model at .*model\.keras: pass a model folder .* or its model\.keras file",
     "folder that is not a model": r"somewhere is not a saved model folder \(model\.keras missing\)",
-    "damaged model file": r"cannot load the model in .*: pass a model folder",
+    "damaged model file": r"model\.keras is damaged or incomplete \(7 bytes, not a Keras archive.*: copy it again",
+    "foreign model record": r"m/model\.json: config must be an object .*damaged or foreign; pass a model folder",
     "output folder is a file": r"cannot write the index folder .*blocker is a file",
     "run folder cannot be written": r"cannot write the run folder .*blocker is a file; choose another path",
     "kaggle credentials missing": r"No Kaggle credentials found: save an API token",
