@@ -1,4 +1,4 @@
-"""Command line: `python -m cxr {index,train,evaluate,results,predict,notebook}`; `--help` on each."""
+"""Command line: `python -m cxr {index,train,evaluate,results,predict,ablation,markers,notebook}`; `--help` on each."""
 from __future__ import annotations
 
 import argparse
@@ -57,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _check_backbone(config)
-    pipeline.lock_run(config.run_dir)  # a second run into the same folder stops here, before any work
-    prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop before any writing
+    with pipeline.claimed_run(config.run_dir):  # a second run into the same folder stops here, before any work
+        prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop, nothing written
     config = pipeline.start_run(config)
     outcomes, doc = pipeline.run_study(config, prepared, args.tasks, verbose=2 if args.verbose else 0)
     for task, o in outcomes.items():
@@ -180,6 +180,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_markers(args: argparse.Namespace) -> int:
+    """The marker audit: the acquisition stamp and the bold "R" per official split and subtype, the finding in
+    words, one CSV row per image (--out) and a grid of stamped examples (--figure), to check the detector by eye."""
+    from cxr import data, plots
+    from cxr.data import markers
+    from cxr.io import atomic_write_csv
+
+    config = _config(args)
+    prepared = data.prepare(config, verbose=False)
+    found = markers.detect(prepared.images)
+    table = markers.marker_table(prepared.index, found)
+    print(table.to_string())
+    print(markers.describe_markers(markers.marker_finding(table)))
+    rows = pd_concat_rows(prepared.index[["path", "official_split", "label", "subtype"]], found)
+    atomic_write_csv(args.out, rows)
+    print(f"wrote {args.out}")
+    if args.figure:
+        hits = rows.index[rows["stamp"]].tolist()[: args.examples]
+        if hits:
+            fig = plots.example_grid([prepared.images[i] for i in hits],
+                                     [f"{rows.at[i, 'subtype']} ({rows.at[i, 'official_split']}), "
+                                      f"{rows.at[i, 'kv_score']:.2f}" for i in hits], ncols=6, size=1.9)
+            plots.save_figure(fig, args.figure)
+            print(f"wrote {args.figure}")
+    return 0
+
+
+def pd_concat_rows(left, right):
+    """`left` and `right` side by side, row for row (both reindexed 0..n-1)."""
+    import pandas as pd
+
+    return pd.concat([left.reset_index(drop=True), right.reset_index(drop=True)], axis=1)
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Compare candidate recipes by cross-validation on a subset of the training children (never the test)."""
     from cxr import ablation, data, train
@@ -282,6 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-images", type=int, default=600, help="held-out images of other training children")
     p.add_argument("--out", default="doc/ablation.json")
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("markers", help="the marker audit: burned-in acquisition stamps per split and subtype, one "
+                                       "CSV row per image, a grid of stamped examples")
+    _common(p, "unused here (accepted for symmetry)")
+    p.add_argument("--source", help="zip or folder of the dataset, or 'kaggle' (default: $CXR_DATA, ../shared, "
+                                     "Kaggle, sample)")
+    p.add_argument("--out", default="markers.csv", help="one row per image: path, split, subtype, kv_score, stamp, "
+                                                        "bold_r (default: markers.csv)")
+    p.add_argument("--figure", metavar="PNG", help="also draw stamped examples into this PNG")
+    p.add_argument("--examples", type=int, default=24, help="stamped examples in the figure (default: 24)")
+    p.set_defaults(func=cmd_markers)
 
     p = sub.add_parser("notebook", help="execute notebook.ipynb headless (papermill) and print the headline metrics")
     _common(p, "the run folder for its outputs (default: runs/<mode>)")

@@ -78,6 +78,9 @@ class Config:
     # augmentation, training only (`cxr.augment`): one affine warp per image + intensity changes in the model's
     # training wrapper, and the resampling path (rescale, blur / sharpen, JPEG) where batches are drawn
     horizontal_flip: bool = False  # chest anatomy is not left-right symmetric
+    marker_zones: bool = False  # black out the corner zones where burned-in markers lie (`cxr.data.markers.ZONES`:
+    # the acquisition stamp's bold "R" and "KV" text) in every image, in the model's first layer, so training,
+    # scoring, Grad-CAM and predict apply it alike
     aug_rotation: float = 10.0  # degrees, uniform in +-
     aug_scale: float = 0.10  # isotropic scale, uniform in 1 +- aug_scale
     aug_shift: float = 0.05  # fraction of the width / height, uniform in +-

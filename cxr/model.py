@@ -12,7 +12,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from cxr import quiet_stderr
@@ -143,6 +143,42 @@ def augmentation(config) -> keras.layers.Layer:
     return keras.Sequential([aug, layers.RandomFlip("horizontal", seed=config.seed + 5)], name="augment")
 
 
+@keras.saving.register_keras_serializable(package="cxr")
+class MaskedFloat(keras.layers.Layer):
+    """uint8 image (B, H, W, 1) -> float with the given zones (top, bottom, left, right fractions of the image) set
+    to 0: the model's "to_float" layer when `config.marker_zones` is on, so the masking is part of the saved model
+    and every caller (training, scoring, Grad-CAM, predict) gets the same. The zones' pixels follow
+    `cxr.data.markers.mask_zones` exactly."""
+
+    def __init__(self, zones: Sequence[Sequence[float]] = (), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.zones = tuple(tuple(float(v) for v in zone) for zone in zones)
+
+    def build(self, input_shape):
+        from cxr.data.markers import mask_zones
+
+        h, w = int(input_shape[1]), int(input_shape[2])
+        self._mask = mask_zones(np.ones((h, w), np.float32), self.zones)[None, :, :, None]
+
+    def call(self, x):
+        return keras.ops.cast(x, self.compute_dtype) * keras.ops.cast(self._mask, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "zones": [list(z) for z in self.zones]}
+
+
+def _to_float(config) -> keras.layers.Layer:
+    """The model's first layer: uint8 -> float, with the marker zones masked when `config.marker_zones`."""
+    if getattr(config, "marker_zones", False):
+        from cxr.data.markers import ZONES
+
+        return MaskedFloat(ZONES, name="to_float")
+    return layers.Rescaling(1.0, name="to_float")
+
+
 def build_model(config, name: str = "pneumonia") -> keras.Model:
     """Image (S, S, 1) uint8 -> probability of the positive class (PNEUMONIA, or virus for the subtype task).
 
@@ -151,7 +187,7 @@ def build_model(config, name: str = "pneumonia") -> keras.Model:
     """
     size = config.image_size
     inputs = keras.Input((size, size, 1), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0, name="to_float")(inputs)  # uint8 -> float (compute dtype)
+    x = _to_float(config)(inputs)  # uint8 -> float (compute dtype), marker zones masked if asked
     x = _to_backbone_layer(config.backbone)(x)
     x = build_backbone(config.backbone, (size, size, 3), config.weights, config.stochastic_depth)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
