@@ -30,6 +30,18 @@ def _relative(path: Any) -> str:
         return Path(path).name
 
 
+def _drop_injected_parameters(path: Path) -> None:
+    """Remove papermill's "injected-parameters" cell from the executed notebook at `path` (atomically). Used for the
+    committed notebook, whose parameters cell already holds the full run's values (MODE = "full", SETTINGS = {})."""
+    import nbformat
+
+    from cxr.io import atomic_write_text
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    atomic_write_text(path, nbformat.writes(nb))
+
+
 def _kernel_path(path: Path) -> str:
     """`path` as the notebook's kernel (working folder: the repository) must see it: relative to the repository
     when inside it, else absolute."""
@@ -270,6 +282,8 @@ def run_notebook(mode: str = "full", in_place: bool = False, settings: dict[str,
         value = " ".join(str(error.evalue).split())[:300]
         raise UserError(f"the notebook stopped in cell {error.exec_count}: {error.ename}: {value} "
                         f"(the executed copy with the traceback: {os.path.relpath(target)})") from None
+    if in_place:  # the committed notebook keeps its own parameters cell: papermill's injected copy would override
+        _drop_injected_parameters(target)  # the MODE a person sets in Jupyter, Colab or Kaggle
     metrics = out_dir / "metrics.json"
     print(f"executed notebook: {_relative(target)}")
     if metrics.is_file():

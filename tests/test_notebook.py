@@ -157,3 +157,25 @@ def test_figures_go_to_the_run_folder_unless_asked(tmp_path, monkeypatch):
     assert log.figure("a.png") == tmp_path / "run" / "figures" / "a.png"
     monkeypatch.setenv("CXR_FIGURES_DIR", str(tmp_path / "doc"))
     assert log.figure("a.png") == tmp_path / "doc" / "a.png"
+
+
+def test_the_committed_notebook_has_no_injected_parameters_and_make_notebook_drops_them(tmp_path):
+    """A person's MODE in the parameters cell must hold in Jupyter, Colab and Kaggle: the committed notebook has no
+    papermill "injected-parameters" cell after it, and `make notebook` (run_notebook in place) removes the one
+    papermill adds."""
+    import nbformat
+
+    from cxr.report import _drop_injected_parameters
+
+    nb = json.loads(NOTEBOOK.read_text())
+    assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    made = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("MODE = 'full'", metadata={"tags": ["parameters"]}),
+                                           nbformat.v4.new_code_cell("MODE = 'full'",
+                                                                     metadata={"tags": ["injected-parameters"]}),
+                                           nbformat.v4.new_code_cell("print(MODE)")])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(made, path)
+    _drop_injected_parameters(path)
+    kept = nbformat.read(path, as_version=4).cells
+    assert [c.source for c in kept] == ["MODE = 'full'", "print(MODE)"]
+    assert kept[0].metadata["tags"] == ["parameters"]
