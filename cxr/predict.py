@@ -29,7 +29,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
     with (`model.json`). A fold ensemble predicts the mean of its members' probabilities. With `gradcam_dir`, a
     Grad-CAM overlay PNG per image (the map of the predicted class) is written there and its path added.
     """
-    from cxr import data, evaluate, model as cxr_model, train
+    from cxr import UserError, data, evaluate, model as cxr_model, train
     from cxr.config import Config
 
     model, meta = cxr_model.load_model(model_folder(model_dir))  # model.json checked against the model
@@ -45,7 +45,10 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
             ok.append(len(results))
             results.append({"path": str(path)})
         except Exception as exc:  # reported per file; the others are still scored
-            results.append({"path": str(path), "error": f"{type(exc).__name__}: {exc}"})
+            # a refused input (cxr.data.ImageRejected and the like) says what is wrong in its own words
+            text = " ".join(str(exc).split())
+            results.append({"path": str(path), "error": text if isinstance(exc, UserError) else
+                            f"{type(exc).__name__}: {text}"})
     if not images:
         return results
     batch = np.stack(images)[..., None]

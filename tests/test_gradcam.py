@@ -340,3 +340,15 @@ def test_per_image_classes_raw_maps_and_the_ensemble(toy):
     np.testing.assert_allclose(explain.grad_cam(ensemble, x, target_class=1, batch_size=BATCH), expected, atol=1e-5)
     with pytest.raises(ValueError, match="single model"):
         explain.grad_cam(ensemble, x, weights=[], batch_size=BATCH)
+
+
+def test_the_cases_reading_names_the_feature_map_of_this_run():
+    import pandas as pd
+
+    from cxr.explain.cases import describe_cases
+
+    cams = np.random.default_rng(0).random((4, 96, 96)).astype("float32")
+    right = pd.DataFrame({"cell": ["TP", "TN"], "y": [1, 0], "p": [0.9, 0.1]}, index=[0, 1])
+    wrong = pd.DataFrame({"cell": ["FP"], "y": [0], "p": [0.8]}, index=[2])
+    text = describe_cases(right, wrong, cams, scale=1.0)
+    assert "3 x 3 at 96 px" in text and "224" not in text

@@ -32,6 +32,9 @@ def confident_cases(y, p, threshold: float, cells=CELLS, per_cell: int = 2) -> p
 
 def describe_cases(right: pd.DataFrame, wrong: pd.DataFrame, cams: np.ndarray, scale: float) -> str:
     """Two sentences: how strong the maps of the right and the wrong cases are on the shared scale."""
+    size = int(np.asarray(cams).shape[-1])  # maps come at the image's size
+    grid = max(1, size // 32)  # the backbones' last feature map is 1/32 of the input
+
     def strength(frame: pd.DataFrame) -> str:
         if frame.empty:
             return "none"
@@ -40,5 +43,5 @@ def describe_cases(right: pd.DataFrame, wrong: pd.DataFrame, cams: np.ndarray, s
 
     return (f"On the shared scale, the maps of the most confident right calls reach a {strength(right)}, those of "
             f"the most confident errors a {strength(wrong)}. A map shows where the evidence for the predicted "
-            "class lies at the resolution of the last feature map (7 x 7 at 224 px), not why, and not the anatomy "
-            "a radiologist would name.")
+            f"class lies at the resolution of the last feature map ({grid} x {grid} at {size} px), not why, and not "
+            "the anatomy a radiologist would name.")
