@@ -170,8 +170,9 @@ def describe_test_access(run_dir: Path) -> str:
             f"{ledger.LEDGER_NAME}; the study scores it once per task and once for the trivial baseline)")
     if TEST_ACCESS.is_file():
         history = json.loads(TEST_ACCESS.read_text())
-        text += (f"; during development it was scored {history['development_scorings']} time(s) in all "
-                 f"({history['summary']}; doc/test_access.json)")
+        text += (f"; it is a development test set: scored {history['development_scorings']} times during "
+                 f"development before the committed run, with {history.get('rules_changed_after_test', 'some')} "
+                 f"rules changed after a test number was seen ({history['summary']} doc/test_access.json)")
     return text
 
 
