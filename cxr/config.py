@@ -22,17 +22,22 @@ CLASS_BALANCE = ("auto", "weights", "sampling", "none")
 
 @dataclass(frozen=True)
 class Task:
-    """One binary classification task over the index: which rows take part, where its label is, and its names."""
+    """One binary classification task over the index: which rows take part, where its label is, its names, and
+    whether it is the study's primary task (exactly one is: `primary_task`)."""
 
     rows: str  # "all", or a value of the `label` column: only the rows with that label take part
     column: str  # the index column holding the task's label
     positive: str  # the value of `column` that is class 1
     class_names: tuple[str, str]  # (class 0, class 1), as saved with the model and shown in figures
+    title: str  # how tables and text name the task ("Pneumonia vs normal")
+    primary: bool = False  # the main task: the headline, the comparison with the literature, the default task
 
 
 TASKS: dict[str, Task] = {
-    "pneumonia": Task(rows="all", column="label", positive="PNEUMONIA", class_names=("NORMAL", "PNEUMONIA")),
-    "subtype": Task(rows="PNEUMONIA", column="subtype", positive="virus", class_names=("bacteria", "virus")),
+    "pneumonia": Task(rows="all", column="label", positive="PNEUMONIA", class_names=("NORMAL", "PNEUMONIA"),
+                      title="Pneumonia vs normal", primary=True),
+    "subtype": Task(rows="PNEUMONIA", column="subtype", positive="virus", class_names=("bacteria", "virus"),
+                    title="Bacterial vs viral pneumonia"),
 }
 
 
@@ -41,6 +46,14 @@ def task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+def primary_task() -> str:
+    """The name of the study's primary task (the one `Task` of `TASKS` with `primary`): "pneumonia"."""
+    names = [name for name, t in TASKS.items() if t.primary]
+    if len(names) != 1:
+        raise ValueError(f"exactly one task of TASKS must be primary, not {names}")
+    return names[0]
 
 
 THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "calibrated")
