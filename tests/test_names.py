@@ -1,16 +1,22 @@
 """The Kaggle file-name rules, pinned: every naming form of the archive (both normal families, both pneumonia
 subtypes) and odd names (case, other extensions, names outside the families, folders, backslashes), with the
-outputs the package gave before the rules were gathered in one module (computed then, written here by hand)."""
+outputs the package gave before the rules were gathered in `cxr.data.names` (computed then with the functions of
+`cxr.data.index`, `cxr.data.split`, `cxr.evaluate.predictions` and `cxr.evaluate.shift`, written here by hand).
+Also the task table's primary task."""
 from __future__ import annotations
+
+import dataclasses
+import re
 
 import pandas as pd
 import pytest
 
-from cxr.data import audit
-from cxr.data.index import patient_id, subtype_of
-from cxr.data.split import id_family
-from cxr.evaluate.predictions import file_family
-from cxr.evaluate.shift import _family_number as normal_id_number
+from conftest import REPO
+from cxr import config
+from cxr.data import audit, index, names, split
+from cxr.data.names import file_family, id_family, normal_id_number, patient_id, person_number
+from cxr.data.names import subtype as subtype_of
+from cxr.evaluate import predictions
 
 # (file name or path, label folder) -> (patient_id, subtype_of, id_family, file_family)
 CASES = [
@@ -137,3 +143,50 @@ def test_patient_id_evidence_counts():
         "train_in_test_other_subtype": {"bacteria_to_virus": 1, "virus_to_bacteria": 2},
         "train_bacteria_virus_coincidences": 1, "chance_uniform": pytest.approx(0.036),
         "chance_by_density": pytest.approx(0.06), "bin_width": 100}
+
+
+@pytest.mark.parametrize("name, label, child, subtype, family, file_fam", CASES)
+def test_person_number_of_every_naming_form(name, label, child, subtype, family, file_fam):
+    assert person_number(name) == (family[1] if family[0] in names.PNEUMONIA_FAMILIES else None)
+
+
+def test_the_old_homes_of_the_rules_are_the_names_module():
+    assert index.patient_id is names.patient_id and index.subtype_of is names.subtype
+    assert split.id_family is names.id_family and split.OTHER == names.OTHER == "other"
+    assert split.FAMILIES == names.ID_FAMILIES == ("IM", "NORMAL2-IM", "bacteria", "virus")
+    assert predictions.file_family is names.file_family
+    assert predictions.FAMILIES == names.FILE_FAMILIES == ("IM-", "NORMAL2-IM-", "person*_bacteria", "person*_virus")
+    assert [names.FAMILY_LABELS[f] for f in names.ID_FAMILIES] == list(names.FILE_FAMILIES)
+
+
+def test_no_file_name_rule_outside_the_names_module():
+    """No other module of the package spells a family of the archive in a regular expression."""
+    family = re.compile(r"IM-|NORMAL2|person|bacteria|virus", re.IGNORECASE)
+    pattern = re.compile(r"re\.(?:compile|match|search|fullmatch|findall|sub)\(\s*r?[\"']([^\"']*)")
+    found = []
+    for path in sorted((REPO / "cxr").rglob("*.py")):
+        if path.name == "names.py" and path.parent.name == "data":
+            continue
+        text = path.read_text()
+        found += [f"{path.relative_to(REPO)}: {m.group(1)}" for m in pattern.finditer(text) if family.search(m.group(1))]
+        found += [f"{path.relative_to(REPO)}: {line.strip()}" for line in text.splitlines()
+                  if re.search(r"\.str\.(?:extract|match|contains|fullmatch)\(", line) and family.search(line)]
+    assert found == []
+
+
+def test_the_task_table_names_its_primary_task():
+    assert config.primary_task() == "pneumonia"
+    assert [name for name, t in config.TASKS.items() if t.primary] == ["pneumonia"]
+    assert config.TASKS["pneumonia"].title == "Pneumonia vs normal"
+    assert config.TASKS["subtype"].title == "Bacterial vs viral pneumonia"
+    assert not config.TASKS["subtype"].primary
+
+
+def test_primary_task_refuses_a_table_without_exactly_one(monkeypatch):
+    both = {name: dataclasses.replace(t, primary=True) for name, t in config.TASKS.items()}
+    monkeypatch.setattr(config, "TASKS", both)
+    with pytest.raises(ValueError, match="exactly one task"):
+        config.primary_task()
+    monkeypatch.setattr(config, "TASKS", {})
+    with pytest.raises(ValueError, match="exactly one task"):
+        config.primary_task()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.config import SPLITS, Config, task as get_task
+from cxr.config import SPLITS, Config, primary_task, task as get_task
 from cxr.data import audit
 from cxr.data.images import (MIN_SIDE, ImageRejected, build_cache, cache_is_valid, is_dicom,  # noqa: F401
                              load_image, min_side, read_image, resize, to_grayscale)
@@ -84,12 +84,12 @@ class Prepared:
             return self.index.copy()
         return pd.concat([self.index, self.excluded]).sort_values("path", ignore_index=True)
 
-    def rows(self, split: str, task: str = "pneumonia") -> np.ndarray:
-        """Positions of the rows of `split` ("train" or "test") that take part in `task` (the subtype task:
-        pneumonia rows only)."""
+    def rows(self, split: str, task: str | None = None) -> np.ndarray:
+        """Positions of the rows of `split` ("train" or "test") that take part in `task` (None: the primary task,
+        `cxr.config.primary_task`; the subtype task: pneumonia rows only)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        t = get_task(task)
+        t = get_task(primary_task() if task is None else task)
         mask = self.index["split"].to_numpy() == split
         if t.rows != "all":
             mask &= self.index["label"].to_numpy() == t.rows

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -16,10 +15,11 @@ import pandas as pd
 from PIL import Image
 from scipy.fft import dctn
 
+from cxr.data.names import PNEUMONIA_FAMILIES, person_number
+
 HASH_SIZE = 64  # the image is box-filtered to HASH_SIZE x HASH_SIZE before the DCT
 HASH_FREQUENCIES = 16  # the lowest 16 x 16 DCT frequencies, without the constant one: 255 bits (+1 zero bit)
 HASH_BITS = HASH_FREQUENCIES * HASH_FREQUENCIES
-_PERSON = re.compile(r"^person(\d+)_(bacteria|virus)", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def near_duplicate_summary(index: pd.DataFrame, pairs: pd.DataFrame, max_distanc
 
 def _person_numbers(index: pd.DataFrame, split: str, subtype: str) -> set[int]:
     rows = index[index["official_split"].eq(split) & index["subtype"].eq(subtype)]
-    return {int(m.group(1)) for m in (_PERSON.match(p.rsplit("/", 1)[-1]) for p in rows["path"]) if m}
+    return {n for n in map(person_number, rows["path"]) if n is not None}
 
 
 def patient_id_evidence(index: pd.DataFrame, bin_width: int = 100) -> dict[str, Any]:
@@ -123,15 +123,15 @@ def patient_id_evidence(index: pd.DataFrame, bin_width: int = 100) -> dict[str, 
     reappear in test with the same and with the other subtype, and the coincidences of bacterial and viral
     numbers within training against two chance expectations: numbers uniform over the common range, and numbers
     as dense as observed in each block of `bin_width` (the numbering is not uniform)."""
-    num = {(s, t): _person_numbers(index, s, t) for s in ("train", "test") for t in ("bacteria", "virus")}
+    num = {(s, t): _person_numbers(index, s, t) for s in ("train", "test") for t in PNEUMONIA_FAMILIES}
     trb, trv, teb, tev = num["train", "bacteria"], num["train", "virus"], num["test", "bacteria"], num["test", "virus"]
     top = max([max(v) for v in (trb, trv) if v] or [1])
     edges = np.arange(0, top + bin_width + 1, bin_width)
     hb, _ = np.histogram(sorted(trb), edges)
     hv, _ = np.histogram(sorted(trv), edges)
     train_pneumonia = index[index["official_split"].isin(("train", "val")) & index["label"].eq("PNEUMONIA")]
-    numbers = train_pneumonia["path"].str.rsplit("/", n=1).str[-1].str.extract(_PERSON)[0].astype(float)
-    merged = int(numbers.isin(teb | tev).sum())  # excluded if one number were one child across subtypes
+    in_test = teb | tev  # a training image with such a number is excluded if one number were one child
+    merged = int(sum(person_number(p) in in_test for p in train_pneumonia["path"]))
     return {
         "merged_ids_would_exclude": merged,
         "pneumonia_training_images": int(len(train_pneumonia)),

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from cxr.config import CLASS_NAMES, OFFICIAL_SPLITS
 from cxr.data.audit import perceptual_hash
 from cxr.data.images import DICOM_SUFFIXES, ImageRejected, read_image
+from cxr.data.names import patient_id, subtype as subtype_of  # noqa: F401  (re-exported)
 from cxr.data.parallel import parallel_map
 from cxr.data.sources import INDEX_VERSION, DataUnavailable, _is_macosx
 from cxr.io import atomic_write_bytes, atomic_write_text
@@ -37,37 +37,6 @@ SKIPPED_COLUMNS = ["path", "reason"]
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", *DICOM_SUFFIXES}
 SCAN_FORMAT = "c"  # the cached scan's layout: "c" = with its checksum records (part of the file names)
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-
-_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)", re.IGNORECASE)
-_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
-_SUBTYPE = re.compile(r"(bacteria|virus)", re.IGNORECASE)
-
-
-def patient_id(filename: str, label: str) -> str:
-    """The child of an image, from its file name: `person123_bacteria` / `person123_virus` for pneumonia,
-    `IM-0115` / `NORMAL2-IM-0102` for normal images; otherwise the file stem (one image, one child).
-
-    The person number of a pneumonia file is counted separately per subtype: `person5_bacteria` and
-    `person5_virus` are two children. The archive shows it: no training number reappears in the test split with
-    the same subtype, every number shared with the test split switches subtype, and bacterial and viral numbers
-    coincide within training about as often as chance predicts (`cxr.data.audit.patient_id_evidence` computes
-    these counts from the index)."""
-    name = Path(filename).name
-    match = _PERSON.match(name)
-    if match:
-        return f"{match.group(1)}_{match.group(2)}".lower()
-    match = _NORMAL.match(name)
-    if match:
-        return match.group(1).upper()
-    return f"{label}/{Path(name).stem}"
-
-
-def subtype_of(filename: str, label: str) -> str:
-    """normal, bacteria or virus (unknown when a PNEUMONIA file name says neither)."""
-    if label == "NORMAL":
-        return "normal"
-    match = _SUBTYPE.search(Path(filename).name)
-    return match.group(1).lower() if match else "unknown"
 
 
 def _inspect_file(abs_path: str) -> dict[str, Any]:

@@ -6,14 +6,13 @@ family, periods of time as the official test is cut (the "blocks" scheme). Train
 the leakage check, the per-class cap of the smoke mode and the summary tables."""
 from __future__ import annotations
 
-import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr.config import CLASS_NAMES, OFFICIAL_SPLITS, SPLITS
+from cxr.data.names import ID_FAMILIES, OTHER, id_family  # `split.id_family`, `split.OTHER` stay importable
 from cxr.data.sources import DataUnavailable
 
 EXCLUDED = "excluded"  # the `split` of an image found and readable but left out of train/test (see its reason)
@@ -22,11 +21,7 @@ TEST_COPY = "byte-identical to an official test image"
 TEST_NEAR_COPY = "near duplicate of an official test image"
 NO_FOLD = -1  # the `fold` of test and excluded rows
 FOLD_SCHEMES = ("random", "blocks")  # `split_by_patient(scheme=...)`, `Config.fold_scheme`
-FAMILIES = ("IM", "NORMAL2-IM", "bacteria", "virus")  # the file-name families of the archive (`id_family`)
-OTHER = "other"  # the family of a file name outside them
-_NORMAL2 = re.compile(r"^NORMAL2-IM-(\d+)-", re.IGNORECASE)
-_IM = re.compile(r"^IM-(\d+)-", re.IGNORECASE)
-_PERSON = re.compile(r"^person(\d+)_(bacteria|virus)", re.IGNORECASE)
+FAMILIES = ID_FAMILIES  # the file-name families of the archive (`id_family`, `cxr.data.names`)
 
 
 def split_summary(index: pd.DataFrame, by: str = "split") -> pd.DataFrame:
@@ -103,22 +98,6 @@ def check_no_leakage(index: pd.DataFrame, patients_vs_test: bool = False, near: 
     if apart.any():
         raise AssertionError(f"{int(apart.sum())} near-duplicate pairs span two folds or splits, e.g. "
                              f"{kept['path'].iloc[pairs[apart][0, 0]]}")
-
-
-def id_family(path: str) -> tuple[str, int]:
-    """(family, ID number) of an image from its file name: `IM-0115-0001.jpeg` -> ("IM", 115),
-    `NORMAL2-IM-0102-0001.jpeg` -> ("NORMAL2-IM", 102), `person1000_bacteria_2931.jpeg` -> ("bacteria", 1000),
-    `person1000_virus_1681.jpeg` -> ("virus", 1000); any other name -> ("other", -1). The ID numbers of a family
-    follow acquisition time, and the official test is made of whole ID blocks of every family."""
-    name = Path(str(path)).name
-    for family, pattern in (("NORMAL2-IM", _NORMAL2), ("IM", _IM)):
-        match = pattern.match(name)
-        if match:
-            return family, int(match.group(1))
-    match = _PERSON.match(name)
-    if match:
-        return match.group(2).lower(), int(match.group(1))
-    return OTHER, -1
 
 
 def _contiguous_cut(sizes: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cxr.config import primary_task, task as get_task
+
 STATISTICS = ("brightness", "spread", "p05", "p95", "gradient", "laplacian_energy")
 STATISTIC_LABELS = {"brightness": "mean grey level", "spread": "standard deviation", "p05": "5th percentile",
                     "p95": "95th percentile", "gradient": "mean gradient magnitude (Sobel)",
@@ -69,11 +71,15 @@ def univariate_auroc(features: pd.DataFrame, y: np.ndarray) -> pd.Series:
     return pd.Series({c: max(v, 1 - v) for c, v in out.items()}, name="AUROC alone")
 
 
-def describe_baseline(oof_auroc: float, per_statistic: pd.Series, test_auroc: float | None = None) -> str:
-    """Two sentences: how far the trivial baseline gets, and which statistic carries it."""
+def describe_baseline(oof_auroc: float, per_statistic: pd.Series, test_auroc: float | None = None,
+                      task: str | None = None) -> str:
+    """Two sentences: how far the trivial baseline gets, and which statistic carries it (`task`: the task the
+    baseline was fitted on; None: the primary task)."""
+    negative, positive = get_task(primary_task() if task is None else task).class_names
     top = per_statistic.sort_values(ascending=False)
-    text = (f"Six image statistics that carry no anatomy separate pneumonia from normal with an out-of-fold AUROC "
-            f"of {oof_auroc:.3f} on the training children (logistic regression, the study's folds); alone, "
+    text = (f"Six image statistics that carry no anatomy separate {positive.lower()} from {negative.lower()} with an "
+            f"out-of-fold AUROC of {oof_auroc:.3f} on the training children (logistic regression, the study's folds); "
+            f"alone, "
             f"{STATISTIC_LABELS[top.index[0]]} reaches {top.iloc[0]:.3f} and {STATISTIC_LABELS[top.index[1]]} "
             f"{top.iloc[1]:.3f}.")
     if test_auroc is not None:

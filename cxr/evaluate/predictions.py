@@ -12,15 +12,15 @@ Only numpy, pandas and scipy: no model, no figures (the tables are what a figure
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cxr.config import TASKS
+from cxr.evaluate.metrics import wilson_bounds
+from cxr.data.names import FILE_FAMILIES as FAMILIES, file_family  # noqa: F401  (the file-name families)
 from cxr.io import atomic_write_text
 
 # task: (index column holding the class, (negative class, positive class)), from the task table.
@@ -54,29 +54,10 @@ OPTIONAL_COLUMNS = ("width", "height", "aspect")
 STRING_COLUMNS = [c for c, t in COLUMNS.items() if t == "str"]
 FLOAT_COLUMNS = [c for c, t in COLUMNS.items() if t == "float64"]
 
-FAMILIES = ("IM-", "NORMAL2-IM-", "person*_bacteria", "person*_virus")
-_FAMILY_PATTERNS = (
-    ("NORMAL2-IM-", re.compile(r"^NORMAL2-IM-", re.IGNORECASE)),
-    ("IM-", re.compile(r"^IM-", re.IGNORECASE)),
-    ("person*_bacteria", re.compile(r"^person\d+_bacteria", re.IGNORECASE)),
-    ("person*_virus", re.compile(r"^person\d+_virus", re.IGNORECASE)),
-)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The predictions table
 # ---------------------------------------------------------------------------------------------------------------
-
-def file_family(path: str) -> str:
-    """The file-name family of an image, from its base name: "IM-", "NORMAL2-IM-", "person*_bacteria",
-    "person*_virus", or "other". The families are batches of the original collection, so they can differ in
-    source and acquisition; a model that errs by family may have learnt the batch rather than the disease."""
-    name = PurePosixPath(str(path).replace("\\", "/")).name
-    for family, pattern in _FAMILY_PATTERNS:
-        if pattern.match(name):
-            return family
-    return "other"
-
 
 def predictions_frame(index: pd.DataFrame, positions: Any, split: str, task: str, probability: Any,
                       calibrated: Any | None, threshold: float, threshold_on: str = "raw") -> pd.DataFrame:
@@ -207,11 +188,10 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 
 def wilson_interval(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion errors / n (scipy's binomtest; NaN, NaN when n is 0)."""
+    """Wilson score interval of a proportion errors / n (`metrics.wilson_bounds`; NaN, NaN when n is 0)."""
     if n <= 0:
         return math.nan, math.nan
-    ci = stats.binomtest(errors, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
+    return wilson_bounds(errors / n, n, level)
 
 
 RATE_COLUMNS = ["n", "patients", "errors", "rate", "ci_low", "ci_high", "false_positives", "false_negatives"]

@@ -16,7 +16,6 @@ And the shift a user brings: `raw_sample_agreement` scores full-resolution origi
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,16 @@ import pandas as pd
 from PIL import Image, ImageFilter
 from scipy import stats
 
+from cxr.config import TASKS, primary_task
+from cxr.data.names import normal_id_number
 from cxr.evaluate.predictions import wilson_interval
-
-_NUMBER = re.compile(r"^(NORMAL2-IM-|IM-)(\d+)$", re.IGNORECASE)
-
-
-def _family_number(patient_id: str) -> tuple[str, int] | None:
-    m = _NUMBER.match(str(patient_id))
-    return (m.group(1).upper(), int(m.group(2))) if m else None
-
 
 def test_id_blocks(index: pd.DataFrame) -> pd.DataFrame:
     """Per normal file-name family: the range of the official test's numbers and of the training ones."""
     rows = []
     for split in ("test", "train"):
         ids = index.loc[index["split"].eq(split) & index["label"].eq("NORMAL"), "patient_id"].drop_duplicates()
-        parsed = pd.DataFrame([x for x in map(_family_number, ids) if x], columns=["family", "number"])
+        parsed = pd.DataFrame([x for x in map(normal_id_number, ids) if x], columns=["family", "number"])
         for family, g in parsed.groupby("family"):
             rows.append({"split": split, "family": family, "children": len(g), "lowest": int(g["number"].min()),
                          "highest": int(g["number"].max())})
@@ -53,7 +46,7 @@ def id_blocks(frame: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
 
     `frame`: the OOF rows of a predictions table (`cxr.evaluate.predictions`), with `decision`."""
     normals = frame[frame["y"].eq(0)].copy()
-    parsed = normals["patient_id"].map(_family_number)
+    parsed = normals["patient_id"].map(normal_id_number)
     normals = normals[parsed.notna()]
     normals["family"] = [p[0] for p in parsed.dropna()]
     normals["number"] = [p[1] for p in parsed.dropna()]
@@ -128,8 +121,9 @@ def sharpness_reliance(logit: np.ndarray, y: np.ndarray, statistics: pd.DataFram
 
 
 def describe_shift(blocks: pd.DataFrame, changes: pd.DataFrame, reliance: pd.DataFrame,
-                   class_names: tuple[str, str] = ("NORMAL", "PNEUMONIA")) -> str:
-    """Three sentences from the three checks."""
+                   class_names: tuple[str, str] | None = None) -> str:
+    """Three sentences from the three checks (`class_names`: of the task checked; None: the primary task's)."""
+    class_names = TASKS[primary_task()].class_names if class_names is None else class_names
     first = blocks[blocks["part"].str.startswith("1 ")]
     rest = blocks[~blocks["part"].str.startswith("1 ")]
     parts = [f"{r.family}: {r['called pneumonia']} of {r.normals}" for _, r in first.iterrows()]
