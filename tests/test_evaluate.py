@@ -64,8 +64,9 @@ def test_vectorised_resample_metrics_match_sklearn():
         idx = rng.integers(0, len(y), len(y))
         yy, pp = y[idx], p[idx]
         neg, pos = pp[yy == 0], pp[yy == 1]
-        fast = M._class_metrics(neg, pos, [0.5, 0.3])
         ordered_y = np.r_[np.zeros(len(neg), int), np.ones(len(pos), int)]
+        draws = M.weighted_draws(np.r_[neg, pos], ordered_y.astype(float), np.ones((1, len(yy))), [0.5, 0.3])
+        fast = [d[m][0] for d in draws for m in M.METRICS]
         ref = [v for t in (0.5, 0.3) for v in E.metric_values(ordered_y, np.r_[neg, pos], t).values()]
         np.testing.assert_allclose(fast, ref, atol=1e-12)
 
@@ -86,9 +87,9 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         E.metric_values([0, 1], [0.5, 1.5], 0.5)
     with pytest.raises(ValueError, match="both classes"):
-        E.choose_threshold([1, 1], [0.2, 0.3])
+        E.choose([1, 1], [0.2, 0.3], "youden")
     with pytest.raises(ValueError, match="policy"):
-        E.choose_threshold(Y, P, policy="f1")
+        E.choose(Y, P, policy="f1")
 
 
 def test_youden_threshold_on_constructed_example():
@@ -96,17 +97,17 @@ def test_youden_threshold_on_constructed_example():
     p = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.6, 0.7, 0.8])
     # candidates: t=0.6 -> sens 3/4, spec 1 (J=.75); t=0.35 -> sens 1, spec 3/4 (J=.75); t=0.4 -> J=.5
     # ties go to the highest threshold
-    assert E.choose_threshold(y, p) == pytest.approx(0.6)
+    assert E.choose(y, p, "youden") == pytest.approx(0.6)
     # separable data: the threshold is the lowest positive score, and it classifies perfectly
     y2 = np.array([0, 0, 1, 1])
-    t = E.choose_threshold(y2, np.array([0.1, 0.3, 0.7, 0.9]))
+    t = E.choose(y2, np.array([0.1, 0.3, 0.7, 0.9]), "youden")
     assert t == pytest.approx(0.7)
     assert E.metric_values(y2, [0.1, 0.3, 0.7, 0.9], t)["accuracy"] == 1.0
 
 
 def test_youden_maximises_j_against_brute_force():
     y, p = synthetic(400, seed=5, shift=0.8)
-    t = E.choose_threshold(y, p)
+    t = E.choose(y, p, "youden")
     def j(thr):
         yhat = p >= thr
         return yhat[y == 1].mean() + (~yhat[y == 0]).mean() - 1
@@ -119,7 +120,7 @@ def test_youden_maximises_j_against_brute_force():
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
 def test_sensitivity_policy_reaches_target_with_highest_threshold(target):
     y, p = synthetic(500, seed=7, shift=0.8)
-    t = E.choose_threshold(y, p, policy="sensitivity", target_sensitivity=target)
+    t = E.choose(y, p, policy="sensitivity", target_sensitivity=target)
     assert E.metric_values(y, p, t)["sensitivity"] >= target
     higher = np.unique(p[p > t])
     if len(higher):  # the next score up no longer reaches the target
@@ -128,7 +129,7 @@ def test_sensitivity_policy_reaches_target_with_highest_threshold(target):
 
 
 def test_threshold_is_finite_probability_when_scores_saturate():
-    t = E.choose_threshold([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0])
+    t = E.choose([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0], "youden")
     assert np.isfinite(t) and 0.0 < t < 1.0
     assert E.metric_values([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0], t)["accuracy"] == 1.0
 
@@ -295,7 +296,8 @@ def test_weighted_resample_metrics_match_sklearn_on_expanded_sample():
     y, p = synthetic(120, seed=11)
     p = np.round(p, 2)  # ties
     w = rng.integers(0, 4, (3, y.size))
-    fast = M._weighted_metrics(p, y.astype(float), w, [0.5, 0.3])
+    draws = M.weighted_draws(p, y.astype(float), w, [0.5, 0.3])
+    fast = np.stack([d[m] for d in draws for m in M.METRICS])
     for b in range(3):
         yy, pp = np.repeat(y, w[b]), np.repeat(p, w[b])
         ref = [v for t in (0.5, 0.3) for v in E.metric_values(yy, pp, t).values()]

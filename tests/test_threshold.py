@@ -8,6 +8,7 @@ import pytest
 from scipy import special
 
 from cxr import evaluate as E
+from cxr.evaluate import resample as R
 from cxr.evaluate import threshold as T
 
 
@@ -109,7 +110,7 @@ def test_patient_grouped_resamples_keep_patients_whole():
     ids = np.repeat(np.arange(7), 3)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        idx = T._resample(y, ids, rng)
+        idx = R.resample_indices(y, ids, rng)
         counts = np.bincount(ids[idx], minlength=7)
         assert (counts % 3 == 0).all() and counts[:3].sum() == 9 and counts[3:].sum() == 12
     y, p = nearly_separable(k0=2, k1=4)

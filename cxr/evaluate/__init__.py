@@ -4,6 +4,7 @@ predictions of the training children; the test scored once):
 - `threshold`: operating-point policies chosen on the selection data, and their stability under resampling;
 - `calibration`: temperature / Platt scaling fitted on the selection data; calibration slope and intercept,
   smoothed reliability curves;
+- `resample`: the one resampling engine (the bootstrap of patients within their class) behind every interval;
 - `metrics`: test metrics with image-level and patient-level (cluster) bootstrap intervals, per image and per child;
 - `uncertainty`: the uncertainty of the operating point (nested bootstrap), the coverage simulation of the intervals;
 - `clinical`: what the operating point means across prevalences (PPV/NPV), decision curves and net benefit
@@ -14,10 +15,10 @@ predictions of the training children; the test scored once):
 - `ledger`: one line per scoring of the test split;
 - `document`: `metrics.json`, its tables and the Markdown results blocks.
 
-The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose_threshold`, ...).
+The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose`, ...).
 """
-from cxr.evaluate import (baseline, calibration, clinical, ledger, predictions, shift, threshold,  # the modules
-                          uncertainty)
+from cxr.evaluate import (baseline, calibration, clinical, ledger, predictions, resample, shift,  # the modules
+                          threshold, uncertainty)
 from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report,
                                       calibration_intercept_slope, calibration_intervals, describe_calibration,
                                       fit_calibrator, fit_temperature, invert_calibrator, reliability_table,
@@ -28,10 +29,11 @@ from cxr.evaluate.document import (PREVIOUS_RUN, REFERENCES, SCHEMA_VERSION, TAS
                                    markdown_results,
                                    metrics_document, protocol, read_metrics, report_table, results_table,
                                    write_metrics)
-from cxr.evaluate.metrics import (CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, bootstrap_draws,
-                                  check_inputs, child_report, child_table, confusion, expected_calibration_error,
-                                  metric_values, patient_strata, task_report)
-from cxr.evaluate.threshold import choose, choose_threshold, describe_stability, stability, stability_summary
+from cxr.evaluate.metrics import (CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, REGISTRY, Metric,
+                                  bootstrap_draws, check_inputs, child_report, child_table, confusion,
+                                  expected_calibration_error, metric_values, task_report)
+from cxr.evaluate.resample import patient_strata
+from cxr.evaluate.threshold import choose, describe_stability, stability, stability_summary
 from cxr.evaluate.uncertainty import describe_threshold_uncertainty, threshold_uncertainty
 from cxr.io import update_markdown  # the results blocks of README.md and doc/results.md
 

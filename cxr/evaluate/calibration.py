@@ -25,7 +25,8 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import SplineTransformer
 
-from cxr.evaluate.metrics import _codes_resampler, _percentile, _run_bootstrap, check_inputs, expected_calibration_error
+from cxr.evaluate.metrics import check_inputs, expected_calibration_error
+from cxr.evaluate.resample import bootstrap, percentile
 
 EPS = 1e-7
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -182,16 +183,16 @@ def calibration_intervals(y: Any, p: Any, groups: Any = None, *, n_bootstrap: in
     values = calibration_intercept_slope(y, p)
     out = {k: {"value": v, "ci_low": math.nan, "ci_high": math.nan} for k, v in values.items()}
     z, yf = logit(p), y.astype(float)
-    setup = _codes_resampler(y, groups, lambda w: _intercept_slope(z, yf, w))
-    if n_bootstrap <= 1 or setup is None:
+    found = bootstrap(y, groups, lambda w: _intercept_slope(z, yf, w), n_bootstrap, ci_level, seed)
+    if found is None:
         return out
-    low, high, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed)
+    low, high, dist = found
     for i, key in enumerate(("intercept", "slope")):
         bca = (low[i], high[i])
         if np.isfinite(bca).all() and np.isfinite(dist[i]).all():
             out[key].update(ci_low=float(bca[0]), ci_high=float(bca[1]))
         else:
-            lo, hi = _percentile(dist[i], ci_level)
+            lo, hi = percentile(dist[i], ci_level)
             out[key].update(ci_low=lo, ci_high=hi)
     return out
 
@@ -228,9 +229,9 @@ def smoothed_reliability(y: Any, p: Any, groups: Any = None, *, n_bootstrap: int
         return special.expit(_logistic_newton(X, yf, w, penalty=penalty) @ Xg.T).T
 
     out["observed"] = curves(np.ones((1, y.size)))[:, 0]
-    setup = _codes_resampler(y, groups, curves)
-    if n_bootstrap > 1 and setup is not None:
-        _, _, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed, method="percentile")
+    found = bootstrap(y, groups, curves, n_bootstrap, ci_level, seed, method="percentile")
+    if found is not None:
+        dist = found[2]
         alpha = 100 * (1 - ci_level) / 2
         out["low"], out["high"] = np.nanpercentile(dist, [alpha, 100 - alpha], axis=1)
     return out

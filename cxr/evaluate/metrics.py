@@ -1,26 +1,23 @@
 """Test metrics and their bootstrap intervals: image-level (stratified by class) and patient-level (cluster).
 
-Every metric comes from scikit-learn except the expected calibration error (10 equal-width bins). The bootstrap is
-`scipy.stats.bootstrap`, resampling **within each class** (a stratified bootstrap, as in pROC, so that every
-resample holds both classes and AUROC is always defined); with patient ids (`groups`) patients are resampled
-instead of images (a cluster bootstrap) and that interval is the headline. The interval drawn from the bootstrap
-depends on the metric (CI_METHODS), chosen by simulation (`cxr.evaluate.uncertainty.method_comparison`: 1,000
-simulated test sets in each of 7 designs, 60-400 positive and 40-234 negative patients, 1-5 correlated images per
-patient, sensitivity 0.95-0.99, AUROC 0.96-0.9975), because percentile intervals under-cover near 0 and 1:
+Each metric is defined once, in REGISTRY (`Metric`: name, table label, point value, interval rule, and for a
+proportion the images that are its trials); METRICS, METRIC_LABELS, CI_METHODS, the tables and the bootstrap
+draws all follow from it. Point values are scikit-learn's (the expected calibration error: 10 equal-width bins);
+the resamples of the bootstrap are scored by the vectorised weighted definitions of `weighted_draws` (the tests
+check them against scikit-learn). The resamples come from `cxr.evaluate.resample.bootstrap`: patients (images
+without patient ids) resampled within their class, so that every resample holds both classes and AUROC is always
+defined; the patient-level interval is the headline. The interval drawn from the bootstrap depends on the metric
+(CI_METHODS; the simulations that chose them are in doc/metrics_schema.md, "Interval methods"):
 
 - proportions (accuracy, sensitivity, specificity, precision): the Wilson score interval on the effective sample
   size n / deff, where the design effect deff is the bootstrap variance over the binomial variance p(1-p)/n (at
   least 1); when the proportion is 0 or 1 the bootstrap has no variance to compare, and deff is the clustering
-  bound sum(m_i^2) / sum(m_i) over the patients' image counts m_i (1 with one image per patient). Coverage of
-  sensitivity and specificity 94.0-96.7% in every design (percentile 71-97%, BCa 70-97%: both fail when the
-  sample sensitivity is 1);
+  bound sum(m_i^2) / sum(m_i) over the patients' image counts m_i (1 with one image per patient);
 - AUROC: a normal interval on the logit scale with the bootstrap standard error (delta method), which stays inside
-  (0, 1) and is skewed away from 1; where every resample has the same AUROC (an AUROC of 1: separated classes),
-  Newcombe's score interval for the Mann-Whitney statistic (Hanley-McNeil variance with N* = (n0 + n1) / 2;
-  Newcombe 2006, Stat Med 25:559-573) widened by the clustering bound of the design effect, so that a perfect
-  AUROC still gets an interval below 1. Near 1 no bootstrap-variance interval reaches 95%: this one covered
-  92.8-93.9% at an AUROC of 0.99 (96.9% with 100 patients, where the score interval takes over), 91.9% at 0.9975
-  and 94.0% at 0.96, about as BCa did (91.6-94.3%) and better than the percentile interval (82.8-93.7%);
+  (0, 1); where every resample has the same AUROC (an AUROC of 1: separated classes), Newcombe's score interval
+  for the Mann-Whitney statistic (Hanley-McNeil variance with N* = (n0 + n1) / 2; Newcombe 2006, Stat Med
+  25:559-573) widened by the clustering bound of the design effect, so that a perfect AUROC still gets an
+  interval below 1;
 - the others (AUPRC, F1, balanced accuracy, Brier score, ECE): BCa (`scipy.stats.bootstrap(method="BCa")`), or
   the percentile interval of the defined resamples where BCa is undefined (a constant distribution, or a metric
   undefined in some resamples).
@@ -29,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -36,14 +34,8 @@ import pandas as pd
 from scipy import optimize, special, stats
 from sklearn import metrics as skm
 
-METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy",
-           "brier", "ece")
-METRIC_LABELS = {
-    "auroc": "AUROC", "auprc": "AUPRC (average precision)", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
-    "specificity": "Specificity", "precision": "Precision (PPV)", "f1": "F1", "balanced_accuracy": "Balanced accuracy",
-    "brier": "Brier score", "ece": "Expected calibration error",
-}
-PROPORTIONS = ("accuracy", "sensitivity", "specificity", "precision")
+from cxr.evaluate.resample import bootstrap, patient_strata, percentile
+
 WILSON_ESS = ("Wilson score interval on the effective sample size n / deff (deff = bootstrap variance / binomial "
               "variance, at least 1; for a proportion of 0 or 1, deff = sum of squared image counts per patient / "
               "images)")
@@ -51,14 +43,7 @@ AUROC_LOGIT = ("normal interval on the logit scale with the bootstrap standard e
                "(every resample alike), Newcombe's score interval (Hanley-McNeil variance, N* = (n0 + n1) / 2) times "
                "the clustering design effect")
 BCA = "BCa bootstrap; percentile of the defined resamples where BCa is undefined"
-CI_METHODS = {m: WILSON_ESS if m in PROPORTIONS else AUROC_LOGIT if m == "auroc" else BCA for m in METRICS}
-CI_METHOD = ("image bootstrap (scipy.stats.bootstrap), resampling images within each class (stratified); "
-             "per metric: Wilson on the effective sample size for proportions, logit-scale normal interval for AUROC, "
-             "BCa otherwise (ci_methods)")
-PATIENT_CI_METHOD = ("cluster bootstrap (scipy.stats.bootstrap), resampling patients within each class (stratified by "
-                     "the patient's label; every image of a drawn patient enters the resample); per metric: Wilson "
-                     "on the effective sample size for proportions, logit-scale normal interval for AUROC, BCa "
-                     "otherwise (ci_methods)")
+INTERVAL_RULES = {"wilson_ess": WILSON_ESS, "auroc_logit": AUROC_LOGIT, "bca": BCA}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +66,7 @@ def check_inputs(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Point metrics
+# The metrics
 # ---------------------------------------------------------------------------------------------------------------
 
 def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
@@ -93,31 +78,59 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
     return float(gap.sum() / count.sum())  # sum_b n_b/N * |mean_y_b - mean_p_b|
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric. `point(y, p, called)`: its value on a sample (labels, probabilities, calls p >= threshold);
+    `interval`: its rule in INTERVAL_RULES; `trials(y, called)`: for a proportion, the images of its denominator;
+    `both_classes`: undefined (NaN) unless both classes are present."""
+    name: str
+    label: str
+    point: Callable[[np.ndarray, np.ndarray, np.ndarray], float]
+    interval: str = "bca"
+    trials: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    both_classes: bool = False
+
+
+REGISTRY = (
+    Metric("auroc", "AUROC", lambda y, p, c: skm.roc_auc_score(y, p), "auroc_logit", both_classes=True),
+    Metric("auprc", "AUPRC (average precision)", lambda y, p, c: skm.average_precision_score(y, p),
+           both_classes=True),
+    Metric("accuracy", "Accuracy", lambda y, p, c: skm.accuracy_score(y, c), "wilson_ess",
+           lambda y, c: np.ones(y.size, bool)),
+    Metric("sensitivity", "Sensitivity", lambda y, p, c: skm.recall_score(y, c, pos_label=1, zero_division=np.nan),
+           "wilson_ess", lambda y, c: y == 1),
+    Metric("specificity", "Specificity", lambda y, p, c: skm.recall_score(y, c, pos_label=0, zero_division=np.nan),
+           "wilson_ess", lambda y, c: y == 0),
+    Metric("precision", "Precision (PPV)", lambda y, p, c: skm.precision_score(y, c, zero_division=np.nan),
+           "wilson_ess", lambda y, c: c == 1),
+    Metric("f1", "F1", lambda y, p, c: skm.f1_score(y, c, zero_division=np.nan)),
+    Metric("balanced_accuracy", "Balanced accuracy", lambda y, p, c: skm.balanced_accuracy_score(y, c),
+           both_classes=True),
+    Metric("brier", "Brier score", lambda y, p, c: skm.brier_score_loss(y, p, pos_label=1)),
+    Metric("ece", "Expected calibration error", lambda y, p, c: expected_calibration_error(y, p)),
+)
+BY_NAME = {m.name: m for m in REGISTRY}
+METRICS = tuple(BY_NAME)
+METRIC_LABELS = {m.name: m.label for m in REGISTRY}
+PROPORTIONS = tuple(m.name for m in REGISTRY if m.interval == "wilson_ess")
+CI_METHODS = {m.name: INTERVAL_RULES[m.interval] for m in REGISTRY}
+_RULES_IN_WORDS = ("per metric: Wilson on the effective sample size for proportions, logit-scale normal interval "
+                   "for AUROC, BCa otherwise (ci_methods)")
+CI_METHOD = ("image bootstrap (scipy.stats.bootstrap), resampling images within each class (stratified); "
+             + _RULES_IN_WORDS)
+PATIENT_CI_METHOD = ("cluster bootstrap (scipy.stats.bootstrap), resampling patients within each class (stratified by "
+                     "the patient's label; every image of a drawn patient enters the resample); " + _RULES_IN_WORDS)
+
+
 def metric_values(y: Any, p: Any, threshold: float) -> dict[str, float]:
-    """All metrics at one threshold (positive when p >= threshold); NaN where a metric is undefined
+    """All METRICS at one threshold (positive when p >= threshold); NaN where a metric is undefined
     (e.g. AUROC with a single class, precision with no positive prediction)."""
     y, p = check_inputs(y, p)
-    return _metric_values(y, p, threshold)
-
-
-def _metric_values(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    yhat = (p >= threshold).astype(int)
+    called = (p >= threshold).astype(int)
     both = len(np.unique(y)) == 2
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined cases are reported as NaN below
-        out = {
-            "auroc": skm.roc_auc_score(y, p) if both else math.nan,
-            "auprc": skm.average_precision_score(y, p) if both else math.nan,
-            "accuracy": skm.accuracy_score(y, yhat),
-            "sensitivity": skm.recall_score(y, yhat, pos_label=1, zero_division=np.nan),
-            "specificity": skm.recall_score(y, yhat, pos_label=0, zero_division=np.nan),
-            "precision": skm.precision_score(y, yhat, zero_division=np.nan),
-            "f1": skm.f1_score(y, yhat, zero_division=np.nan),
-            "balanced_accuracy": skm.balanced_accuracy_score(y, yhat) if both else math.nan,
-            "brier": skm.brier_score_loss(y, p, pos_label=1),
-            "ece": expected_calibration_error(y, p),
-        }
-    return {k: float(v) for k, v in out.items()}
+        warnings.simplefilter("ignore")  # undefined cases are reported as NaN
+        return {m.name: float(m.point(y, p, called)) if both or not m.both_classes else math.nan for m in REGISTRY}
 
 
 def confusion(y: Any, p: Any, threshold: float) -> list[list[int]]:
@@ -126,63 +139,34 @@ def confusion(y: Any, p: Any, threshold: float) -> list[list[int]]:
     return skm.confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).tolist()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Bootstrap intervals
-# ---------------------------------------------------------------------------------------------------------------
-
-def _class_metrics(p_neg: np.ndarray, p_pos: np.ndarray, thresholds: list[float]) -> np.ndarray:
-    """The METRICS of many resamples at once: (len(thresholds) * len(METRICS), ...) for scores (..., n0), (..., n1).
-
-    The bootstrap needs this 2 x 2,000 times per task; scikit-learn's per-call overhead would make that take
-    minutes, so these are the same definitions in vectorised NumPy (the tests check them against scikit-learn:
-    AUROC as the Mann-Whitney statistic with tied scores counted half, AUPRC as scikit-learn's step-wise average
-    precision, ECE with the bins of `expected_calibration_error`).
-    """
-    n0, n1 = p_neg.shape[-1], p_pos.shape[-1]
-    n = n0 + n1
-    scores = np.concatenate([p_neg, p_pos], axis=-1)
-    labels = np.r_[np.zeros(n0), np.ones(n1)]
-    ranks = stats.rankdata(scores, axis=-1)  # average ranks for ties
-    auroc = (ranks[..., n0:].sum(-1) - n1 * (n1 + 1) / 2) / (n0 * n1)
-    # average precision: each positive adds 1/n1 recall at the end of its group of tied scores
-    order = np.argsort(-scores, axis=-1, kind="stable")
-    s = np.take_along_axis(scores, order, axis=-1)
-    lab = labels[order]
-    tp = np.cumsum(lab, axis=-1)
-    pos = np.arange(n)
-    group_end = np.ones(s.shape, bool)
-    group_end[..., :-1] = s[..., 1:] != s[..., :-1]
-    end = np.where(group_end, pos, n - 1)
-    end = np.flip(np.minimum.accumulate(np.flip(end, -1), axis=-1), -1)  # index of each sample's group end
-    precision_at_end = np.take_along_axis(tp, end, axis=-1) / (end + 1)
-    auprc = (lab * precision_at_end).sum(-1) / n1
-    brier = ((p_neg ** 2).sum(-1) + ((1 - p_pos) ** 2).sum(-1)) / n
-    bins = np.minimum((scores * 10).astype(int), 9)
-    gap = np.zeros(scores.shape[:-1])
-    for b in range(10):
-        inside = bins == b
-        gap += np.abs((inside * labels).sum(-1) - (inside * scores).sum(-1))
-    ece = gap / n
-    out = []
-    for t in thresholds:
-        tp_t = (p_pos >= t).sum(-1)
-        fp = (p_neg >= t).sum(-1)
-        fn, tn = n1 - tp_t, n0 - fp
-        sens, spec = tp_t / n1, tn / n0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prec = np.where(tp_t + fp > 0, tp_t / np.maximum(tp_t + fp, 1), np.nan)
-            f1 = np.where(2 * tp_t + fp + fn > 0, 2 * tp_t / np.maximum(2 * tp_t + fp + fn, 1), np.nan)
-        out += [auroc, auprc, (tp_t + tn) / n, sens, spec, prec, f1, (sens + spec) / 2, brier, ece]
-    return np.stack([np.broadcast_to(np.asarray(o, float), scores.shape[:-1]) for o in out], axis=0)
+def rates(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndarray]:
+    """The metrics of (weighted) confusion counts, vectorised: accuracy, sensitivity, specificity, precision (PPV),
+    f1, balanced_accuracy and npv; NaN where a denominator is 0."""
+    tp, fp, fn, tn = (np.asarray(v, float) for v in (tp, fp, fn, tn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens, spec = tp / (tp + fn), tn / (tn + fp)
+        return {"accuracy": (tp + tn) / (tp + fp + fn + tn), "sensitivity": sens, "specificity": spec,
+                "precision": tp / (tp + fp), "f1": 2 * tp / (2 * tp + fp + fn), "balanced_accuracy": (sens + spec) / 2,
+                "npv": tn / (tn + fn)}
 
 
-def _weighted_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: list[float]) -> np.ndarray:
-    """The METRICS of many weighted resamples at once: (len(thresholds) * len(METRICS), B) for weights (B, n).
+def weighted_rates(y: np.ndarray, p: np.ndarray, w: np.ndarray, thresholds: Any) -> dict[str, np.ndarray]:
+    """`rates` of weighted resamples w (B, n), each at its own threshold (B,) (or one threshold for all)."""
+    w = np.asarray(w, float).reshape(-1, p.size)
+    above = p[None, :] >= np.broadcast_to(np.asarray(thresholds, float).reshape(-1, 1), (w.shape[0], 1))
+    pos, neg = w * (y == 1), w * (y == 0)
+    tp, fp = (pos * above).sum(1), (neg * above).sum(1)
+    return rates(tp, fp, pos.sum(1) - tp, neg.sum(1) - fp)
 
-    A cluster resample is the fixed sample (p, y) with integer weights w (how often each image was drawn), so
-    these are the definitions of `_class_metrics` with weights: AUROC as the weighted Mann-Whitney statistic
-    (ties half), AUPRC as step-wise average precision over the distinct scores, Brier and ECE as weighted means.
-    With 0/1-or-more integer weights they equal scikit-learn's metrics on the expanded resample (tested).
+
+def weighted_draws(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: list[float]
+                   ) -> list[dict[str, np.ndarray]]:
+    """The METRICS of many weighted resamples at once: per threshold {metric: (B,)} for weights (B, n).
+
+    A resample is the fixed sample (p, y) with integer weights w (how often each image was drawn): AUROC as the
+    weighted Mann-Whitney statistic (ties half), AUPRC as step-wise average precision over the distinct scores,
+    Brier and ECE (the bins of `expected_calibration_error`) as weighted means, the others from the weighted
+    confusion counts (`rates`). With integer weights they equal scikit-learn's metrics on the expanded resample.
     """
     w = np.asarray(w, float).reshape(-1, p.size)
     order = np.argsort(-p, kind="stable")
@@ -194,100 +178,39 @@ def _weighted_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: l
     w1, w0 = pos_g.sum(1), neg_g.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         neg_below = w0[:, None] - np.cumsum(neg_g, axis=1)
-        auroc = (pos_g * (neg_below + 0.5 * neg_g)).sum(1) / (w0 * w1)
         tp_g, fp_g = np.cumsum(pos_g, axis=1), np.cumsum(neg_g, axis=1)
         precision_g = np.divide(tp_g, tp_g + fp_g, out=np.zeros_like(tp_g), where=tp_g + fp_g > 0)
-        auprc = (pos_g * precision_g).sum(1) / w1
-        n = w0 + w1
-        brier = (w * (p - y) ** 2).sum(1) / n
         onehot = np.eye(10)[np.minimum((p * 10).astype(int), 9)]  # (n, 10): the bins of expected_calibration_error
-        ece = np.abs(wpos @ onehot - (w * p) @ onehot).sum(1) / n
-        out = []
-        for t in thresholds:
-            above = (p >= t).astype(float)
-            tp, fp = wpos @ above, wneg @ above
-            fn, tn = w1 - tp, w0 - fp
-            sens, spec = tp / w1, tn / w0
-            prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), np.nan)
-            f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), np.nan)
-            out += [auroc, auprc, (tp + tn) / n, sens, spec, prec, f1, (sens + spec) / 2, brier, ece]
-    return np.stack(out, axis=0)
+        free = {"auroc": (pos_g * (neg_below + 0.5 * neg_g)).sum(1) / (w0 * w1),
+                "auprc": (pos_g * precision_g).sum(1) / w1,
+                "brier": (w * (p - y) ** 2).sum(1) / (w0 + w1),
+                "ece": np.abs(wpos @ onehot - (w * p) @ onehot).sum(1) / (w0 + w1)}
+    out = []
+    for t in thresholds:
+        above = (p >= t).astype(float)
+        tp, fp = wpos @ above, wneg @ above
+        named = {**free, **rates(tp, fp, w1 - tp, w0 - fp)}
+        out.append({m: named[m] for m in METRICS})
+    return out
 
 
-def patient_strata(y: Any, groups: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(patient code of each image, label stratum of each patient) for the cluster bootstrap.
+def bootstrap_distribution(y: np.ndarray, p: np.ndarray, thresholds: list[float], groups: Any, n_bootstrap: int,
+                           ci_level: float, seed: int, method: str = "BCa"
+                           ) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, Any]]] | None:
+    """(scipy's low bounds, high bounds, the draws) per threshold, each {metric: ...}, of the METRICS under the
+    stratified bootstrap of `resample.bootstrap` (patients with `groups`, images without); None: no resamples."""
+    yf, k = y.astype(float), len(METRICS)
 
-    Codes follow the order of first appearance (`pandas.factorize`), so with one image per patient the patients of
-    a class are in the same order as its images. A patient's stratum is its label; patients are single-class in
-    this dataset, and a patient whose images mix classes is stratified by the majority label (ties: positive),
-    its images keeping their own labels.
-    """
-    y = np.asarray(y).reshape(-1)
-    codes, _ = pd.factorize(np.asarray(groups).reshape(-1))
-    if codes.shape != y.shape:
-        raise ValueError(f"groups and labels differ in length: {codes.size} vs {y.size}")
-    if (codes < 0).any():
-        raise ValueError("groups must not contain missing values")
-    stratum = (np.bincount(codes, weights=y) / np.bincount(codes) >= 0.5).astype(int)
-    return codes, stratum
+    def statistic(w: np.ndarray) -> np.ndarray:  # (len(thresholds) * len(METRICS), B)
+        return np.stack([d[m] for d in weighted_draws(p, yf, w, thresholds) for m in METRICS])
 
-
-def _run_bootstrap(samples: tuple[np.ndarray, ...], statistic: Any, n_bootstrap: int, ci_level: float,
-                   seed: int, method: str = "BCa") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(low, high, distribution) of a stratified bootstrap over two unpaired samples (`method` as in scipy: "BCa"
-    or "percentile"; the distribution is the same for both with the same seed). Undefined intervals are NaN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on NaN or a constant distribution; handled by the callers
-        res = stats.bootstrap(samples, statistic, paired=False, vectorized=True, batch=250,
-                              n_resamples=n_bootstrap, confidence_level=ci_level, method=method,
-                              random_state=seed)
-    low, high = np.asarray(res.confidence_interval.low, float), np.asarray(res.confidence_interval.high, float)
-    return low, high, np.asarray(res.bootstrap_distribution, float)
-
-
-def _codes_resampler(y: np.ndarray, groups: Any, weighted: Callable[[np.ndarray], np.ndarray]
-                     ) -> tuple[tuple[np.ndarray, np.ndarray], Any] | None:
-    """The two class samples (codes of the negative and of the positive patients) and a vectorised statistic that
-    turns a resample of codes into per-image weights (how often its patient was drawn) and returns
-    `weighted(weights)` for weights (B, n). None with fewer than two patients in a class. `groups=None`: every
-    image is its own patient."""
-    codes, stratum = patient_strata(y, np.arange(y.size) if groups is None else groups)
-    neg, pos = np.flatnonzero(stratum == 0), np.flatnonzero(stratum == 1)
-    if len(neg) < 2 or len(pos) < 2:
+    found = bootstrap(y, groups, statistic, n_bootstrap, ci_level, seed, method=method)
+    if found is None:
         return None
-    n_patients = stratum.size
-
-    def statistic(c_neg: np.ndarray, c_pos: np.ndarray, axis: int = -1) -> np.ndarray:
-        drawn = np.concatenate([np.moveaxis(c_neg, axis, -1), np.moveaxis(c_pos, axis, -1)], axis=-1)
-        lead = drawn.shape[:-1]
-        drawn = drawn.reshape(-1, drawn.shape[-1]).astype(int)
-        rows = np.arange(drawn.shape[0])[:, None] * n_patients
-        counts = np.bincount((rows + drawn).ravel(), minlength=drawn.shape[0] * n_patients)
-        weights = counts.reshape(-1, n_patients)[:, codes]
-        out = np.asarray(weighted(weights))
-        return out.reshape(out.shape[0], *lead)
-
-    return (neg, pos), statistic
-
-
-def _resampler(y: np.ndarray, p: np.ndarray, thresholds: list[float], groups: Any = None
-               ) -> tuple[tuple[np.ndarray, np.ndarray], Any] | None:
-    """The two class samples and the vectorised statistic of the image or the patient bootstrap (None: too few).
-
-    Image bootstrap: the negatives' and positives' scores. Patient bootstrap: the codes of the negative and of the
-    positive patients; a resample of codes becomes per-image weights (how often its patient was drawn).
-    """
-    if groups is None:
-        neg, pos = p[y == 0], p[y == 1]
-        if len(neg) < 2 or len(pos) < 2:
-            return None
-
-        def statistic(p_neg: np.ndarray, p_pos: np.ndarray, axis: int = -1) -> np.ndarray:
-            return _class_metrics(np.moveaxis(p_neg, axis, -1), np.moveaxis(p_pos, axis, -1), thresholds)
-
-        return (neg, pos), statistic
-    yf = y.astype(float)
-    return _codes_resampler(y, groups, lambda w: _weighted_metrics(p, yf, w, thresholds))
+    low, high, dist = (np.asarray(a).reshape(len(thresholds), k, -1) for a in found)
+    return ([{m: float(v[0]) for m, v in zip(METRICS, block)} for block in low],
+            [{m: float(v[0]) for m, v in zip(METRICS, block)} for block in high],
+            [dict(zip(METRICS, block)) for block in dist])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +261,7 @@ def wilson_ess_interval(value: float, draws: Any, n: float, cluster_deff: float 
     return wilson_bounds(value, n / max(deff, 1.0), ci_level)
 
 
-def _newcombe_variance(theta: Any, n_pos: float, n_neg: float) -> Any:
+def newcombe_variance(theta: Any, n_pos: float, n_neg: float) -> Any:
     """Hanley-McNeil variance of the Mann-Whitney AUROC with Newcombe's N* = (n0 + n1) / 2 for both class sizes."""
     n_star = (n_pos + n_neg) / 2
     return theta * (1 - theta) / (n_pos * n_neg) * (1 + (n_star - 1) * ((1 - theta) / (2 - theta)
@@ -348,22 +271,20 @@ def _newcombe_variance(theta: Any, n_pos: float, n_neg: float) -> Any:
 def auroc_score_interval(value: float, draws: Any, n_pos: float, n_neg: float, cluster_deff: float = 1.0,
                          ci_level: float = 0.95) -> tuple[float, float]:
     """Newcombe's score interval for AUROC: the theta with (value - theta)^2 <= z^2 deff V(theta), V the
-    Hanley-McNeil variance with N* (`_newcombe_variance`), deff = var(draws) / V(value) (the clustering, and the
+    Hanley-McNeil variance with N* (`newcombe_variance`), deff = var(draws) / V(value) (the clustering, and the
     departure of the scores from Hanley-McNeil's model, that the bootstrap sees), or `cluster_deff` when the draws
-    do not vary. Finite also for an AUROC of 0 or 1, where `auroc_interval` uses it. (Hanley-McNeil overstates the
-    variance of well-separated binormal scores: with deff held at 1 or more it covered 96.6-99.8% in the simulation
-    at 20-115% more width; with the bootstrap deff 91.1-93.9%, `uncertainty.method_comparison`.)"""
+    do not vary. Finite also for an AUROC of 0 or 1, where `auroc_interval` uses it."""
     d = np.asarray(draws, float)
     d = d[np.isfinite(d)]
     if not (np.isfinite(value) and n_pos > 0 and n_neg > 0) or d.size < 2:
         return math.nan, math.nan
     var = float(d.var(ddof=1))
-    v0 = _newcombe_variance(value, n_pos, n_neg)
+    v0 = newcombe_variance(value, n_pos, n_neg)
     deff = var / v0 if var > 1e-15 and v0 > 0 else cluster_deff
     z2 = _z(ci_level) ** 2
 
     def gap(theta: float) -> float:
-        return (value - theta) ** 2 - z2 * deff * _newcombe_variance(theta, n_pos, n_neg)
+        return (value - theta) ** 2 - z2 * deff * newcombe_variance(theta, n_pos, n_neg)
 
     tiny = 1e-12
     low = optimize.brentq(gap, 0.0, min(value, 1 - tiny)) if value > tiny else 0.0
@@ -394,67 +315,56 @@ def auroc_interval(value: float, draws: Any, n_pos: float, n_neg: float, cluster
     return auroc_score_interval(value, np.full(2, value), n_pos, n_neg, cluster_deff, ci_level)
 
 
-def _percentile(draws: np.ndarray, ci_level: float) -> tuple[float, float]:
-    d = draws[np.isfinite(draws)]
-    if d.size == 0:
-        return math.nan, math.nan
-    alpha = 100 * (1 - ci_level) / 2
-    low, high = np.percentile(d, [alpha, 100 - alpha])
-    return float(low), float(high)
-
-
-def _metric_interval(metric: str, value: float, draws: np.ndarray, bca: tuple[float, float], y: np.ndarray,
-                     p: np.ndarray, threshold: float, codes: np.ndarray, ci_level: float
-                     ) -> tuple[float, float, bool]:
-    """(low, high, fell_back) of one metric by its CI_METHODS rule; fell_back: BCa was undefined (percentile)."""
+def metric_interval(metric: str, value: float, draws: np.ndarray, bca: tuple[float, float], y: np.ndarray,
+                    p: np.ndarray, threshold: float, codes: np.ndarray, ci_level: float
+                    ) -> tuple[float, float, bool]:
+    """(low, high, fell_back) of one metric by its rule (REGISTRY, CI_METHODS) from its bootstrap `draws` and
+    scipy's BCa bounds `bca`; `codes`: the patient code of each image (`patient_strata`); fell_back: BCa was
+    undefined and the percentile interval of the defined draws was used."""
     if not np.isfinite(value):
         return math.nan, math.nan, False
-    if metric in PROPORTIONS:
-        called = p >= threshold
-        mask = {"accuracy": np.ones(y.size, bool), "sensitivity": y == 1, "specificity": y == 0,
-                "precision": called}[metric]
+    spec = BY_NAME[metric]
+    if spec.interval == "wilson_ess":
+        mask = spec.trials(y, (p >= threshold).astype(int))
         return (*wilson_ess_interval(value, draws, int(mask.sum()), cluster_design_effect(codes, mask), ci_level),
                 False)
-    if metric == "auroc":
+    if spec.interval == "auroc_logit":
         return (*auroc_interval(value, draws, int(y.sum()), int((1 - y).sum()), cluster_design_effect(codes),
                                 ci_level), False)
     if np.isfinite(bca).all() and np.isfinite(draws).all():
         return float(bca[0]), float(bca[1]), False
-    return (*_percentile(draws, ci_level), True)
+    return (*percentile(draws, ci_level), True)
 
 
-def _bootstrap(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int, ci_level: float,
-               seed: int, groups: Any = None, bca: bool = True
-               ) -> tuple[list[dict[str, dict[str, float]]], list[list[str]]]:
+def bootstrap_intervals(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int, ci_level: float,
+                        seed: int, groups: Any = None, bca: bool = True
+                        ) -> tuple[list[dict[str, dict[str, float]]], list[list[str]]]:
     """({metric: {value, ci_low, ci_high}} for each threshold, and per threshold the metrics whose BCa interval
-    was undefined), from one stratified bootstrap.
+    was undefined), from one stratified bootstrap (`resample.bootstrap`) of checked inputs (`check_inputs`).
 
-    Values are scikit-learn's on the full sample. Without `groups` the positives' and the negatives' scores
-    are resampled separately (two samples, `paired=False`): every resample keeps the class counts, so AUROC is
-    always defined and the interval reflects the test set's own prevalence (the stratified bootstrap of pROC).
-    With `groups` (patient ids) PATIENTS are resampled within their class instead (a cluster bootstrap, see
-    `patient_strata`), each drawn patient bringing all its images. With one image per patient both give the same
-    resamples and the same intervals for the same seed. Each interval follows CI_METHODS (module docstring).
-    `bca=False` skips BCa's jackknife (the BCa metrics then fall back to percentile intervals): for simulations
-    of the other metrics only.
+    Values are scikit-learn's on the full sample. Without `groups` images are resampled within their class (every
+    resample keeps the class counts, so the interval reflects the test set's own prevalence: the stratified
+    bootstrap of pROC); with `groups` (patient ids) PATIENTS within their class, each drawn patient bringing all
+    its images. With one image per patient both give the same resamples for the same seed. Each interval follows
+    CI_METHODS. `bca=False` skips BCa's jackknife (the BCa metrics then fall back to percentile intervals): for
+    simulations of the other metrics only. No intervals (NaN) with fewer than two patients in a class or
+    `n_bootstrap` <= 1.
     """
-    values = [_metric_values(y, p, t) for t in thresholds]
-    results = [{m: {"value": v[m], "ci_low": math.nan, "ci_high": math.nan} for m in METRICS} for v in values]
+    results = [{m: {"value": v, "ci_low": math.nan, "ci_high": math.nan} for m, v in metric_values(y, p, t).items()}
+               for t in thresholds]
     fallbacks: list[list[str]] = [[] for _ in thresholds]
-    setup = _resampler(y, p, thresholds, groups)
-    if n_bootstrap <= 1 or setup is None:
-        return results, fallbacks  # no interval without resamples or with (almost) a single class
-    low, high, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed, method="BCa" if bca else "percentile")
-    if not bca:
-        low[:], high[:] = math.nan, math.nan
+    found = bootstrap_distribution(y, p, thresholds, groups, n_bootstrap, ci_level, seed,
+                                   method="BCa" if bca else "percentile")
+    if found is None:
+        return results, fallbacks
     codes = patient_strata(y, np.arange(y.size) if groups is None else groups)[0]
-    for j, (t, r) in enumerate(zip(thresholds, results)):
-        for i, m in enumerate(METRICS):
-            k = j * len(METRICS) + i
-            lo, hi, fell = _metric_interval(m, r[m]["value"], dist[k], (low[k], high[k]), y, p, t, codes, ci_level)
-            r[m]["ci_low"], r[m]["ci_high"] = lo, hi
+    for t, result, fell_back, lo, hi, draws in zip(thresholds, results, fallbacks, *found):
+        for m, entry in result.items():
+            bca_bounds = (lo[m], hi[m]) if bca else (math.nan, math.nan)
+            entry["ci_low"], entry["ci_high"], fell = metric_interval(m, entry["value"], draws[m], bca_bounds,
+                                                                      y, p, t, codes, ci_level)
             if fell:
-                fallbacks[j].append(m)
+                fell_back.append(m)
     return results, fallbacks
 
 
@@ -467,33 +377,10 @@ def bootstrap_draws(y: Any, p: Any, threshold: float, *, n_bootstrap: int, seed:
     from the `sensitivity` and `specificity` columns. Empty when no interval can be computed.
     """
     y, p = check_inputs(y, p)
-    setup = _resampler(y, p, [float(threshold)], groups)
-    if n_bootstrap <= 1 or setup is None:
+    found = bootstrap_distribution(y, p, [float(threshold)], groups, n_bootstrap, 0.95, seed, method="percentile")
+    if found is None:
         return pd.DataFrame(columns=list(METRICS), dtype=float)
-    _, _, dist = _run_bootstrap(*setup, n_bootstrap, 0.95, seed, method="percentile")
-    return pd.DataFrame(dist.T, columns=list(METRICS)).rename_axis("resample")
-
-
-def _with_image_intervals(y: np.ndarray, p: np.ndarray, thresholds: list[float], n_bootstrap: int,
-                          ci_level: float, seed: int, groups: Any
-                          ) -> tuple[list[dict[str, dict[str, float]]], list[list[str]]]:
-    """Patient-level intervals as the headline (ci_low, ci_high) and the image-level ones beside them
-    (image_ci_low, image_ci_high); the image-level ones alone when `groups` is None. With the headline's
-    BCa fallbacks (see `_bootstrap`)."""
-    image, image_fallbacks = _bootstrap(y, p, thresholds, n_bootstrap, ci_level, seed)
-    if groups is None:
-        return image, image_fallbacks
-    patient, fallbacks = _bootstrap(y, p, thresholds, n_bootstrap, ci_level, seed, groups=groups)
-    for pat, img in zip(patient, image):
-        for m in METRICS:
-            pat[m].update(image_ci_low=img[m]["ci_low"], image_ci_high=img[m]["ci_high"])
-    return patient, fallbacks
-
-
-def _patient_counts(y: np.ndarray, groups: Any) -> dict[str, Any]:
-    _, stratum = patient_strata(y, groups)
-    return {"n_patients": int(stratum.size), "n_patients_positive": int(stratum.sum()),
-            "ci_method": PATIENT_CI_METHOD, "image_ci_method": CI_METHOD}
+    return pd.DataFrame(found[2][0]).rename_axis("resample")
 
 
 def task_report(y: Any, p: Any, threshold: float, *, n_bootstrap: int, ci_level: float, seed: int,
@@ -511,8 +398,14 @@ def task_report(y: Any, p: Any, threshold: float, *, n_bootstrap: int, ci_level:
     only when not empty) lists headline intervals where BCa was undefined and the percentile interval was used.
     """
     y, p = check_inputs(y, p)
-    (at_t, at_half), fallbacks = _with_image_intervals(y, p, [float(threshold), 0.5], n_bootstrap, ci_level, seed,
-                                                       groups)
+    thresholds = [float(threshold), 0.5]
+    (at_t, at_half), fallbacks = bootstrap_intervals(y, p, thresholds, n_bootstrap, ci_level, seed)  # of images
+    if groups is not None:  # the headline: patients; the image-level intervals beside it
+        image = (at_t, at_half)
+        (at_t, at_half), fallbacks = bootstrap_intervals(y, p, thresholds, n_bootstrap, ci_level, seed, groups=groups)
+        for pat, img in zip((at_t, at_half), image):
+            for m in METRICS:
+                pat[m].update(image_ci_low=img[m]["ci_low"], image_ci_high=img[m]["ci_high"])
     out: dict[str, Any] = {
         "threshold": float(threshold),
         "n": int(y.size),
@@ -527,7 +420,9 @@ def task_report(y: Any, p: Any, threshold: float, *, n_bootstrap: int, ci_level:
     if fell:
         out["ci_fallbacks"] = fell
     if groups is not None:
-        out.update(_patient_counts(y, groups))
+        _, stratum = patient_strata(y, groups)
+        out.update(n_patients=int(stratum.size), n_patients_positive=int(stratum.sum()),
+                   ci_method=PATIENT_CI_METHOD, image_ci_method=CI_METHOD)
     return out
 
 

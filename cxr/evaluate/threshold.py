@@ -1,26 +1,26 @@
 """Operating-point policies that a saturated validation set can pin down, and their stability under resampling.
 
-With validation AUROC near 0.99 the classes are almost separated: Youden's J is maximal (or within one error of
-it) over a wide range of thresholds, and its argmax (the highest threshold of the plateau) jumps from one model
-or resample to the next. Every policy here reads validation labels and probabilities only:
+`choose` is the one chooser; its defaults are the Config's (`threshold_policy`, `threshold_tolerance`,
+`target_sensitivity`), and the study's operating point is `cxr.pipeline.operating_point`, which passes its
+Config's settings. Every policy reads validation labels and probabilities only:
 
-- "youden": `choose_threshold` (maximal J; ties to the highest threshold), for reference.
+- "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
+- "youden": maximal Youden's J = sensitivity + specificity - 1 (ties to the highest threshold). With validation
+  AUROC near 0.99 the classes are almost separated, J is maximal (or within one error of it) over a wide range of
+  thresholds, and its argmax jumps from one model or resample to the next.
 - "plateau": the middle (median by length in logit space) of the thresholds whose J is within `tolerance` of
-  the maximum. Default tolerance 0.05 (DEFAULT_TOLERANCE): thresholds whose sensitivity + specificity is within
-  5 points of the best are treated as equally good, about two standard errors of J on a validation set with a
-  few hundred images per class. `tolerance="one_error"` gives 1 / n_minority, the J cost of one more error in the
-  smaller class. In simulations of almost separable validation sets (680 images, a few cases of each class
-  scattered between the two bulks), that narrow plateau moved about as much as Youden's argmax under resampling
-  (logit SD 0.45-2.2x Youden's) while 0.05 cut it to 0.06-0.36x (tests/test_threshold.py keeps one such case);
-  on exactly separable sets Youden's threshold (the lowest positive score) already moved little and neither
-  rule was consistently steadier.
+  the maximum: thresholds whose sensitivity + specificity is within `tolerance` of the best are treated as equally
+  good (0.05: about two standard errors of J on a validation set with a few hundred images per class).
+  `tolerance="one_error"` gives 1 / n_minority, the J cost of one more error in the smaller class. (How the
+  policies moved in simulations: doc/design.md, "Operating point, calibration and evaluation".)
 - "calibrated": the raw probability at which the calibrated probability reaches `target` (0.5, or the validation
   prevalence), found by inverting THE calibrator fitted on validation and saved with the model
   (`cxr.evaluate.calibration.fit_calibrator`, passed as `calibrator`), so the operating point and the saved model's
-  calibrated probabilities agree. With Platt scaling, sigmoid((logit(target) - b) / a): a maximum-likelihood fit to
-  every validation image; in the simulations above it was the steadiest on exactly separable sets and steadier than
-  Youden otherwise (logit SD 0.4-0.6 against 0.6-1.5), but less steady than the 0.05 plateau (0.1-0.2). With
-  temperature scaling, sigmoid(T logit(target)): 0.5 stays 0.5, so only target="prevalence" moves the threshold.
+  calibrated probabilities agree. With Platt scaling, sigmoid((logit(target) - b) / a); with temperature scaling,
+  sigmoid(T logit(target)): 0.5 stays 0.5, so only target="prevalence" moves the threshold.
+
+The threshold is one of the validation scores or a point between them, kept inside the open interval (0, 1) so
+that it stays a usable probability.
 """
 from __future__ import annotations
 
@@ -33,37 +33,25 @@ from sklearn import metrics as skm
 
 from cxr.config import THRESHOLD_POLICIES, Config
 from cxr.evaluate.calibration import fit_calibrator, invert_calibrator, logit
-from cxr.evaluate.metrics import check_inputs, patient_strata
+from cxr.evaluate.metrics import check_inputs, weighted_rates
+from cxr.evaluate.resample import resample_indices
 
 POLICIES = THRESHOLD_POLICIES  # defined once, with the Config
 EPS = 1e-6
 DEFAULT_TOLERANCE = Config.threshold_tolerance  # the Config's default, not a second one
 
 
-def choose_threshold(y_val: Any, p_val: Any, policy: str = "youden",
-                     target_sensitivity: float = Config.target_sensitivity) -> float:
-    """The decision threshold (predict positive when p >= threshold), chosen on VALIDATION data only.
-
-    - "youden": the ROC point maximising Youden's J = sensitivity + specificity - 1 (ties: the highest threshold).
-    - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
-
-    The threshold is one of the validation scores (as `sklearn.metrics.roc_curve` gives them), kept inside the open
-    interval (0, 1) so that it stays a usable probability.
-    """
-    y, p = check_inputs(y_val, p_val)
-    if len(np.unique(y)) < 2:
-        raise ValueError("choosing a threshold needs both classes in the validation labels")
+def _roc_point(y: np.ndarray, p: np.ndarray, policy: str, target_sensitivity: float) -> float:
+    """The "youden" or "sensitivity" threshold: one of the validation scores (as `sklearn.metrics.roc_curve`
+    gives them), clipped into (0, 1)."""
     fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
     if policy == "youden":
         i = int(np.argmax(tpr - fpr))
-    elif policy == "sensitivity":
+    else:
         if not 0.0 < target_sensitivity <= 1.0:
             raise ValueError("target_sensitivity must lie in (0, 1]")
         i = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])  # tpr ends at 1, so one always exists
-    else:
-        raise ValueError(f"unknown threshold policy {policy!r}; choose 'youden' or 'sensitivity'")
-    eps = 1e-6
-    return float(np.clip(thresholds[i], eps, 1.0 - eps))  # thresholds[0] is +inf in scikit-learn
+    return float(np.clip(thresholds[i], EPS, 1.0 - EPS))  # thresholds[0] is +inf in scikit-learn
 
 
 def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
@@ -91,12 +79,13 @@ def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
     return float(np.clip(special.expit(middle), EPS, 1 - EPS))
 
 
-def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | str = DEFAULT_TOLERANCE,
-           target: float | str = 0.5, target_sensitivity: float = Config.target_sensitivity,
+def choose(y_val: Any, p_val: Any, policy: str = Config.threshold_policy,
+           tolerance: float | str = DEFAULT_TOLERANCE, target: float | str = 0.5,
+           target_sensitivity: float = Config.target_sensitivity,
            calibrator: dict[str, Any] | None = None) -> float:
     """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
 
-    `policy`: one of POLICIES ("youden" and "sensitivity" are `choose_threshold`'s rules).
+    `policy`: one of POLICIES (module docstring; default the Config's). `target_sensitivity`: for "sensitivity".
     `tolerance`: for "plateau" (a J difference, or "one_error"). `target`: for "calibrated", the calibrated
     probability at which to call positive: 0.5 (fewest errors at the validation prevalence) or "prevalence"
     (the validation prevalence: the Bayes threshold for equal weight on sensitivity and specificity, Youden's aim).
@@ -108,7 +97,7 @@ def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | s
     if len(np.unique(y)) < 2:
         raise ValueError("choosing a threshold needs both classes in the validation labels")
     if policy in ("youden", "sensitivity"):
-        return choose_threshold(y, p, policy, target_sensitivity)
+        return _roc_point(y, p, policy, target_sensitivity)
     if policy == "plateau":
         return _plateau(y, p, tolerance)
     if policy == "calibrated":
@@ -121,24 +110,9 @@ def choose(y_val: Any, p_val: Any, policy: str = "plateau", tolerance: float | s
     raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
 
 
-def _resample(y: np.ndarray, groups: Any, rng: np.random.Generator) -> np.ndarray:
-    """Image indices of one stratified bootstrap resample: of images within each class, or with `groups` of
-    patients within each class (every image of a drawn patient, see `cxr.evaluate.patient_strata`)."""
-    if groups is None:
-        return np.concatenate([rng.choice(idx, idx.size) for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1))])
-    codes, stratum = patient_strata(y, groups)
-    drawn = np.concatenate([rng.choice(s, s.size) for s in (np.flatnonzero(stratum == 0),
-                                                            np.flatnonzero(stratum == 1))])
-    order = np.argsort(codes, kind="stable")  # images grouped by patient, in their own order within a patient
-    counts = np.bincount(codes)
-    starts = np.cumsum(counts) - counts
-    lengths = counts[drawn]
-    first = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
-    return order[first + np.arange(lengths.sum())]
-
-
 def _sens_spec(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float]:
-    return float((p[y == 1] >= t).mean()), float((p[y == 0] < t).mean())
+    r = weighted_rates(y, p, np.ones((1, y.size)), t)
+    return float(r["sensitivity"][0]), float(r["specificity"][0])
 
 
 def stability(y_val: Any, p_val: Any, policy: str | Sequence[str] = ("youden", "plateau"), n_boot: int = 200,
@@ -159,7 +133,7 @@ def stability(y_val: Any, p_val: Any, policy: str | Sequence[str] = ("youden", "
     rng = np.random.default_rng(seed)
     rows = []
     for b in range(n_boot):
-        idx = _resample(y, groups, rng)
+        idx = resample_indices(y, groups, rng)
         for name in policies:
             refit = fit_calibrator(y[idx], p[idx], calibrator["method"]) if name == "calibrated" else None
             t = choose(y[idx], p[idx], name, calibrator=refit, **kw)

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from cxr.evaluate.metrics import (BCA, CI_METHODS, METRICS, _bootstrap, _metric_interval, _metric_values,
-                                  _newcombe_variance, _percentile, _resampler, _run_bootstrap, auroc_score_interval,
-                                  check_inputs, cluster_design_effect, logit_interval, patient_strata,
-                                  wilson_bounds, wilson_ess_interval)
-from cxr.evaluate.threshold import _resample
+from cxr.evaluate.metrics import (BCA, CI_METHODS, auroc_score_interval, bootstrap_distribution, bootstrap_intervals,
+                                  check_inputs, cluster_design_effect, logit_interval, metric_interval, metric_values,
+                                  newcombe_variance, wilson_bounds, wilson_ess_interval, weighted_rates)
+from cxr.evaluate.resample import patient_strata, percentile, resample_indices, resample_weights
 
 NESTED_METRICS = ("threshold", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv")
 NESTED_CI_METHOD = ("nested bootstrap: selection patients resampled within each class and the threshold re-chosen, "
@@ -36,30 +35,10 @@ NESTED_CI_METHOD = ("nested bootstrap: selection patients resampled within each 
 # Threshold uncertainty
 # ---------------------------------------------------------------------------------------------------------------
 
-def _stratified_weights(y: np.ndarray, groups: Any, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_bootstrap, n) image weights of a bootstrap of patients within each class (of images with no groups):
-    how often each image's patient was drawn."""
-    codes, stratum = patient_strata(y, np.arange(y.size) if groups is None else groups)
-    counts = np.zeros((n_bootstrap, stratum.size))
-    rows = np.arange(n_bootstrap)[:, None]
-    for s in (0, 1):
-        members = np.flatnonzero(stratum == s)
-        if members.size:
-            np.add.at(counts, (rows, rng.choice(members, (n_bootstrap, members.size))), 1.0)
-    return counts[:, codes]
-
-
 def _operating_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, accuracy, balanced accuracy, PPV and NPV of weighted resamples w (B, n), each at
-    its own threshold t (B,); NaN where a denominator is 0."""
-    above = p[None, :] >= np.asarray(t, float).reshape(-1, 1)
-    pos, neg = w * (y == 1), w * (y == 0)
-    tp, fp = (pos * above).sum(1), (neg * above).sum(1)
-    fn, tn = pos.sum(1) - tp, neg.sum(1) - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sens, spec = tp / (tp + fn), tn / (tn + fp)
-        return {"sensitivity": sens, "specificity": spec, "accuracy": (tp + tn) / (tp + fp + fn + tn),
-                "balanced_accuracy": (sens + spec) / 2, "ppv": tp / (tp + fp), "npv": tn / (tn + fn)}
+    """NESTED_METRICS but the threshold, of weighted resamples w (B, n), each at its own threshold t (B,)."""
+    r = weighted_rates(y, p, w, t)
+    return {m: r["precision" if m == "ppv" else m] for m in NESTED_METRICS[1:]}
 
 
 def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, p_test: Any, groups_test: Any,
@@ -84,8 +63,8 @@ def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, 
     t_hat = float(choose(y_sel, p_sel))
     rng = np.random.default_rng(seed)
     thresholds = np.array([float(choose(y_sel[idx], p_sel[idx]))
-                           for idx in (_resample(y_sel, groups_sel, rng) for _ in range(n_bootstrap))])
-    w = _stratified_weights(y_test, groups_test, n_bootstrap, rng)
+                           for idx in (resample_indices(y_sel, groups_sel, rng) for _ in range(n_bootstrap))])
+    w = resample_weights(y_test, groups_test, n_bootstrap, rng)
     nested = _operating_metrics(y_test, p_test, w, thresholds)
     fixed = _operating_metrics(y_test, p_test, w, np.full(n_bootstrap, t_hat))
     value = {k: float(v[0]) for k, v in _operating_metrics(y_test, p_test, np.ones((1, y_test.size)),
@@ -94,7 +73,7 @@ def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, 
     called = p_test >= t_hat
     masks = {"sensitivity": y_test == 1, "specificity": y_test == 0, "accuracy": np.ones(y_test.size, bool),
              "ppv": called, "npv": ~called}
-    rows = {"threshold": {"value": t_hat, **dict(zip(("ci_low", "ci_high"), _percentile(thresholds, ci_level))),
+    rows = {"threshold": {"value": t_hat, **dict(zip(("ci_low", "ci_high"), percentile(thresholds, ci_level))),
                           "conditional_ci_low": t_hat, "conditional_ci_high": t_hat, "method": "percentile"}}
     for m in NESTED_METRICS[1:]:
         if m in masks:
@@ -103,7 +82,7 @@ def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, 
             fixed_ci = wilson_ess_interval(value[m], fixed[m], n, cdeff, ci_level)
             method = "Wilson on the effective sample size"
         else:
-            nested_ci, fixed_ci = _percentile(nested[m], ci_level), _percentile(fixed[m], ci_level)
+            nested_ci, fixed_ci = percentile(nested[m], ci_level), percentile(fixed[m], ci_level)
             method = "percentile"
         rows[m] = {"value": value[m], "ci_low": nested_ci[0], "ci_high": nested_ci[1],
                    "conditional_ci_low": fixed_ci[0], "conditional_ci_high": fixed_ci[1], "method": method}
@@ -157,7 +136,7 @@ def coverage_simulation(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, 
                         metrics: Sequence[str] = ("sensitivity", "specificity", "auroc"), ci_level: float = 0.95,
                         seed: int = 0) -> pd.DataFrame:
     """How often the package's own intervals (the patient-level intervals of `task_report`, via
-    `metrics._bootstrap`) cover the truth, over `n_sim` test sets of `simulated_set` (patients n_positive +
+    `metrics.bootstrap_intervals`) cover the truth, over `n_sim` test sets of `simulated_set` (patients n_positive +
     n_negative; dataset s drawn with seed + s and bootstrapped with seed + s, so the result is deterministic).
 
     One row per metric: truth, coverage, below (share of intervals wholly below the truth), above, mean_width,
@@ -173,7 +152,7 @@ def coverage_simulation(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, 
     for s in range(n_sim):
         y, p, patient = simulated_set(np.random.default_rng(seed + s), n_positive, n_negative, sensitivity,
                                       specificity, max_images, icc)
-        (result,), _ = _bootstrap(y, p, [0.5], n_bootstrap, ci_level, seed + s, groups=patient, bca=bca)
+        (result,), _ = bootstrap_intervals(y, p, [0.5], n_bootstrap, ci_level, seed + s, groups=patient, bca=bca)
         for m in metrics:
             low[m][s], high[m][s] = result[m]["ci_low"], result[m]["ci_high"]
     rows = {m: {"truth": truth[m], "coverage": float(np.mean((low[m] <= truth[m]) & (truth[m] <= high[m]))),
@@ -207,27 +186,25 @@ def method_comparison(*, n_sim: int, n_bootstrap: int, n_positive: int = 400, n_
     for s in range(n_sim):
         y, p, patient = simulated_set(np.random.default_rng(seed + s), n_positive, n_negative, sensitivity,
                                       specificity, max_images, icc)
-        setup = _resampler(y, p, [0.5], patient)
-        low, high, dist = _run_bootstrap(*setup, n_bootstrap, ci_level, seed + s, method="BCa")
-        values = _metric_values(y, p, 0.5)
+        (low,), (high,), (dist,) = bootstrap_distribution(y, p, [0.5], patient, n_bootstrap, ci_level, seed + s)
+        values = metric_values(y, p, 0.5)
         codes = patient_strata(y, patient)[0]
         for m in truth:
-            i = METRICS.index(m)
-            v, d = values[m], dist[i]
+            v, d = values[m], dist[m]
             logit_ci = logit_interval(v, d, ci_level)
             if not np.isfinite(logit_ci[0]):
-                logit_ci = _percentile(d, ci_level)
-            found = {"package": _metric_interval(m, v, d, (low[i], high[i]), y, p, 0.5, codes, ci_level)[:2],
-                     "percentile": _percentile(d, ci_level),
-                     "BCa": (float(low[i]), float(high[i])) if np.isfinite([low[i], high[i]]).all()
-                     else _percentile(d, ci_level),
+                logit_ci = percentile(d, ci_level)
+            found = {"package": metric_interval(m, v, d, (low[m], high[m]), y, p, 0.5, codes, ci_level)[:2],
+                     "percentile": percentile(d, ci_level),
+                     "BCa": (low[m], high[m]) if np.isfinite([low[m], high[m]]).all()
+                     else percentile(d, ci_level),
                      "logit": logit_ci}
             if m in ("sensitivity", "specificity"):
                 found["wilson_images"] = wilson_bounds(v, int((y == (m == "sensitivity")).sum()), ci_level)
             if m == "auroc":
                 n1, n0 = int(y.sum()), int((1 - y).sum())
                 found["newcombe_deff"] = auroc_score_interval(v, d, n1, n0, cluster_design_effect(codes), ci_level)
-                var, v0 = float(np.nanvar(d, ddof=1)), float(_newcombe_variance(v, n1, n0))
+                var, v0 = float(np.nanvar(d, ddof=1)), float(newcombe_variance(v, n1, n0))
                 deff = max(var / v0 if var > 0 and v0 > 0 else cluster_design_effect(codes), 1.0)
                 found["newcombe_deff_ge_1"] = auroc_score_interval(v, np.r_[v, v], n1, n0, deff, ci_level)
             for method, ci in found.items():
