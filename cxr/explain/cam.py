@@ -136,12 +136,24 @@ def _graph(model: keras.Model, layer: str | None = None) -> _Graph:
     return _Graph(pre, features, tail, head, target, str(inp.dtype), tuple(inp.shape[1:]))
 
 
-def _model_input(images, graph: _Graph) -> np.ndarray:
-    """(B, H, W), (B, H, W, 1) or one (H, W) image -> (B, H, W, C) in the model's input dtype."""
+def image_batch(images) -> np.ndarray:
+    """THE image shape of every explain function: a batch (B, H, W) or (B, H, W, 1), or one (H, W) image ->
+    (B, H, W), dtype kept. Anything else is a ValueError that names the shape."""
     x = np.asarray(images)
     if x.ndim == 2:
         x = x[None]
-    if x.ndim == 3 and len(graph.input_shape) == 3:
+    elif x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3:
+        raise ValueError(f"images must be grey-level, (B, H, W) or (B, H, W, 1); got shape {np.shape(images)}")
+    return x
+
+
+def _model_input(images, graph: _Graph) -> np.ndarray:
+    """Images in any shape `image_batch` takes -> (B, H, W, 1) (or (B, H, W) for a model without a channel axis)
+    in the model's input dtype."""
+    x = image_batch(images)
+    if len(graph.input_shape) == 3:
         x = x[..., None]
     expected = tuple(graph.input_shape)
     if x.shape[1:] != tuple(d if d is not None else s for d, s in zip(expected, x.shape[1:])):
@@ -370,7 +382,8 @@ def _signs(target_class, n: int) -> np.ndarray:
 
 def cams(model: keras.Model, images, weighting: Callable, target_class=1, layer: str | None = None, *,
          batch_size: int, check: bool = True, weights: list | None = None, normalize: str = "image") -> np.ndarray:
-    """THE base mechanism: maps (B, H, W) float32 with channel weights from `weighting(A, dS/dA)`.
+    """THE base mechanism: maps (B, H, W) float32 with channel weights from `weighting(A, dS/dA)`, for `images`
+    (B, H, W) or (B, H, W, 1) (`image_batch`).
 
     Grad-CAM and Grad-CAM++ are this with their rule; see the module docstring for the score and the shared path.
     `target_class`: 1 explains the positive class, 0 the negative one; an array gives one class per image (e.g.
@@ -412,7 +425,7 @@ def cams(model: keras.Model, images, weighting: Callable, target_class=1, layer:
 
 def grad_cam(model: keras.Model, images, target_class=1, layer: str | None = None, *, batch_size: int,
              check: bool = True, weights: list | None = None, normalize: str = "image") -> np.ndarray:
-    """Grad-CAM maps (B, H, W) float32 for `images` (B, H, W[, 1]) as the model sees them (in [0, 1] per image
+    """Grad-CAM maps (B, H, W) float32 for `images` ((B, H, W) or (B, H, W, 1): `image_batch`) as the model sees them (in [0, 1] per image
     with normalize="image", raw with "none").
 
     target_class 1 explains the positive class (score = logit), 0 the negative class (score = -logit), an array

@@ -20,7 +20,7 @@ from cxr import quiet_stderr
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
 
-from cxr.explain.cam import METHODS, cam_function
+from cxr.explain.cam import METHODS, cam_function, image_batch
 from cxr.model import BACKBONE, LOGIT
 from cxr.progress import bar
 from cxr.train.batches import predict_proba
@@ -68,7 +68,7 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
                        max_steps: int = 8, *, batch_size: int) -> pd.DataFrame:
     """Cascading model-parameter randomisation: from the logit down through the backbone, on weight values.
 
-    Step 0 is the trained model. Step i has every weighted layer from the top down to `layers[i-1]` randomised
+    `images`: (B, H, W) or (B, H, W, 1) (`image_batch`). Step 0 is the trained model. Step i has every weighted layer from the top down to `layers[i-1]` randomised
     (cumulative). `layers`: cut points in top-down order ("logit" or backbone layer names); default: "logit" plus
     evenly spaced backbone layers with weights, at most `max_steps` in all, ending with the first one.
     Returns a DataFrame (step, randomised_to, n_randomised, spearman_mean, spearman_std, n_images, n_empty):
@@ -80,6 +80,7 @@ def randomization_test(model: keras.Model, images, layers: list[str] | None = No
     step, nothing is recompiled, and the user's model is never modified.
     """
     cam_fn = METHODS[method]
+    images = image_batch(images)
     order = _weighted_layers_top_down(model)
     names = [n for _, n in order]
     if layers is None:
@@ -210,15 +211,14 @@ def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target
                        blur_sigma: float = 0.1, random_grid: int = 7, *, batch_size: int) -> Faithfulness:
     """Deletion and insertion curves for the heat order and a random order (see `Faithfulness`).
 
-    The score is the model's probability of `target_class`. The baseline image is the image blurred with a
+    `images` (B, H, W) or (B, H, W, 1) (`image_batch`), `cams` (B, H, W). The score is the model's probability
+    of `target_class`. The baseline image is the image blurred with a
     Gaussian of sigma = `blur_sigma` x image height. Ties in heat are broken at random (seeded).
     The random order comes from a random map of `random_grid` x `random_grid` blocks (the resolution of the
     last feature map at 224 px), so its masks are as smooth as the heat's: a pixel-wise random order scatters
     salt-and-pepper artefacts over the whole image, which a CNN reads as texture, and is no fair baseline.
     """
-    x = np.asarray(images)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
+    x = image_batch(images)
     cams = np.asarray(cams, dtype=np.float32)
     if cams.shape != x.shape:
         raise ValueError(f"cams {cams.shape} must match the images {x.shape}")
@@ -368,7 +368,8 @@ STAMP_TARGETS = {"changed_share": 0.02, "mean_rise": 0.02}  # at most 2% of call
 def stamp_counterfactual(predict, images: np.ndarray, threshold: float, ci_level: float = 0.95,
                          seed: int = 0) -> dict:
     """Paste the acquisition stamp (`cxr.data.markers.paste_stamp`) onto every image the model calls normal and
-    score it again. `predict`: images (N, H, W, 1) uint8 -> probabilities; `images`: (N, H, W) or (N, H, W, 1).
+    score it again. `predict`: images (N, H, W, 1) uint8 -> probabilities; `images`: (N, H, W) or (N, H, W, 1)
+    (`image_batch`).
 
     Returns n (images called normal), changed (now called pneumonia), changed_share with its Wilson interval,
     mean_rise of the probability with a bootstrap interval (scipy), max_rise, and `meets_targets` against
@@ -378,8 +379,7 @@ def stamp_counterfactual(predict, images: np.ndarray, threshold: float, ci_level
 
     from cxr.data.markers import paste_stamp
 
-    images = np.asarray(images)
-    batch = images if images.ndim == 4 else images[..., None]
+    batch = image_batch(images)[..., None]
     p = np.asarray(predict(batch), dtype=np.float64).ravel()
     normal = np.flatnonzero(p < threshold)
     out = {"n": int(len(normal)), "threshold": float(threshold)}
