@@ -53,18 +53,18 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cxr import data, pipeline
+    from cxr import pipeline
 
     config = _config(args)
     _check_backbone(config)
+    study = pipeline.Study(config, tuple(args.tasks), verbose=2 if args.verbose else 0)
     with pipeline.claimed_run(config.run_dir):  # a second run into the same folder stops here, before any work
-        prepared = data.prepare(config, tasks=args.tasks)  # data that cannot train the tasks: stop, nothing written
-    config = pipeline.start_run(config)
-    outcomes, doc = pipeline.run_study(config, prepared, args.tasks, verbose=2 if args.verbose else 0)
-    for task, o in outcomes.items():
+        study.data()  # data that cannot train the tasks: stop, nothing written
+    pipeline.run_study(study, skip=("data",))  # the other steps of pipeline.STEPS, in order
+    for task, o in study.outcomes.items():
         print(f"{task}: {o.result.n_folds}-fold ensemble, kept stage {o.result.kept_stage}, threshold "
               f"{o.threshold:.4f} (out-of-fold) -> {o.model_dir}")
-    print(_ledger_line(config.run_dir, doc))
+    print(_ledger_line(study.run_dir, study.doc))
     return 0
 
 
@@ -96,13 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pipeline.lock_run(run)
     config = Config.load(run / "config.json").replace(output_dir=str(run), **parse_settings(args.set))
     prepared = data.prepare(config)
-    previous = evaluate.read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    reports = {}
-    for task in tasks:  # re-scored; what training chose (operating point, selection) comes from the run's record
-        kept = {k: v for k, v in previous.get("tasks", {}).get(task, {}).items() if k in ("operating_point", "selection")}
-        reports[task] = {**pipeline.evaluate_saved(config, prepared, task, run), **kept}
-    blocks = {k: previous[k] for k in ("data", "baseline", "shift") if k in previous}  # not re-computed here
-    doc = pipeline.finish_run(config, prepared, reports, run, extra=blocks)
+    doc = pipeline.rescore_run(config, prepared, tasks, run)  # the run's choices and other blocks kept
     print(evaluate.results_table(doc).to_string())
     print(_ledger_line(run, doc))
     return 0

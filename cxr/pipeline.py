@@ -1,23 +1,34 @@
-"""The study, step by step, the same for the notebook and `python -m cxr train`:
+"""The study, step by step, in ONE order for `python -m cxr train` and the notebook alike: `Study` holds what the
+steps made, `STEPS` names them in order, `run_study` runs them all.
 
-    start_run (settings resolved once; config.json)
-    -> per task: cross-validated training on the training children (`train.fit`: the fold ensemble and its
-       out-of-fold predictions) -> on the OUT-OF-FOLD predictions: calibration and the operating point (with its
-       stability) -> save the ensemble with both -> `score_test`: the test split scored ONCE (the report with
-       every interval, the predictions file, one line of the test-access ledger)
-    -> finish_run (metrics.json, index.csv)
+    start           start_run: the run folder taken, settings resolved once, config.json
+    data            data.prepare: index, audit, folds, decoded images
+    baseline_fit    the trivial baseline, cross-validated on the training children (no test row)
+    pneumonia       run_task: cross-validated training (`train.fit`: the fold ensemble and its out-of-fold
+                    predictions) -> on the OUT-OF-FOLD predictions: calibration and the operating point (with
+                    its stability) -> the ensemble saved with both -> `score_test`: the test split scored ONCE
+                    (the report with every interval, the predictions file, one line of the test-access ledger)
+    shift           the shift checks of the main task, on its out-of-fold predictions
+    baseline_score  the trivial baseline scored on test once (a ledger line)
+    subtype         run_task for the second task
+    finish          finish_run: metrics.json (with the data audit, the baseline, the shift checks), index.csv
 
-`run_study` runs it all; the notebook calls the same functions in the same order, cell by cell. Each step is a
-call into the module that owns it (`train`, `model`, `evaluate.*`); this file only fixes their order. Nothing
-before `score_test` reads a test label or a test image.
+(`python -m cxr train` runs "data" before "start", under `claimed_run`: data that cannot train the tasks leave no
+run folder behind; neither step writes a result the other reads.)
+
+The notebook calls the same steps, one per cell (`study.task("pneumonia")`, ...), then explains the main task
+(`Study.grad_cam`, `randomization_check`, `faithfulness_check`, `shortcut_audit`: figures only, nothing in the
+run folder but them). `rescore_run` is `python -m cxr evaluate`. Each step is a call into the module that owns it
+(`train`, `model`, `evaluate.*`, `explain`); this file only fixes their order. Nothing before `score_test` reads
+a test label or a test image.
 """
 from __future__ import annotations
 
 import contextlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -156,6 +167,12 @@ def stability(config: Config, selection: Scores, calibrator: dict[str, Any] | No
                                 target_sensitivity=config.target_sensitivity, calibrator=calibrator)
 
 
+def bootstrap_settings(config: Config) -> dict[str, Any]:
+    """The settings of every interval, read from the Config in this one place: n_bootstrap, ci_level and seed (the
+    keyword arguments of the task reports, the baseline's and the notebook's curves)."""
+    return dict(n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
+
+
 def score_test(config: Config, prepared: Prepared, task: str, model: Any, threshold: float,
                calibrator: dict[str, Any] | None, selection: Scores, run_dir: Path,
                note: str = "") -> tuple[Scores, dict[str, Any], pd.DataFrame]:
@@ -165,7 +182,7 @@ def score_test(config: Config, prepared: Prepared, task: str, model: Any, thresh
     and after); the patient-level bootstrap draws; and one line in the test-access ledger. THE one function that
     reads test labels."""
     test = scores(config, prepared, task, model, "test", calibrator)
-    boot = dict(n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
+    boot = bootstrap_settings(config)
     report = evaluate.task_report(test.y, test.p, threshold, groups=test.groups, **boot)
     nested = uncertainty.threshold_uncertainty(  # the whole rule on every resample: calibration refitted too
         selection.y, selection.p, selection.groups, test.y, test.p, test.groups,
@@ -247,6 +264,21 @@ def evaluate_saved(config: Config, prepared: Prepared, task: str, run_dir: str |
     return report
 
 
+def rescore_run(config: Config, prepared: Prepared, tasks: list[str] | tuple[str, ...],
+                run_dir: str | Path) -> dict[str, Any]:
+    """`python -m cxr evaluate`: re-score the saved models of `tasks` (`evaluate_saved`: a ledger line each) and
+    rewrite the run's metrics.json. What training chose (each task's operating point and selection) and the blocks
+    not re-computed here (data, baseline, shift) are kept from the run's previous metrics.json."""
+    run_dir = Path(run_dir)
+    previous = evaluate.read_metrics(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    reports = {}
+    for task in tasks:
+        kept = {k: v for k, v in previous.get("tasks", {}).get(task, {}).items() if k in ("operating_point", "selection")}
+        reports[task] = {**evaluate_saved(config, prepared, task, run_dir), **kept}
+    blocks = {k: previous[k] for k in ("data", "baseline", "shift") if k in previous}
+    return finish_run(config, prepared, reports, run_dir, extra=blocks)
+
+
 def finish_run(config: Config, prepared: Prepared, reports: dict[str, dict[str, Any]],
                run_dir: str | Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metrics document (protocol + one report per task + the test-access count, + `extra` blocks such as
@@ -261,21 +293,6 @@ def finish_run(config: Config, prepared: Prepared, reports: dict[str, dict[str, 
                           "description": ledger.describe_ledger(path)}
     evaluate.write_metrics(run_dir / "metrics.json", doc)
     return doc
-
-
-def run_study(config: Config, prepared: Prepared, tasks: list[str] | tuple[str, ...] = tuple(TASKS),
-              run_dir: str | Path | None = None, verbose: int = 0) -> tuple[dict[str, TaskOutcome], dict[str, Any]]:
-    """The study as the notebook runs it: the trivial baseline fitted, `run_task` for every task, the shift checks
-    of the main task, the baseline scored on test, then `finish_run` with the data audit, the baseline and the
-    shift checks: (outcomes by task, the metrics document). `config` is the resolved Config of `start_run`."""
-    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
-    trivial = fit_baseline(config, prepared)
-    outcomes = {task: run_task(config, prepared, task, run_dir, verbose) for task in tasks}
-    shift = shift_checks(config, outcomes[trivial.task], prepared, trivial) if trivial.task in outcomes else None
-    score_baseline(config, prepared, trivial, run_dir)
-    doc = finish_run(config, prepared, {t: o.report for t, o in outcomes.items()}, run_dir,
-                     extra=study_blocks(config, prepared, trivial, shift))
-    return outcomes, doc
 
 
 def clinical_curves(outcome: TaskOutcome, ci_level: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -351,8 +368,7 @@ def score_baseline(config: Config, prepared: Prepared, fitted: Baseline, run_dir
     threshold = thresholds.choose(oof_y, fitted.fit["oof_p"], "sensitivity",
                                   target_sensitivity=config.target_sensitivity)
     p = fitted.fit["model"].predict_proba(baseline.image_statistics(prepared.images[rows]))[:, 1]
-    report = evaluate.task_report(y, p, threshold, groups=prepared.groups(rows), n_bootstrap=config.n_bootstrap,
-                                  ci_level=config.ci_level, seed=config.seed)
+    report = evaluate.task_report(y, p, threshold, groups=prepared.groups(rows), **bootstrap_settings(config))
     report["oof_auroc"] = fitted.fit["oof_auroc"]
     report["coefficients"] = fitted.fit["coefficients"]
     ledger.record_test_access(run_dir, f"{fitted.task} (trivial baseline)", config.to_dict(),
@@ -397,3 +413,175 @@ def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = N
     if shift is not None:
         blocks["shift"] = {name: frame.to_dict(orient="records") for name, frame in shift.items()}
     return blocks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study: one object and its steps in one order (python -m cxr train and the notebook alike)
+
+
+@dataclass
+class GradCam:
+    """The Grad-CAM maps of a task's test split (notebook section 10): every test image explained by the fold
+    ensemble for the class it was called at the task's threshold, raw maps on one colour scale, and the cases
+    shown, chosen by rule (`explain.confident_cases`)."""
+
+    task: str
+    images: np.ndarray  # the task's test images (n, S, S) uint8, in the order of outcome.test
+    y: np.ndarray
+    p: np.ndarray
+    threshold: float
+    called: np.ndarray  # 0/1: the ensemble's call at the threshold
+    maps: np.ndarray  # (n, S, S) raw Grad-CAM of the called class (the score's units)
+    scale: float  # one colour scale for every map (`plots.map_scale`)
+    right: pd.DataFrame  # the most confident true positives and true negatives
+    wrong: pd.DataFrame  # the most confident false positives and false negatives
+
+    def pairs(self, cases: pd.DataFrame) -> dict[str, Any]:
+        """The arguments of `plots.gradcam_pairs` for `cases` (`right` or `wrong`)."""
+        from cxr.explain import SCALE_NOTE
+
+        at = cases.index.to_numpy()
+        return dict(images=self.images[at], cams=self.maps[at], y=cases.y, p=cases.p, threshold=self.threshold,
+                    scale=self.scale, cells=cases.cell.tolist(), scale_note=SCALE_NOTE)
+
+
+@dataclass
+class Study:
+    """The study and what its steps made, filled in by `STEPS` in order (`run_study`), or cell by cell in the
+    notebook. `config` is replaced by the resolved one at `start`; `tasks` limits the task steps
+    (`python -m cxr train --tasks`)."""
+
+    config: Config
+    tasks: tuple[str, ...] = tuple(TASKS)
+    verbose: int = 0
+    prepared: Prepared | None = None
+    baseline: Baseline | None = None
+    outcomes: dict[str, TaskOutcome] = field(default_factory=dict)
+    shift: dict[str, pd.DataFrame] | None = None
+    doc: dict[str, Any] | None = None
+    gradcam: GradCam | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def boot(self) -> dict[str, Any]:
+        """n_bootstrap, ci_level, seed (`bootstrap_settings`), for the curves of the notebook's figures."""
+        return bootstrap_settings(self.config)
+
+    # the steps, in the order of STEPS
+
+    def start(self) -> Config:
+        """Take the run folder, resolve the settings once, write config.json (`start_run`): the resolved Config."""
+        self.config = start_run(self.config)
+        return self.config
+
+    def data(self) -> Prepared:
+        """The study's data (`data.prepare`, checked to train `tasks`; run again, prepared again)."""
+        from cxr import data
+
+        self.prepared = data.prepare(self.config, tasks=self.tasks)
+        return self.prepared
+
+    def fit_baseline(self) -> Baseline:
+        """The trivial baseline of the main task on the training children (`fit_baseline`)."""
+        self.baseline = fit_baseline(self.config, self.prepared)
+        return self.baseline
+
+    def task(self, name: str) -> TaskOutcome | None:
+        """Train, choose and score one task (`run_task`); None (nothing done) for a task not in `tasks`."""
+        if name not in self.tasks:
+            return None
+        self.outcomes[name] = run_task(self.config, self.prepared, name, self.run_dir, self.verbose)
+        return self.outcomes[name]
+
+    def shift_checks(self) -> dict[str, pd.DataFrame] | None:
+        """The shift checks of the baseline's task (`shift_checks`); None when that task was not trained."""
+        outcome = self.outcomes.get(self.baseline.task)
+        self.shift = shift_checks(self.config, outcome, self.prepared, self.baseline) if outcome else None
+        return self.shift
+
+    def score_baseline(self) -> dict[str, Any]:
+        """The trivial baseline on test, once (`score_baseline`): its report."""
+        return score_baseline(self.config, self.prepared, self.baseline, self.run_dir)
+
+    def finish(self) -> dict[str, Any]:
+        """metrics.json and index.csv (`finish_run`, with `study_blocks`): the metrics document."""
+        self.doc = finish_run(self.config, self.prepared, {t: o.report for t, o in self.outcomes.items()},
+                              self.run_dir, extra=study_blocks(self.config, self.prepared, self.baseline, self.shift))
+        return self.doc
+
+    # the explanation of the main task (notebook section 10, after the study: figures only)
+
+    def grad_cam(self, task: str = "pneumonia") -> GradCam:
+        """Grad-CAM of every test image of `task` for the class the ensemble called, raw, on one colour scale, and
+        the most confident right calls and errors (`config.gradcam_examples` per confusion cell, twice as many
+        errors)."""
+        from cxr import explain
+        from cxr.plots import map_scale
+
+        outcome, c = self.outcomes[task], self.config
+        images = self.prepared.images[outcome.test.positions]
+        called = (outcome.test.p >= outcome.threshold).astype(int)
+        maps = explain.grad_cam(outcome.result.model, images, target_class=called, batch_size=c.batch_size,
+                                normalize="none")
+        right = explain.confident_cases(outcome.test.y, outcome.test.p, outcome.threshold, ("TP", "TN"),
+                                        c.gradcam_examples)
+        wrong = explain.confident_cases(outcome.test.y, outcome.test.p, outcome.threshold, ("FP", "FN"),
+                                        2 * c.gradcam_examples)
+        self.gradcam = GradCam(task, images, outcome.test.y, outcome.test.p, outcome.threshold, called, maps,
+                               map_scale(maps), right, wrong)
+        return self.gradcam
+
+    def randomization_check(self) -> pd.DataFrame:
+        """The cascading randomisation check (`explain.randomization_test`) of the first fold model on the first
+        `config.explain_images` test images."""
+        from cxr import explain
+
+        cam, c = self.gradcam, self.config
+        member = self.outcomes[cam.task].result.members[0]
+        return explain.randomization_test(member, cam.images[: c.explain_images], seed=c.seed,
+                                          batch_size=c.batch_size)
+
+    def faithfulness_check(self) -> Any:
+        """Deletion and insertion (`explain.deletion_insertion`) for the first fold model on the first
+        `config.explain_images` test images called positive, with that model's maps of the positive class."""
+        from cxr import explain
+
+        cam, c = self.gradcam, self.config
+        member = self.outcomes[cam.task].result.members[0]
+        images = cam.images[cam.called == 1][: c.explain_images]
+        maps = explain.grad_cam(member, images, target_class=1, batch_size=c.batch_size)
+        return explain.deletion_insertion(member, images, maps, seed=c.seed, batch_size=c.batch_size)
+
+    def shortcut_audit(self) -> pd.DataFrame:
+        """Where the heat of every test map falls (`explain.shortcut_audit`), by class and outcome."""
+        from cxr import explain
+
+        cam = self.gradcam
+        return explain.shortcut_audit(cam.maps, cam.y, cam.called, get_task(cam.task).class_names)
+
+
+STEPS: tuple[tuple[str, Callable[[Study], Any]], ...] = (
+    ("start", Study.start),
+    ("data", Study.data),
+    ("baseline_fit", Study.fit_baseline),
+    ("pneumonia", lambda study: study.task("pneumonia")),
+    ("shift", Study.shift_checks),
+    ("baseline_score", Study.score_baseline),
+    ("subtype", lambda study: study.task("subtype")),
+    ("finish", Study.finish),
+)
+
+
+def run_study(study: Study, skip: tuple[str, ...] = ()) -> Study:
+    """The whole study: every step of `STEPS` in order but those named in `skip` (already run: `python -m cxr
+    train` runs "data" first, under `claimed_run`, so that data that cannot train leave no run folder behind)."""
+    unknown = set(skip) - {name for name, _ in STEPS}
+    if unknown:
+        raise ValueError(f"no such step: {sorted(unknown)}; the steps are {[name for name, _ in STEPS]}")
+    for name, step in STEPS:
+        if name not in skip:
+            step(study)
+    return study
