@@ -137,7 +137,7 @@ def test_notebook_first_cells_run_in_a_jupyter_server_kernel(jupyter_server, tmp
 
     base, token = jupyter_server
     sources = _first_cells()
-    assert sources[0].startswith("REPO_URL = ") and "MODE = " in sources[1] and "data.prepare(" in sources[3]
+    assert sources[0].startswith("REPO_URL = ") and "MODE = " in sources[1] and "study.data(" in sources[3]
     # what a person types into the parameters cell (the notebook's own cell runs first, as in "Run All")
     parameters = (f'MODE = "smoke"\nSETTINGS = {{"source": {str(SAMPLE_ZIP)!r}, '
                   f'"output_dir": {str(tmp_path / "run")!r}, "data_dir": {str(tmp_path / "data")!r}}}')

@@ -96,13 +96,17 @@ def test_committed_notebook_shows_every_figure_and_stays_small():
 @pytest.mark.slow
 def test_smoke_run_executes_every_cell_shows_every_figure_and_its_run_folder_is_a_cli_run(tmp_path):
     """`python -m cxr notebook --mode smoke --set source=... --run DIR` (the --set path of every Config field):
-    every cell runs, every figure is inline, outputs are clean, and the run folder is the shape of a
-    `python -m cxr train` run, which `python -m cxr evaluate --run DIR` re-scores."""
+    every cell runs, every figure is inline, outputs are clean, and the run folder is a `python -m cxr train`
+    run's (the same files, config and ledger, `test_study_steps.assert_same_study`), which `python -m cxr evaluate
+    --run DIR` re-scores."""
     from cxr.__main__ import main
+    from test_study_steps import assert_same_study
     from cxr.data import SAMPLE_ZIP
 
     out_rel = Path("runs") / f"pytest-smoke-{os.getpid()}"
     out = REPO / out_rel
+    cli_rel = Path("runs") / f"pytest-smoke-cli-{os.getpid()}"
+    cli = Path.cwd() / cli_rel
     shared = REPO.parent / "shared" / "data" / "chest-xray-pneumonia-224.zip"
     source = shared if shared.is_file() and not SHARED_HIDDEN else SAMPLE_ZIP
     try:
@@ -141,10 +145,14 @@ def test_smoke_run_executes_every_cell_shows_every_figure_and_its_run_folder_is_
         headers = [text for text in plain if "Keras backend:" in text]
         assert len(headers) == 1  # the first cell's header, updated in place by the last cell
         assert "wall time:" in headers[0] and "running" not in headers[0] and "note: test split" in headers[0]
+        # `python -m cxr train` on the same data runs the same steps in the same order (pipeline.STEPS)
+        assert main(["train", "--mode", "smoke", "--source", str(source), "--run", str(cli_rel)]) == 0
+        assert_same_study(cli, out)
         assert main(["evaluate", "--mode", "smoke", "--run", str(out_rel), "--tasks", "pneumonia"]) == 0
         assert json.loads((out / "metrics.json").read_text())["test_ledger"]["scorings"] == 4
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(cli, ignore_errors=True)
 
 
 def test_figures_go_to_the_run_folder_unless_asked(tmp_path, monkeypatch):
