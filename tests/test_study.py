@@ -122,3 +122,16 @@ def test_the_protocol_text_follows_the_config():
                                     finetune_tasks=("pneumonia",)))
     assert "5-fold cross-validation" in text and "reaches 0.97" in text and "resampling path" in text
     assert "for pneumonia" in text
+
+
+def test_the_mean_gradient_by_region_reads_where_the_classes_differ():
+    from cxr.evaluate.baseline import gradient_by_region
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 40, (40, 64, 64)).astype(np.uint8)
+    y = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    images[y == 0, 20:50, 12:52] = rng.integers(0, 255, (20, 30, 40))  # normals: sharp texture in the lung box
+    index = pd.DataFrame({"split": ["train"] * 40, "label": np.where(y == 1, "PNEUMONIA", "NORMAL")})
+    table = gradient_by_region(images, index)
+    assert table.loc["central lung box", "auroc"] == 1.0 and table.loc["outside the box", "auroc"] < 0.8
+    assert (table["images"] == 40).all()
