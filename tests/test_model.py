@@ -300,3 +300,112 @@ def test_safe_unpickler_refuses_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         lite_port.SafeUnpickler(io.BytesIO(pickle.dumps({"w": Evil()}))).load()
     assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pins: every registered backbone family, as it was built before the backbone registry (values computed then)
+
+
+def _fill(model: keras.Model, skip=()) -> None:
+    """Give every weight of `model` (but those in `skip`) a fixed value from a seeded generator, the same under
+    every backend: kernels He-scaled normal, BatchNorm scales and variances near 1, offsets near 0."""
+    rng, skipped = np.random.default_rng(7), {id(v) for v in skip}
+    for w in model.weights:
+        if id(w) in skipped:
+            continue
+        shape, name = tuple(w.shape), w.path.rsplit("/", 1)[-1]
+        if name in ("gamma", "moving_variance"):
+            value = rng.uniform(0.9, 1.1, shape)
+        elif name in ("beta", "moving_mean", "bias"):
+            value = rng.uniform(-0.05, 0.05, shape)
+        else:
+            fan = int(np.prod(shape[:2])) if len(shape) == 4 and shape[-1] == 1 else int(np.prod(shape[:-1]))
+            value = rng.normal(0, np.sqrt(2 / max(fan, 1)), shape)
+        w.assign(value.astype(w.dtype))
+
+
+def _summary(features: np.ndarray) -> list[float]:
+    """Mean, standard deviation and mean |difference| of the two images' features (input-dependent)."""
+    f = np.asarray(features, np.float64).reshape(2, -1)
+    return [float(f.mean()), float(f.std()), float(np.abs(f[0] - f[1]).mean())]
+
+
+def _name_digest(model: keras.Model) -> str:
+    import hashlib
+
+    names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+# (backbone, weights, image size) -> backbone layers, backbone parameters, whole-model parameters, feature map,
+# digest of the backbone's layer names, number of blocks (`backbone_blocks`), (scale, offset) of `to_backbone`,
+# summary of the pooled features and the two logits on `_images(2, size)` (imagenet: only the head `_fill`ed)
+PINNED = {
+    ("tiny_cnn", None, 32):
+        {"layers": 10, "params": 6200, "total": 6239, "shape": (4, 4, 32), "names": "df47a427cda1a2da", "blocks": 3, "transform": ([0.00392156862745098, 0.00392156862745098, 0.00392156862745098], [0.0, 0.0, 0.0]), "features": [17.18855282687582, 20.948416144807876, 5.300894757267088], "logits": [-7.191741466522217, -26.72075843811035]},
+    ("efficientnet_lite0", None, 64):
+        {"layers": 155, "params": 3413024, "total": 3414311, "shape": (2, 2, 1280), "names": "bc7b810c9c976b5f", "blocks": 17, "transform": ([0.0078125, 0.0078125, 0.0078125], [-0.9921875, -0.9921875, -0.9921875]), "features": [1.3415263036064062, 1.334610003939189, 0.4247318928810273], "logits": [-0.6041464805603027, -1.9362767934799194]},
+    ("efficientnet_lite0", "imagenet", 64):
+        {"layers": 155, "params": 3413024, "total": 3414311, "shape": (2, 2, 1280), "names": "bc7b810c9c976b5f", "blocks": 17, "transform": ([0.0078125, 0.0078125, 0.0078125], [-0.9921875, -0.9921875, -0.9921875]), "features": [1.0348944343160837, 1.745029588719254, 0.46874223882332444], "logits": [-3.2131593227386475, -2.8428869247436523]},
+    ("efficientnet_lite1", "imagenet", 32):
+        {"layers": 205, "params": 4189344, "total": 4190631, "shape": (1, 1, 1280), "names": "61be79b33bf7886f", "blocks": 22, "transform": ([0.0078125, 0.0078125, 0.0078125], [-0.9921875, -0.9921875, -0.9921875]), "features": [0.005175624880939722, 0.05374213979444932, 0.004376420564949512], "logits": [0.03794129937887192, 0.022999577224254608]},
+    ("efficientnet_lite2", "imagenet", 32):
+        {"layers": 205, "params": 4869168, "total": 4870455, "shape": (1, 1, 1280), "names": "61be79b33bf7886f", "blocks": 22, "transform": ([0.0078125, 0.0078125, 0.0078125], [-0.9921875, -0.9921875, -0.9921875]), "features": [0.00012355661019682884, 0.00450101077694952, 0.0002471132203936577], "logits": [0.0048173232935369015, 0.007619854994118214]},
+}
+
+
+def _pin_values(backbone: str, weights, size: int) -> dict:
+    model = M.build_model(_config(backbone=backbone, weights=weights, image_size=size))
+    body = model.get_layer("backbone")
+    _fill(model, skip=body.weights if weights else ())
+    x = _images(2, size)
+    logits = _np(keras.Model(model.input, model.get_layer(M.LOGIT).output)(x, training=False)).reshape(-1)
+    scale, offset = M.input_transform(backbone)
+    return dict(layers=len(body.layers), params=int(body.count_params()), total=int(model.count_params()),
+                shape=tuple(body.output.shape[1:]), names=_name_digest(body), blocks=len(M.backbone_blocks(body)),
+                transform=(scale.tolist(), offset.tolist()),
+                features=_summary(_np(M.feature_model(model)(x, training=False))), logits=logits.tolist())
+
+
+@pytest.fixture(scope="module")
+def pin_cache(tmp_path_factory) -> str:
+    """One weight cache for the pins (each variant converted once)."""
+    return str(tmp_path_factory.mktemp("cxr-pin-cache"))
+
+
+def _assert_pinned(got: dict, expected: dict) -> None:
+    floats = ("transform", "features", "logits")
+    assert {k: v for k, v in got.items() if k not in floats} == {k: v for k, v in expected.items() if k not in floats}
+    assert np.asarray(got["transform"]).tolist() == np.asarray(expected["transform"]).tolist()  # exact
+    for key in floats[1:]:
+        if key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("key", list(PINNED), ids=lambda k: f"{k[0]}-{k[1]}-{k[2]}")
+def test_every_backbone_family_builds_as_pinned(key, pin_cache, monkeypatch):
+    monkeypatch.setenv("CXR_CACHE", pin_cache)
+    _assert_pinned(_pin_values(*key), PINNED[key])
+
+
+def test_keras_application_backbone_builds_as_pinned():
+    body = M.build_backbone("MobileNetV2", (32, 32, 3), None)
+    _fill(body)
+    scale, offset = M.input_transform("MobileNetV2")
+    out = body(_images(2, 32).astype("float32") * scale + offset, training=False)
+    out = _np(out[0] if isinstance(out, (list, tuple)) else out)
+    got = dict(layers=len(body.layers), params=int(body.count_params()), shape=out.shape[1:],
+               names=_name_digest(body), blocks=len(M.backbone_blocks(body)),
+               transform=(scale.tolist(), offset.tolist()), features=_summary(out))
+    _assert_pinned(got, {"layers": 154, "params": 2257984, "shape": (1, 1, 1280), "names": "fb47447bf39273f1",
+                         "blocks": 17, "transform": ([1 / 127.5] * 3, [-1.0] * 3),
+                         "features": [0.7178089545705006, 1.0496209855844918, 0.3795393268359476]})
+    assert body.name == "backbone"
+
+
+def test_backbone_names_are_pinned():
+    names = M.backbone_names()
+    assert names[:4] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "tiny_cnn"]
+    apps = sorted(n for n in dir(keras.applications) if n[:1].isupper() and callable(getattr(keras.applications, n)))
+    assert names[4:] == apps and len(set(names)) == len(names)
+    assert {"ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "MobileNetV2", "ResNet50", "Xception"} <= set(apps)
