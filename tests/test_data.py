@@ -816,3 +816,18 @@ def test_prepared_rows_ignore_excluded_rows():
                              root=Path("."), source=Path("."))
     np.testing.assert_array_equal(prepared.rows("train"), [0, 2])
     assert sum(len(prepared.rows(s)) for s in ("train", "test")) == 3
+
+
+def test_children_sharing_an_image_are_one_resampling_unit():
+    """NORMAL2-IM-0095 and -0096 of the official test are the same bytes under two child ids: the bootstrap must
+    draw them as one unit, and a byte-identical pair of one child stays that child's."""
+    index = pd.DataFrame({
+        "path": ["test/NORMAL/NORMAL2-IM-0095-0001.jpeg", "test/NORMAL/NORMAL2-IM-0096-0001.jpeg",
+                 "test/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0001-0002.jpeg", "test/NORMAL/IM-0002-0001.jpeg"],
+        "patient_id": ["NORMAL2-IM-0095", "NORMAL2-IM-0096", "IM-0001", "IM-0001", "IM-0002"],
+        "sha1": ["same", "same", "a", "a", "b"], "split": ["test"] * 5, "label": ["NORMAL"] * 5})
+    prepared = data.Prepared(index=index, skipped=pd.DataFrame(), images=np.zeros((5, 8, 8), np.uint8), root=None,
+                             source=None)
+    units = prepared.groups(np.arange(5))
+    assert list(units) == ["NORMAL2-IM-0095", "NORMAL2-IM-0095", "IM-0001", "IM-0001", "IM-0002"]
+    assert list(prepared.groups(np.array([4, 1]))) == ["IM-0002", "NORMAL2-IM-0095"]

@@ -100,8 +100,18 @@ class Prepared:
         return self.index["fold"].to_numpy().astype(int)[positions]
 
     def groups(self, positions: np.ndarray) -> np.ndarray:
-        """The child (patient id) of each row at `positions`."""
-        return self.index["patient_id"].to_numpy()[positions]
+        """The resampling unit of each row at `positions`: its child (patient id), with children that share an image
+        merged into one unit (byte-identical files or near duplicates, as the folds group them: two children whose
+        files are the same bytes are one unit, named by the first child's id). Every bootstrap clusters on it, so a
+        copy is never drawn as if it were independent evidence."""
+        if getattr(self, "_units", None) is None or len(self._units) != len(self.index):
+            from cxr.data.split import _group_ids, _pairs_between
+
+            ids = _group_ids(self.index, _pairs_between(self.index, self.near_duplicates)) \
+                if "sha1" in self.index else pd.factorize(self.index["patient_id"])[0]
+            first = pd.Series(self.index["patient_id"].to_numpy()).groupby(ids).transform("first")
+            self._units = first.to_numpy()
+        return self._units[positions]
 
     def labels(self, task: str, positions: np.ndarray) -> np.ndarray:
         """0/1 labels (float32) of `task` for the rows at `positions` (1 = the task's positive class)."""

@@ -6,7 +6,8 @@ predictions of the training children; the test scored once):
   smoothed reliability curves;
 - `resample`: the one resampling engine (the bootstrap of patients within their class) behind every interval;
 - `metrics`: test metrics with image-level and patient-level (cluster) bootstrap intervals, per image and per child;
-- `uncertainty`: the uncertainty of the operating point (nested bootstrap), the coverage simulation of the intervals;
+- `uncertainty`: the uncertainty of the operating point (threshold-resampling bootstrap), the coverage simulation
+  of the intervals;
 - `clinical`: what the operating point means across prevalences (PPV/NPV), decision curves and net benefit
   across plausible prevalences;
 - `predictions`: every out-of-fold and test prediction on record, error analysis;

@@ -1,5 +1,6 @@
 """Uncertainty beyond the fixed-threshold intervals of `cxr.evaluate.metrics`: the uncertainty of the operating
-point itself (a nested bootstrap of selection and test patients), and the coverage simulations that chose the
+point itself (a threshold-resampling bootstrap of selection and test patients: the rule re-applied, nothing
+retrained), and the coverage simulations that chose the
 interval methods of `metrics.CI_METHODS` (`method_comparison`: every method tried, on the same simulated test sets;
 `coverage_simulation`: the package's own intervals, as `task_report` computes them).
 
@@ -24,7 +25,8 @@ from cxr.evaluate.metrics import (BCA, CI_METHODS, auroc_score_interval, bootstr
 from cxr.evaluate.resample import patient_strata, percentile, resample_indices, resample_weights
 
 NESTED_METRICS = ("threshold", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv")
-NESTED_CI_METHOD = ("nested bootstrap: selection patients resampled within each class and the threshold re-chosen, "
+NESTED_CI_METHOD = ("threshold-resampling bootstrap (no retraining): selection patients resampled within each class "
+                    "and the threshold re-chosen, "
                     "test patients resampled within each class and scored at it; Wilson on the effective sample "
                     "size (deff from the draws' variance) for sensitivity, specificity, accuracy, PPV and NPV, "
                     "percentile for the threshold and balanced accuracy; the conditional interval uses the same "
@@ -44,7 +46,8 @@ def _operating_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, t: np.ndarra
 def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, p_test: Any, groups_test: Any,
                           choose: Callable[[np.ndarray, np.ndarray], float], *, n_bootstrap: int, ci_level: float,
                           seed: int) -> dict[str, Any]:
-    """The test operating point with the uncertainty of its threshold: a nested bootstrap.
+    """The test operating point with the uncertainty of its threshold: a threshold-resampling bootstrap (the
+    declared rule re-applied to resampled out-of-fold predictions; nothing is retrained).
 
     `choose(y, p) -> threshold` is the pre-declared rule (e.g. `lambda y, p: threshold.choose(y, p, "plateau")`).
     On each of `n_bootstrap` draws the selection patients (`groups_sel`; images when None) are resampled within
