@@ -1,4 +1,4 @@
-"""Command line: `python -m cxr {index,train,evaluate,results,predict,ablation,markers,notebook}`; `--help` on each."""
+"""Command line: `python -m cxr {index,train,evaluate,results,predict,ablation,markers,fold-check,notebook}`; `--help` on each."""
 from __future__ import annotations
 
 import argparse
@@ -201,6 +201,22 @@ def cmd_markers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fold_check(args: argparse.Namespace) -> int:
+    """Random against block folds, with and without the marker zones masked, on frozen features (training children
+    only): which validation foresees the test's drop, and does the stamp move the calls (`cxr.foldcheck`)."""
+    from cxr import data, foldcheck, train
+    from cxr.io import write_json
+
+    config = train.resolve(_config(args))
+    prepared = data.prepare(config, verbose=False)
+    doc = foldcheck.fold_check(config, prepared)
+    doc["command"] = "python -m cxr " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m cxr fold-check"
+    write_json(args.out, doc)
+    print(foldcheck.table(doc).to_string(index=False))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def pd_concat_rows(left, right):
     """`left` and `right` side by side, row for row (both reindexed 0..n-1)."""
     import pandas as pd
@@ -321,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", metavar="PNG", help="also draw stamped examples into this PNG")
     p.add_argument("--examples", type=int, default=24, help="stamped examples in the figure (default: 24)")
     p.set_defaults(func=cmd_markers)
+
+    p = sub.add_parser("fold-check", help="random vs block folds, marker zones kept vs masked, on frozen features of "
+                                          "the training children (never the test): OOF AUROC, the cross-fitted "
+                                          "operating point, the stamp counterfactual")
+    _common(p, "unused here (accepted for symmetry)")
+    p.add_argument("--source", help="zip or folder of the dataset (default: $CXR_DATA, ../shared, Kaggle, sample)")
+    p.add_argument("--out", default="doc/fold_check.json")
+    p.set_defaults(func=cmd_fold_check)
 
     p = sub.add_parser("notebook", help="execute notebook.ipynb headless (papermill) and print the headline metrics")
     _common(p, "the run folder for its outputs (default: runs/<mode>)")

@@ -389,16 +389,33 @@ def stamp_counterfactual(predict, images: np.ndarray, threshold: float, ci_level
                 "meets_targets": None}
     stamped = np.stack([paste_stamp(batch[i, ..., 0]) for i in normal])[..., None]
     q = np.asarray(predict(stamped), dtype=np.float64).ravel()
-    rise = q - p[normal]
-    changed = int((q >= threshold).sum())
-    ci = stats.binomtest(changed, len(normal)).proportion_ci(confidence_level=ci_level, method="wilson")
+    return {**counterfactual_summary(p[normal], q, threshold, ci_level, seed), "threshold": float(threshold)}
+
+
+def counterfactual_summary(before: np.ndarray, after: np.ndarray, threshold, ci_level: float = 0.95,
+                           seed: int = 0) -> dict:
+    """The counterfactual's numbers from the probabilities of the images called normal `before` and `after` the
+    stamp was pasted, at `threshold` (a number, or one per image, e.g. each fold's own): n, changed (now at or
+    above it), changed_share with its Wilson interval, mean_rise with a bootstrap interval (scipy), max_rise and
+    `meets_targets` (`STAMP_TARGETS`)."""
+    from scipy import stats
+
+    before, after = np.asarray(before, np.float64).ravel(), np.asarray(after, np.float64).ravel()
+    out = {"n": int(len(before))}
+    if not len(before):
+        return {**out, "changed": 0, "changed_share": float("nan"), "changed_ci": (float("nan"),) * 2,
+                "mean_rise": float("nan"), "mean_rise_ci": (float("nan"),) * 2, "max_rise": float("nan"),
+                "meets_targets": None}
+    rise = after - before
+    changed = int((after >= np.asarray(threshold, np.float64)).sum())
+    ci = stats.binomtest(changed, len(before)).proportion_ci(confidence_level=ci_level, method="wilson")
     if len(rise) > 1 and np.ptp(rise) > 0:
         boot = stats.bootstrap((rise,), np.mean, confidence_level=ci_level, n_resamples=2000,
                                random_state=np.random.default_rng(seed), method="percentile")
         rise_ci = (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
     else:
         rise_ci = (float(rise.mean()),) * 2
-    share = changed / len(normal)
+    share = changed / len(before)
     return {**out, "changed": changed, "changed_share": share, "changed_ci": (float(ci.low), float(ci.high)),
             "mean_rise": float(rise.mean()), "mean_rise_ci": rise_ci, "max_rise": float(rise.max()),
             "meets_targets": bool(share <= STAMP_TARGETS["changed_share"]
