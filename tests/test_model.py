@@ -125,9 +125,15 @@ def test_old_models_with_augment_layers_still_load_and_predict(tmp_path):
 
     np.testing.assert_allclose(train.predict_proba(loaded, x, batch_size=4), expected.reshape(-1), rtol=1e-5,
                                atol=1e-6)
-    (folder / "model.keras").write_bytes(b"not a keras file")
+    import zipfile
+
     from cxr import UserError
 
+    (folder / "model.keras").write_bytes(b"not a keras file")
+    with pytest.raises(UserError, match="model.keras is damaged or incomplete .16 bytes, not a Keras archive"):
+        M.load_model(folder)
+    with zipfile.ZipFile(folder / "model.keras", "w") as archive:  # a zip, but not one Keras can read
+        archive.writestr("config.json", "not a keras config")
     with pytest.raises(UserError, match="cannot load the model.*retrain it"):
         M.load_model(folder)
 
@@ -249,7 +255,7 @@ def test_head_model_shares_layers(tiny):
 def test_save_load_round_trip(which, tiny, lite, tmp_path):
     model = tiny if which == "tiny" else lite
     x = _images(3, model.input.shape[1])
-    config = _config()
+    config = _config(image_size=model.input.shape[1])  # load_model checks the record against the model's input
     out = M.save_model(model, tmp_path / "saved", config, threshold=0.37, class_names=CLASS_NAMES, extra={"run": 1})
     M.save_model(model, out, config, threshold=0.37, class_names=CLASS_NAMES)  # overwrite in place
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.keras"]
