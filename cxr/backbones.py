@@ -130,7 +130,7 @@ def _application_build(name: str, input_shape: tuple, weights: str | None,
             f"available in the Keras cache (~/.keras/models, or $KERAS_HOME/models) with network access once, pass "
             f"a local weights file (weights=PATH), use backbone='efficientnet_lite0' (offline ImageNet weights), "
             f"or weights=None for random initialisation.") from err
-    return keras.Model(app.inputs, app.outputs, name="backbone")
+    return keras.Model(app.inputs, app.output, name="backbone")  # one tensor: `outputs` (a list) fed the pool a list
 
 
 def _application_transform(name: str) -> Transform:

@@ -415,3 +415,47 @@ def test_backbone_names_are_pinned():
     apps = sorted(n for n in dir(keras.applications) if n[:1].isupper() and callable(getattr(keras.applications, n)))
     assert names[4:] == apps and len(set(names)) == len(names)
     assert {"ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "MobileNetV2", "ResNet50", "Xception"} <= set(apps)
+
+
+def test_a_backbone_family_is_one_registry_entry(monkeypatch):
+    """A family registered in `cxr.backbones` is listed, converts gray input its own way, builds in the chain, has
+    its blocks found for fine-tuning and warns for weights='imagenet' when it has none; names and the builder's
+    model name are checked."""
+    from cxr import backbones
+
+    def build(name, input_shape, weights, drop_connect_rate):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="block1_conv")(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="block2_conv")(x)
+        return keras.Model(inputs, x, name="backbone" if name == "mini_cnn" else name)
+
+    def transform(name):
+        return np.full(3, 2 / 255.0), np.full(3, -1.0)
+
+    monkeypatch.setattr(backbones, "FAMILIES", list(backbones.FAMILIES))
+    backbones.register(backbones.Family("mini CNN", ("mini_cnn", "mini_bad"), build, transform, imagenet=False))
+    assert M.backbone_names()[-2:] == ["mini_cnn", "mini_bad"]
+    model = M.build_model(_config(backbone="mini_cnn"))
+    assert [layer.name for layer in model.layers] == list(M.LAYER_ORDER)
+    x = _images(2)
+    y = _np(keras.Model(model.input, model.get_layer("to_backbone").output)(x, training=False))
+    np.testing.assert_allclose(y, np.repeat(x * (2 / 255.0) - 1.0, 3, axis=-1), atol=1e-5)
+    assert model.get_layer("backbone").output.shape[1:] == (8, 8, 8)
+    assert [[layer.name for layer in g] for g in M.backbone_blocks(model.get_layer("backbone"))] == \
+        [["block2_conv"], ["block1_conv"]]
+    with pytest.warns(UserWarning, match="mini_cnn has no ImageNet weights"):
+        M.build_backbone("mini_cnn", (32, 32, 3), "imagenet")
+    with pytest.raises(ValueError, match="returned a model named 'mini_bad'; it must be 'backbone'"):
+        M.build_backbone("mini_bad", (32, 32, 3), None)
+    with pytest.raises(ValueError, match=r"backbone names \['tiny_cnn'\] are already registered"):
+        backbones.register(backbones.Family("again", ("tiny_cnn",), build, transform))
+
+
+def test_a_keras_application_builds_in_the_chain():
+    """keras.applications backbones hand the chain ONE feature map (not a list of one, which pooled into two)."""
+    model = M.build_model(_config(backbone="MobileNetV2", image_size=SIZE))
+    assert [layer.name for layer in model.layers] == list(M.LAYER_ORDER)
+    assert model.get_layer("backbone").output.shape[1:] == (1, 1, 1280)
+    assert model.get_layer("pool").output.shape[1:] == (1280,)
+    p = _np(model.predict(_images(2), verbose=0))
+    assert p.shape == (2, 1) and np.isfinite(p).all()
