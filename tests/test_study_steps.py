@@ -53,7 +53,7 @@ def ledger_sequence(run_dir) -> list[tuple[str, str, str]]:
 def study(tmp_path_factory):
     """The whole study (`run_study`) on toy data: every step but "data" (the toy data are given)."""
     run = tmp_path_factory.mktemp("study") / "run"
-    done = pipeline.Study(tiny_config(head_epochs=2, finetune_epochs=1, output_dir=str(run), explain_images=4,
+    done = pipeline.Study(tiny_config(head_epochs=2, finetune_epochs=0, output_dir=str(run), explain_images=4,
                                       gradcam_examples=1))
     done.prepared = study_data(n=10, seed=5)
     return pipeline.run_study(done, skip=("data",))
