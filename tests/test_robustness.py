@@ -185,7 +185,7 @@ def test_two_images_with_one_name_get_two_overlays(model_dir, tmp_path):
     for i, folder in enumerate(("a", "b")):
         (tmp_path / folder).mkdir()
         paths.append(tmp_path / folder / "1.png")
-        Image.fromarray(np.full((40, 40), 60 * i, np.uint8)).save(paths[-1])
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8)).save(paths[-1])
     out = tmp_path / "overlays"
     results = predict_files(model_dir, paths, gradcam_dir=out)
     assert len({r["gradcam"] for r in results}) == 2 and len(list(out.glob("*.png"))) == 2
