@@ -266,7 +266,7 @@ def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr", description=__doc__)
-    from cxr.config import TASKS
+    from cxr.config import PRIMARY_TASK, TASKS
 
     sub = parser.add_subparsers(dest="command", required=True)
     tasks = list(TASKS)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+")
     _common(p, "the run folder whose <task>/ model is used (default: runs/<mode>)")
     p.add_argument("--model", help="a saved model folder, or a run folder (then its <task>/ is used)")
-    p.add_argument("--task", default="pneumonia", choices=tasks, help="which task's model of a run folder")
+    p.add_argument("--task", default=PRIMARY_TASK, choices=tasks, help="which task's model of a run folder")
     p.add_argument("--gradcam", metavar="OUT_DIR", help="also write a Grad-CAM overlay PNG per image")
     p.set_defaults(func=cmd_predict)
 

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 
-from cxr.config import Config
+from cxr.config import PRIMARY_TASK, Config
 from cxr.data import Prepared, raw_sample_dir
 from cxr.evaluate.shift import raw_sample_agreement
 from cxr.io import write_json
@@ -158,7 +158,7 @@ def _key(config: Config, fraction: float, dev_images: int, seed: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def run_candidate(config: Config, name: str, view: Prepared, task: str = "pneumonia") -> dict[str, Any]:
+def run_candidate(config: Config, name: str, view: Prepared, task: str = PRIMARY_TASK) -> dict[str, Any]:
     """Train candidate `name` by cross-validation on the view and measure it (see the module docstring)."""
     from cxr import model as cxr_model, train
 
@@ -195,7 +195,7 @@ def run_candidate(config: Config, name: str, view: Prepared, task: str = "pneumo
 
 
 def run_ablation(config: Config, prepared: Prepared, names: list[str], fraction: float, dev_images: int,
-                 seed: int, folder: Path, task: str = "pneumonia") -> dict[str, Any]:
+                 seed: int, folder: Path, task: str = PRIMARY_TASK) -> dict[str, Any]:
     """Every candidate of `names` on the same view (`subset`), each result kept in `folder/<name>.json` and reused
     while its settings match; then the comparison document (`compare`)."""
     view, _ = subset(prepared, fraction, dev_images, seed)

@@ -56,6 +56,8 @@ def primary_task() -> str:
     return names[0]
 
 
+PRIMARY_TASK = primary_task()  # "pneumonia": the default task wherever a function takes one
+
 THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "calibrated")
 CALIBRATIONS = ("temperature", "platt", "none")
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import evaluate, model as cxr_model, train
-from cxr.config import TASKS, Config, task as get_task
+from cxr.config import PRIMARY_TASK, TASKS, Config, task as get_task
 from cxr.data import Prepared
 from cxr.evaluate import calibration, clinical, ledger, predictions, threshold as thresholds, uncertainty
 from cxr.io import atomic_write_csv
@@ -345,7 +345,7 @@ class Baseline:
     report: dict[str, Any] | None = None
 
 
-def fit_baseline(config: Config, prepared: Prepared, task: str = "pneumonia") -> Baseline:
+def fit_baseline(config: Config, prepared: Prepared, task: str = PRIMARY_TASK) -> Baseline:
     """Six image statistics of every training image, a logistic regression cross-validated on the study's folds
     (out-of-fold AUROC) and fitted on all of them. Reads no test row."""
     from cxr.evaluate import baseline
@@ -514,7 +514,7 @@ class Study:
 
     # the explanation of the main task (notebook section 10, after the study: figures only)
 
-    def grad_cam(self, task: str = "pneumonia") -> GradCam:
+    def grad_cam(self, task: str = PRIMARY_TASK) -> GradCam:
         """Grad-CAM of every test image of `task` for the class the ensemble called, raw, on one colour scale, and
         the most confident right calls and errors (`config.gradcam_examples` per confusion cell, twice as many
         errors)."""

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from cxr.config import PRIMARY_TASK
 
-def model_folder(path: str | Path, task: str = "pneumonia") -> Path:
+
+def model_folder(path: str | Path, task: str = PRIMARY_TASK) -> Path:
     """A saved model folder: `path` itself, a model.keras file as is, or `path/<task>` when
     `path` is a run folder. Whether it really holds a model is checked by `cxr.model.load_model`."""
     path = Path(path)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.config import Config
+from cxr.config import TASKS, Config
 from cxr.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ class RunLog:
         c, e = self.config, self.env
         notes = []
         if e["accelerator"] == "cpu":
-            others = [t for t in ("pneumonia", "subtype") if t not in c.finetune_tasks]
+            others = [t for t in TASKS if t not in c.finetune_tasks]
             notes.append(f"ran on a CPU; the intended setting is a GPU. The full preset is sized to fit about an hour "
                          f"on 2 CPU cores: {c.n_folds} folds, at most {c.finetune_epochs} fine-tuning epochs"
                          + (f", and the {', '.join(others)} task keeps the head on frozen features "

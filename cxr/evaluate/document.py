@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxr.config import PRIMARY_TASK, TASKS
 from cxr.evaluate.metrics import CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD
 from cxr.io import to_json, write_json
 
@@ -112,7 +113,7 @@ def metrics_document(protocol: dict[str, Any], tasks: dict[str, dict[str, Any]])
         if missing:
             raise ValueError(f"task {name!r} lacks {missing}; build it with task_report()")
     proto = {**protocol, "thresholds": {name: t["threshold"] for name, t in tasks.items()}}
-    main = "pneumonia" if "pneumonia" in tasks else (next(iter(tasks)) if len(tasks) == 1 else None)
+    main = PRIMARY_TASK if PRIMARY_TASK in tasks else (next(iter(tasks)) if len(tasks) == 1 else None)
     proto["threshold"] = tasks[main]["threshold"] if main else None  # the main task's, for quick reading
     doc = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "protocol": proto, "tasks": tasks}
@@ -232,7 +233,7 @@ def describe_report(task: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def describe_comparison(doc: dict[str, Any], task: str = "pneumonia") -> str:
+def describe_comparison(doc: dict[str, Any], task: str = PRIMARY_TASK) -> str:
     """How this run compares with the previous committed run, in words, and why the rows are not a leaderboard."""
     t = doc["tasks"].get(task)
     if t is None:
@@ -293,7 +294,7 @@ def results_table(doc: dict[str, Any]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).set_index(["task", "metric"])
 
 
-def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFrame:
+def comparison_table(doc: dict[str, Any], task: str = PRIMARY_TASK) -> pd.DataFrame:
     """Our pneumonia-vs-normal test metrics beside Kermany et al. 2018 and MedMNIST+, each with its protocol."""
     cols = ("auroc", "accuracy", "sensitivity", "specificity")
     rows = []
@@ -311,7 +312,7 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
             point = f"{t['threshold']:.3f}, from the out-of-fold predictions" if key == "at_threshold" else "0.5"
             rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "operating point": point,
                          "protocol": note})
-    if task == "pneumonia":
+    if task == PRIMARY_TASK:
         rows.append({"model": PREVIOUS_RUN["name"], **{c: fmt(PREVIOUS_RUN["metrics"][c]) for c in cols},
                      "operating point": PREVIOUS_RUN["operating_point"], "protocol": PREVIOUS_RUN["protocol"]})
     for name, ref in REFERENCES.items():
@@ -326,7 +327,7 @@ def comparison_table(doc: dict[str, Any], task: str = "pneumonia") -> pd.DataFra
 # Markdown for README.md and doc/results.md (written from metrics.json, never typed by hand)
 # ---------------------------------------------------------------------------------------------------------------
 
-TASK_TITLES = {"pneumonia": "Pneumonia vs normal", "subtype": "Bacterial vs viral pneumonia"}
+TASK_TITLES = {name: t.title for name, t in TASKS.items()}  # from the task table
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -407,7 +408,7 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
     for task, t in doc["tasks"].items():
         title = TASK_TITLES.get(task, task)
         if headline:
-            if task != "pneumonia":
+            if task != PRIMARY_TASK:
                 parts.append(f"**{title}** (n = {t['n']}, threshold {t['threshold']:.3f} from the out-of-fold "
                              "predictions): " + ", ".join(f"{METRIC_LABELS[m]} {fmt(t['at_threshold'][m])}" for m in
                                                           ("auroc", "accuracy", "sensitivity", "specificity")) + ".")
@@ -433,12 +434,12 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
                          f"out-of-fold AUROC {base['oof_auroc']:.3f}; test AUROC {fmt(bt['auroc'])}, sensitivity "
                          f"{fmt(bt['sensitivity'])}, specificity {fmt(bt['specificity'])}.")
         raw = doc.get("shift", {}).get("raw_sample")
-        if raw is not None and "pneumonia" in doc["tasks"]:
+        if raw is not None and PRIMARY_TASK in doc["tasks"]:
             parts.append("**The same X-ray, resized another way** (full-resolution originals against their 224-px "
-                         "copies)\n\n" + _resize_md(raw, doc["tasks"]["pneumonia"]["threshold"]))
+                         "copies)\n\n" + _resize_md(raw, doc["tasks"][PRIMARY_TASK]["threshold"]))
         if doc.get("test_ledger"):
             parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
-    if "pneumonia" in doc["tasks"]:
+    if PRIMARY_TASK in doc["tasks"]:
         table = comparison_table(doc)
         rows = [[name, *[str(v) for v in r[:-1]], r[-1]] for name, r in zip(table.index, table.to_numpy().tolist())]
         parts.insert(1 if headline else len(parts),

@@ -42,7 +42,7 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from cxr import augment, distribute, model as cxr_model, optim, progress
-from cxr.config import Config, task as get_task
+from cxr.config import PRIMARY_TASK, Config, task as get_task
 from cxr.data import Prepared
 from cxr.io import write_json
 from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predict, predict_proba
@@ -190,7 +190,7 @@ def _row(stage: str, epochs: int, epoch: int, curve: pd.DataFrame) -> dict[str, 
             "oof_loss": float(r["oof_loss"]), "oof_auroc": float(r["oof_auroc"])}
 
 
-def fit(config: Config, prepared: Prepared, task: str = "pneumonia", verbose: int = 0) -> TrainResult:
+def fit(config: Config, prepared: Prepared, task: str = PRIMARY_TASK, verbose: int = 0) -> TrainResult:
     """Train `task` by cross-validation over the training children (see the module docstring): the fold ensemble,
     its members and the out-of-fold evidence. `config` must be resolved (`cxr.train.resolve`: an explicit batch
     size and dtype policy); the dtype policy is set for the run and restored afterwards."""
