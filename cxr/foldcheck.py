@@ -12,6 +12,8 @@ scored by the head of its own fold. `python -m cxr fold-check` runs it and write
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -31,25 +33,11 @@ HEAD_C = 0.05  # inverse L2 strength of the logistic head on standardised featur
 def folds_for(prepared: Prepared, rows: np.ndarray, scheme: str, n_folds: int, seed: int) -> np.ndarray:
     """The fold of each training row at `rows` under `scheme` ("random" or "blocks"), split as `prepare` splits."""
     columns = [c for c in prepared.index.columns if c not in ("split", "fold", "excluded_reason")]
-    with _quiet():
+    with contextlib.redirect_stdout(io.StringIO()):  # the split's notes were printed once already by `prepare`
         split = split_by_patient(prepared.index[columns], n_folds, seed, near=prepared.near_duplicates,
                                  scheme=scheme)
     fold = split.set_index("path")["fold"]
     return fold.loc[prepared.index["path"].to_numpy()[rows]].to_numpy().astype(int)
-
-
-class _quiet:
-    """Silence the split's notes (printed once already by `prepare`)."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        self._redirect.__enter__()
-
-    def __exit__(self, *exc):
-        self._redirect.__exit__(*exc)
 
 
 def features(config: Config, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -151,7 +151,8 @@ def operating_point(config: Config, y: np.ndarray, p: np.ndarray,
                     calibrator: dict[str, Any] | None = None) -> float:
     """THE operating point of the study: the threshold of `config.threshold_policy` (its target sensitivity or
     tolerance, and the model's own calibrator for "calibrated") on out-of-fold labels and probabilities. Every
-    caller goes through it: each task, the stability resamples, the threshold-resampling bootstrap of the test intervals."""
+    caller goes through it: each task, the stability resamples, the threshold-resampling bootstrap of the test
+    intervals."""
     return thresholds.choose(y, p, config.threshold_policy, tolerance=config.threshold_tolerance,
                              target_sensitivity=config.target_sensitivity, calibrator=calibrator)
 
