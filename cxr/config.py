@@ -31,13 +31,16 @@ class Task:
     class_names: tuple[str, str]  # (class 0, class 1), as saved with the model and shown in figures
     title: str  # how tables and text name the task ("Pneumonia vs normal")
     primary: bool = False  # the main task: the headline, the comparison with the literature, the default task
+    kept_class: int = 1  # the class whose sensitivity the operating rule keeps (its clinical polarity): 1 for
+    # pneumonia (a missed pneumonia sends a sick child home), 0 for bacterial vs viral (a missed bacterial
+    # pneumonia withholds antibiotics)
 
 
 TASKS: dict[str, Task] = {
     "pneumonia": Task(rows="all", column="label", positive="PNEUMONIA", class_names=("NORMAL", "PNEUMONIA"),
                       title="Pneumonia vs normal", primary=True),
     "subtype": Task(rows="PNEUMONIA", column="subtype", positive="virus", class_names=("bacteria", "virus"),
-                    title="Bacterial vs viral pneumonia"),
+                    title="Bacterial vs viral pneumonia", kept_class=0),
 }
 
 
@@ -58,7 +61,7 @@ def primary_task() -> str:
 
 PRIMARY_TASK = primary_task()  # "pneumonia": the default task wherever a function takes one
 
-THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "calibrated")
+THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "specificity", "calibrated")
 CALIBRATIONS = ("temperature", "platt", "none")
 
 
@@ -75,12 +78,14 @@ class Config:
     resize_policy: str = "squash"  # "squash" (stretch to a square) or "letterbox" (pad to a square)
     n_folds: int = 4  # the training children are split into this many patient-grouped folds (cross-validation)
     split_seed: int = 42  # the folds (and the smoke-mode cap); separate from the training seed
-    fold_scheme: str = "random"  # how the training children are cut into folds: "random" (StratifiedGroupKFold
-    # seeded by split_seed) or "blocks" (contiguous ID blocks of every file-name family, periods of time, as the
-    # official test is cut: `cxr.data.split.block_folds`)
+    fold_scheme: str = "blocks"  # how the training children are cut into folds: "blocks" (contiguous ID blocks of
+    # every file-name family, periods of time, as the official test is cut: `cxr.data.split.block_folds`;
+    # protocol v2) or "random" (StratifiedGroupKFold seeded by split_seed; protocol v1)
     # Kaggle file names reuse patient ids in train and test: drop training images whose id is also in the official
     # test (the test is never changed), so that no patient id appears in two splits.
     exclude_test_patients: bool = True
+    dedupe_test: bool = True  # (protocol v2; v1: False) a test image byte-identical to another test image of the
+    # same class is counted once (the first path kept, the others excluded with their reason)
     near_duplicate_bits: int = 30  # images whose perceptual hashes differ in at most this many of 255 bits are
     # treated as copies (one group, one split; a training image near a test image is excluded)
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
@@ -93,7 +98,7 @@ class Config:
     # augmentation, training only (`cxr.augment`): one affine warp per image + intensity changes in the model's
     # training wrapper, and the resampling path (rescale, blur / sharpen, JPEG) where batches are drawn
     horizontal_flip: bool = False  # chest anatomy is not left-right symmetric
-    marker_zones: bool = False  # black out the corner zones where burned-in markers lie (`cxr.data.markers.ZONES`:
+    marker_zones: bool = True  # (protocol v2; v1: False) black out the corner zones where burned-in markers lie (`cxr.data.markers.ZONES`:
     # the acquisition stamp's bold "R" and "KV" text) in every image, in the model's first layer, so training,
     # scoring, Grad-CAM and predict apply it alike
     aug_rotation: float = 10.0  # degrees, uniform in +-
@@ -134,8 +139,17 @@ class Config:
     # the operating point (cxr.evaluate.threshold): "sensitivity" (the highest threshold that keeps
     # `target_sensitivity`), "plateau" (the middle of the thresholds whose Youden J is within `threshold_tolerance`
     # of the best), "youden", or "calibrated" (0.5 after the model's calibration)
-    threshold_policy: str = "sensitivity"
+    threshold_policy: str = "sensitivity"  # the primary task's rule
     target_sensitivity: float = 0.95
+    min_specificity: float = 0.70  # co-primary target of the primary task (WHO-style target product profile):
+    # reported as met or missed on the out-of-fold, cross-fitted and test predictions, never tuned for
+    # the second task (bacterial vs viral, `Task.kept_class` 0): "specificity" keeps class 0's sensitivity, the
+    # bacterial one, at `target_specificity` (the lowest threshold whose out-of-fold specificity reaches it); when
+    # the viral sensitivity (class 1) is then below `subtype_min_sensitivity` on the out-of-fold predictions, no
+    # threshold serves both and the task is reported without an operating point (at 0.5 only)
+    subtype_threshold_policy: str = "specificity"
+    target_specificity: float = 0.90
+    subtype_min_sensitivity: float = 0.50
     threshold_tolerance: float = 0.05
     calibration: str = "platt"  # fitted on the out-of-fold predictions, saved with the model: "platt",
     # "temperature" or "none"
@@ -190,8 +204,9 @@ class Config:
             raise ValueError(f"mixed_precision must be 'auto', 'on', 'float16' or 'off', not {self.mixed_precision!r}")
         if self.resize_policy not in RESIZE_POLICIES:
             raise ValueError(f"resize_policy must be 'squash' or 'letterbox', not {self.resize_policy!r}")
-        if self.threshold_policy not in THRESHOLD_POLICIES:
-            raise ValueError(f"threshold_policy must be one of {THRESHOLD_POLICIES}, not {self.threshold_policy!r}")
+        for name in ("threshold_policy", "subtype_threshold_policy"):
+            if getattr(self, name) not in THRESHOLD_POLICIES:
+                raise ValueError(f"{name} must be one of {THRESHOLD_POLICIES}, not {getattr(self, name)!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
         if self.threshold_policy == "calibrated" and self.calibration == "none":
@@ -208,8 +223,10 @@ class Config:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCE}, not {self.class_balance!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be None (auto) or >= 1")
-        if not 0.0 < self.target_sensitivity <= 1.0:
-            raise ValueError("target_sensitivity must lie in (0, 1]")
+        for name in ("target_sensitivity", "target_specificity", "min_specificity", "subtype_min_sensitivity"):
+            if not 0.0 <= getattr(self, name) <= 1.0 or (name.startswith("target") and getattr(self, name) == 0.0):
+                raise ValueError(f"{name} must lie in (0, 1]" if name.startswith("target") else
+                                 f"{name} must lie in [0, 1]")
         if not 0.0 <= self.aug_resample <= 1.0 or not 0.0 <= self.aug_border < 0.5:
             raise ValueError("aug_resample must lie in [0, 1] and aug_border in [0, 0.5)")
 

@@ -213,7 +213,7 @@ def test_default_random_scheme_is_unchanged():
 
 
 def test_config_fold_scheme_is_validated_and_reaches_the_split():
-    assert Config().fold_scheme == "random"
+    assert Config().fold_scheme == "blocks"  # protocol v2
     assert Config.preset("smoke", fold_scheme="blocks").fold_scheme == "blocks"
     assert parse_settings(["fold_scheme=blocks"]) == {"fold_scheme": "blocks"}
     with pytest.raises(ValueError, match="fold_scheme must be 'random' or 'blocks', not 'time'"):

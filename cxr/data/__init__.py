@@ -153,7 +153,8 @@ def _split(config: Config, index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     near = audit.near_duplicate_pairs(index, config.near_duplicate_bits)
     capped = cap_per_class(index, config.max_per_class, config.split_seed)
     inventory = split_by_patient(capped, config.n_folds, config.split_seed,
-                                 drop_test_patients=config.exclude_test_patients, near=near, scheme=config.fold_scheme)
+                                 drop_test_patients=config.exclude_test_patients, near=near, scheme=config.fold_scheme,
+                                 dedupe_test=config.dedupe_test)
     if config.max_per_class is not None:
         inventory = mark_excluded(index, inventory, f"over max_per_class={config.max_per_class} (smoke-mode cap)")
     return inventory, near

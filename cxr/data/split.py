@@ -19,6 +19,7 @@ EXCLUDED = "excluded"  # the `split` of an image found and readable but left out
 TEST_PATIENT = "patient id also in the official test"
 TEST_COPY = "byte-identical to an official test image"
 TEST_NEAR_COPY = "near duplicate of an official test image"
+TEST_DUPLICATE = "byte-identical to another official test image of the same class (counted once)"
 NO_FOLD = -1  # the `fold` of test and excluded rows
 FOLD_SCHEMES = ("random", "blocks")  # `split_by_patient(scheme=...)`, `Config.fold_scheme`
 FAMILIES = ID_FAMILIES  # the file-name families of the archive (`id_family`, `cxr.data.names`)
@@ -181,7 +182,8 @@ def fold_blocks(index: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_patients: bool = False,
-                     near: pd.DataFrame | None = None, scheme: str = "random") -> pd.DataFrame:
+                     near: pd.DataFrame | None = None, scheme: str = "random",
+                     dedupe_test: bool = False) -> pd.DataFrame:
     """Add `split` (train/test/excluded), `fold` (0..k-1 for training rows, -1 otherwise) and `excluded_reason`
     (empty unless excluded): the official test is kept as it is; the official train + val become the training
     children, assigned to `n_folds` folds grouped by patient id, identical sha1 and near-duplicate pairs (`near`:
@@ -192,7 +194,9 @@ def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_pat
 
     Every row is kept (the index is the inventory of what was found). Training images byte-identical to, or near
     duplicates of, a test image are `excluded`; so are training images whose patient id is also in the official
-    test when `drop_test_patients`. The folds are computed on the kept rows only. Deterministic for a seed
+    test when `drop_test_patients`. With `dedupe_test` (protocol v2), a test image byte-identical to another test
+    image of the same label is counted once: the first path of each such group is kept, the others are `excluded`
+    (so no test image counts twice in a metric). The folds are computed on the kept rows only. Deterministic for a seed
     whatever the row order (the result is sorted by path). A pool too small for `n_folds` folds is split into
     fewer (said in a note); one that cannot be split at all raises `DataUnavailable` saying what is needed.
     """
@@ -205,6 +209,12 @@ def split_by_patient(index: pd.DataFrame, n_folds: int, seed: int, drop_test_pat
     reason = pd.Series("", index=index.index, dtype=object)
     copies = ~is_test & index["sha1"].isin(set(index.loc[is_test, "sha1"]))
     reason[copies] = TEST_COPY
+    if dedupe_test:
+        repeat = is_test & index.duplicated(["sha1", "label"], keep="first")  # sorted by path: the first path stays
+        reason[repeat] = TEST_DUPLICATE
+        if repeat.any():
+            print(f"Note: {int(repeat.sum())} official test images are byte-identical to another test image of the "
+                  "same class; each is counted once (the first path kept).")
     pairs = _pairs_between(index, near)
     if len(pairs):
         cross = is_test.to_numpy()[pairs[:, 0]] != is_test.to_numpy()[pairs[:, 1]]

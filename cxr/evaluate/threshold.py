@@ -5,6 +5,8 @@
 Config's settings. Every policy reads validation labels and probabilities only:
 
 - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
+- "specificity": the lowest threshold whose validation specificity reaches `target_specificity` (the rule that
+  keeps class 0's sensitivity: bacterial vs viral, where class 0 is bacterial).
 - "youden": maximal Youden's J = sensitivity + specificity - 1 (ties to the highest threshold). With validation
   AUROC near 0.99 the classes are almost separated, J is maximal (or within one error of it) over a wide range of
   thresholds, and its argmax jumps from one model or resample to the next.
@@ -41,12 +43,17 @@ EPS = 1e-6
 DEFAULT_TOLERANCE = Config.threshold_tolerance  # the Config's default, not a second one
 
 
-def _roc_point(y: np.ndarray, p: np.ndarray, policy: str, target_sensitivity: float) -> float:
-    """The "youden" or "sensitivity" threshold: one of the validation scores (as `sklearn.metrics.roc_curve`
-    gives them), clipped into (0, 1)."""
+def _roc_point(y: np.ndarray, p: np.ndarray, policy: str, target_sensitivity: float,
+               target_specificity: float = 0.9) -> float:
+    """The "youden", "sensitivity" or "specificity" threshold: one of the validation scores (as
+    `sklearn.metrics.roc_curve` gives them), clipped into (0, 1)."""
     fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
     if policy == "youden":
         i = int(np.argmax(tpr - fpr))
+    elif policy == "specificity":
+        if not 0.0 < target_specificity <= 1.0:
+            raise ValueError("target_specificity must lie in (0, 1]")
+        i = int(np.flatnonzero(fpr <= 1.0 - target_specificity + 1e-12)[-1])  # fpr starts at 0: one always exists
     else:
         if not 0.0 < target_sensitivity <= 1.0:
             raise ValueError("target_sensitivity must lie in (0, 1]")
@@ -82,10 +89,12 @@ def _plateau(y: np.ndarray, p: np.ndarray, tolerance: float | str) -> float:
 def choose(y_val: Any, p_val: Any, policy: str = Config.threshold_policy,
            tolerance: float | str = DEFAULT_TOLERANCE, target: float | str = 0.5,
            target_sensitivity: float = Config.target_sensitivity,
-           calibrator: dict[str, Any] | None = None) -> float:
+           calibrator: dict[str, Any] | None = None,
+           target_specificity: float = Config.target_specificity) -> float:
     """The decision threshold (positive when p >= threshold) of `policy`, from validation data only, in (0, 1).
 
-    `policy`: one of POLICIES (module docstring; default the Config's). `target_sensitivity`: for "sensitivity".
+    `policy`: one of POLICIES (module docstring; default the Config's). `target_sensitivity`: for "sensitivity";
+    `target_specificity`: for "specificity".
     `tolerance`: for "plateau" (a J difference, or "one_error"). `target`: for "calibrated", the calibrated
     probability at which to call positive: 0.5 (fewest errors at the validation prevalence) or "prevalence"
     (the validation prevalence: the Bayes threshold for equal weight on sensitivity and specificity, Youden's aim).
@@ -96,8 +105,8 @@ def choose(y_val: Any, p_val: Any, policy: str = Config.threshold_policy,
     y, p = check_inputs(y_val, p_val)
     if len(np.unique(y)) < 2:
         raise ValueError("choosing a threshold needs both classes in the validation labels")
-    if policy in ("youden", "sensitivity"):
-        return _roc_point(y, p, policy, target_sensitivity)
+    if policy in ("youden", "sensitivity", "specificity"):
+        return _roc_point(y, p, policy, target_sensitivity, target_specificity)
     if policy == "plateau":
         return _plateau(y, p, tolerance)
     if policy == "calibrated":
@@ -167,3 +176,27 @@ def describe_stability(table: pd.DataFrame) -> str:
              for name, r in s.iterrows()]
     return (f"Over {n} bootstrap resamples (of children) of the out-of-fold predictions, " + "; ".join(parts)
             + ".")
+
+
+def cross_fitted(y: Any, p: Any, folds: Any, rule: Any) -> pd.DataFrame:
+    """The operating rule cross-fitted: for each fold f, the threshold `rule(y, p)` chosen on the out-of-fold
+    predictions of the OTHER folds, applied to fold f's. One row per fold (fold, n, threshold, sensitivity,
+    specificity on the held-out fold) and a last row "pooled" (every held-out call together), so a reader sees how
+    the rule transfers to children it was not chosen on, as it must transfer to the test."""
+    y, p = check_inputs(y, p)
+    folds = np.asarray(folds)
+    if folds.shape != y.shape:
+        raise ValueError(f"folds has {folds.size} entries for {y.size} predictions")
+    rows, called = [], np.zeros(y.size, bool)
+    for f in np.unique(folds):
+        held = folds == f
+        if len(np.unique(y[~held])) < 2:
+            raise ValueError(f"the folds other than {f} hold one class only: no rule can be chosen on them")
+        t = float(rule(y[~held], p[~held]))
+        called[held] = p[held] >= t
+        sens = float(called[held][y[held] == 1].mean()) if (y[held] == 1).any() else float("nan")
+        spec = float(1 - called[held][y[held] == 0].mean()) if (y[held] == 0).any() else float("nan")
+        rows.append({"fold": str(f), "n": int(held.sum()), "threshold": t, "sensitivity": sens, "specificity": spec})
+    rows.append({"fold": "pooled", "n": int(y.size), "threshold": float("nan"),
+                 "sensitivity": float(called[y == 1].mean()), "specificity": float(1 - called[y == 0].mean())})
+    return pd.DataFrame(rows)
