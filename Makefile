@@ -25,7 +25,7 @@ run: $(STAMP)
 
 notebook: $(STAMP)
 	$(PY) -m cxr notebook --mode $(MODE) --in-place
-	$(PY) -m cxr results --run runs/$(MODE) --copy-metrics doc/metrics.json --update README.md doc/results.md data/README.md
+	$(PY) -m cxr results --run runs/$(MODE) --copy-metrics doc/metrics.json --copy-predictions doc/predictions.csv --update README.md doc/results.md data/README.md notebook.ipynb
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ from cxr import UserError, ensure_writable
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_METRICS = Path("doc") / "metrics.json"  # the metrics document of the committed run (README tables)
-BLOCKS = ("results", "headline", "data")  # the Markdown blocks `python -m cxr results --update` writes
+BLOCKS = ("summary", "results", "headline", "data")  # the Markdown blocks `python -m cxr results --update` writes
 
 
 def _config(args: argparse.Namespace):
@@ -135,8 +135,22 @@ def cmd_results(args: argparse.Namespace) -> int:
         text = Path(target).read_text() if Path(target).is_file() else None
         if text is None or not any(f"<!-- {m} -->" in text and f"<!-- /{m} -->" in text for m in BLOCKS):
             raise UserError(f"cannot update {target}: " + ("no such file" if text is None else
-                            "it has no <!-- results --> ... <!-- /results --> (or headline, data) block") + ".")
+                            "it has no <!-- results --> ... <!-- /results --> (or summary, headline, data) block")
+                            + ".")
+        if target.endswith(".ipynb"):
+            try:
+                json.loads(text)
+            except ValueError as error:
+                raise UserError(f"cannot update {target}: not a notebook ({error}).") from None
         ensure_writable(Path(target).parent, "folder of")
+    if args.copy_predictions:
+        if not args.run:
+            raise UserError("--copy-predictions needs the run folder: pass --run DIR (its predictions_<task>.csv).")
+        try:
+            table = evaluate.document.committed_predictions(args.run)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        ensure_writable(Path(args.copy_predictions).parent, "predictions folder")
     if args.copy_metrics:
         ensure_writable(Path(args.copy_metrics).parent, "metrics folder")
         if Path(args.copy_metrics).resolve() != source.resolve():
@@ -145,13 +159,23 @@ def cmd_results(args: argparse.Namespace) -> int:
         source = Path(args.copy_metrics)
     label = source.as_posix()
     text = evaluate.markdown_results(doc, source=label)
-    blocks = {"results": text, "headline": evaluate.markdown_results(doc, label, True),
+    if args.copy_predictions:
+        from cxr.io import atomic_write_csv
+
+        atomic_write_csv(args.copy_predictions, table)
+        print(f"wrote {len(table)} predictions of {args.run} -> {args.copy_predictions} "
+              f"({Path(args.copy_predictions).stat().st_size / 1e6:.2f} MB)")
+    blocks = {"summary": evaluate.document.headline_markdown(doc),
+              "results": text, "headline": evaluate.markdown_results(doc, label, True),
               "data": evaluate.markdown_data(doc, label)}
-    for target in args.update:  # every block the file has: results (long), headline (short), data (the audit)
-        content = Path(target).read_text()
+    for target in args.update:  # every block the file has: summary (the first screen), results (long), headline
+        content = Path(target).read_text()  # (short), data (the audit); a notebook: its markdown cells' blocks
         for marker in BLOCKS:
             if f"<!-- {marker} -->" in content and f"<!-- /{marker} -->" in content:
-                update_markdown(target, blocks[marker], marker)
+                if target.endswith(".ipynb"):
+                    evaluate.document.update_notebook(target, blocks[marker], marker)
+                else:
+                    update_markdown(target, blocks[marker], marker)
         print(f"updated {target}")
     if not args.update:
         print(text)
@@ -302,10 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", metavar="FILE", help="the metrics.json to read (default: <run>/metrics.json with "
                                                      "--run, else doc/metrics.json)")
     p.add_argument("--update", nargs="*", default=[], metavar="FILE",
-                   help="replace the <!-- results --> block of these Markdown files instead of printing")
+                   help="replace the <!-- results --> (summary, headline, data) blocks of these Markdown files, or "
+                        "of a notebook's markdown cells (.ipynb), instead of printing")
     p.add_argument("--copy-metrics", metavar="FILE",
                    help="copy the metrics document here first (make notebook: doc/metrics.json); the tables then "
                         "name this copy as their source")
+    p.add_argument("--copy-predictions", metavar="FILE",
+                   help="with --run: write every out-of-fold and test prediction of every task (the run's "
+                        "predictions_<task>.csv) into one small CSV here (make notebook: doc/predictions.csv)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("predict", help="score images with a saved model; one JSON line per image")

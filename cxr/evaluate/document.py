@@ -465,3 +465,208 @@ def markdown_data(doc: dict[str, Any], source: str = "doc/metrics.json") -> str:
         "**Copies and near duplicates.** " + audit.describe_near_duplicates(block["near_duplicates"]),
         "**Flow of images and children**\n\n" + flow,
     ])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The first screen of README.md and of the notebook: the headline, written from metrics.json
+# ---------------------------------------------------------------------------------------------------------------
+
+SUMMARY_MARKER = "summary"  # <!-- summary --> ... <!-- /summary -->: the block `headline_markdown` fills
+
+
+def _ci(m: dict[str, Any]) -> str:
+    return fmt(m)
+
+
+def _oof_specificity(t: dict[str, Any]) -> str | None:
+    """The out-of-fold specificity at the task's threshold, as the document holds it: the value of the declared
+    target table (runs since protocol v2), else the 2.5-97.5% range over bootstrap resamples of the declared
+    policy's thresholds (the stability table); None when neither is there."""
+    op = t.get("operating_point") or {}
+    for row in op.get("targets") or []:
+        if row.get("metric") == "specificity" and row.get("oof") is not None:
+            return f"{row['oof']:.3f}"
+    for row in op.get("stability") or []:
+        if row.get("policy") == op.get("policy") and row.get("specificity_low") is not None:
+            return f"{row['specificity_low']:.3f}-{row['specificity_high']:.3f} (range over resampled thresholds)"
+    return None
+
+
+def _targets_line(t: dict[str, Any]) -> str:
+    """Whether the primary task's declared targets were met on test (point estimate, with the lower 95% bound)."""
+    op = t.get("operating_point") or {}
+    at = t["at_threshold"]
+    parts = []
+    for metric, key, word in (("sensitivity", "target_sensitivity", "target"),
+                              ("specificity", "min_specificity", "minimum")):
+        target = op.get(key)
+        if target is None:
+            parts.append(f"no {metric} {word} declared in this document")
+            continue
+        v = at[metric]
+        verdict = "met" if v["value"] >= target else "missed"
+        bound = (f"; its lower 95% bound {v['ci_low']:.3f} is {'above' if v['ci_low'] >= target else 'below'} it"
+                 if v.get("ci_low") is not None else "")
+        parts.append(f"{metric} {word} {target:.2f} {verdict} on test ({v['value']:.3f}{bound})")
+    return "Declared targets: " + "; ".join(parts) + "."
+
+
+def _far_from_ideal(test: dict[str, Any], when: str) -> bool:
+    """Whether a calibration's test intercept or slope is far from ideal: its 95% interval excludes 0 (intercept)
+    or 1 (slope); without intervals, |intercept| > 0.5 or a slope outside 0.8-1.25."""
+    values, ci = test.get(when, {}), test.get("ci", {}).get(when, {})
+    far = False
+    for key, ideal, loose in (("intercept", 0.0, lambda v: abs(v) > 0.5), ("slope", 1.0, lambda v: not 0.8 <= v <= 1.25)):
+        value = values.get(key)
+        if value is None:
+            continue
+        lo, hi = ci.get(key, {}).get("ci_low"), ci.get(key, {}).get("ci_high")
+        far |= (not lo <= ideal <= hi) if lo is not None and hi is not None else loose(value)
+    return far
+
+
+def calibration_warning(cal: dict[str, Any] | None) -> str | None:
+    """One sentence when the test calibration of the (calibrated, else raw) probability is far from ideal (see
+    `_far_from_ideal`), naming its intercept and slope; None when it is not, or the document lacks them."""
+    if not cal or "test" not in cal:
+        return None
+    test = cal["test"]
+    bad = [w for w in ("after", "before") if "slope" in test.get(w, {}) and _far_from_ideal(test, w)]
+    if not bad:
+        return None
+    when = bad[0]
+    v, ci = test[when], test.get("ci", {}).get(when, {})
+
+    def cell(key: str) -> str:
+        b = ci.get(key, {})
+        return f"{v[key]:.2f}" + (f" [{b['ci_low']:.2f}, {b['ci_high']:.2f}]" if b.get("ci_low") is not None else "")
+
+    method = str(cal.get("method", "")).capitalize()
+    name = f"the {method}-calibrated probability" if when == "after" else "the raw probability"
+    also = ""
+    if len(bad) == 2:
+        raw = test["before"]
+        also = f" (nor the raw one: intercept {raw['intercept']:.2f}, slope {raw['slope']:.2f})"
+    return (f"Do not read {name} as a risk{also}: on test its calibration intercept is {cell('intercept')} (ideal "
+            f"0) and its slope {cell('slope')} (ideal 1).")
+
+
+def _findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
+    """The findings that matter, as short bullets: the out-of-fold vs test specificity gap, the burned-in marker
+    (when the data block has it), where the Grad-CAM heat lies (when the document has an explanation block)."""
+    out = []
+    oof = _oof_specificity(t)
+    cm = t.get("confusion_matrix")
+    spec = t["at_threshold"]["specificity"]["value"]
+    if oof is not None:
+        errors = (f"; {cm[0][1]} of the {cm[0][1] + cm[1][0]} test errors are normals called pneumonia"
+                  if cm else "")
+        out.append(f"- Specificity out of fold (training children) {oof}, on test {spec:.3f}{errors}: the "
+                   "out-of-fold numbers did not foresee the test.")
+    markers = (doc.get("data") or {}).get("markers")
+    if markers:
+        text = markers if isinstance(markers, str) else markers.get("summary") or markers.get("description")
+        if text:
+            out.append(f"- Burned-in marker: {text}")
+    explanation = doc.get("explanation")
+    if explanation:
+        text = (explanation if isinstance(explanation, str)
+                else explanation.get("summary") or explanation.get("description"))
+        if text:
+            out.append(f"- Grad-CAM: {text}")
+    return out
+
+
+def headline_markdown(doc: dict[str, Any], access_path: Path | None = None) -> str:
+    """The first screen (README.md's and the notebook's `<!-- summary -->` block, at most about 12 lines), written
+    from a metrics document: the primary task's test numbers at the declared operating point and at 0.5 with their
+    95% patient-level intervals, whether the declared targets were met, the findings that matter, what not to rely
+    on, and that the test split is a reused development test set (its count from `doc/test_access.json` and the
+    run's ledger)."""
+    if PRIMARY_TASK not in doc.get("tasks", {}):
+        return f"No {PRIMARY_TASK} task in this metrics document."
+    t = doc["tasks"][PRIMARY_TASK]
+    at, half = t["at_threshold"], t["at_0.5"]
+    p = doc.get("protocol", {})
+    op = t.get("operating_point") or {}
+    target = op.get("target_sensitivity", p.get("target_sensitivity"))
+    rule = f", chosen on the out-of-fold predictions for sensitivity {target}" if target is not None else ""
+    n = f"{t['n']} images" + (f", {t['n_patients']} children" if t.get("n_patients") else "")
+    lines = [
+        f"**{TASK_TITLES.get(PRIMARY_TASK, PRIMARY_TASK)}, official test split ({n}), at the declared threshold "
+        f"{t['threshold']:.3f}{rule}:** AUROC {_ci(at['auroc'])}, sensitivity {_ci(at['sensitivity'])}, "
+        f"specificity {_ci(at['specificity'])} (95% patient-level intervals).",
+        f"At threshold 0.5: sensitivity {_ci(half['sensitivity'])}, specificity {_ci(half['specificity'])}.",
+        "",
+        _targets_line(t),
+        "",
+        *_findings(doc, t),
+    ]
+    warning = calibration_warning(t.get("calibration"))
+    if warning:
+        lines.append(f"- {warning}")
+    history = development_access(access_path or TEST_ACCESS)
+    run = doc.get("test_ledger", {}).get("scorings")
+    reuse = "- The test split is a reused development test set"
+    if history:
+        reuse += (f": scored {history['development_scorings']} times during development before this run "
+                  "(`doc/test_access.json`)")
+    if run is not None:
+        reuse += f"{',' if history else ':'} and {run} time{'s' if run != 1 else ''} by this run (its ledger)"
+    lines += [reuse + "; it is not an untouched hold-out.", "",
+              "Written by `python -m cxr results` from the metrics document; details in "
+              "[`doc/results.md`](doc/results.md)."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The committed per-image predictions and the notebook's marked cells
+# ---------------------------------------------------------------------------------------------------------------
+
+PREDICTION_COLUMNS = ("task", "split", "path", "y", "child", "probability", "calibrated_probability", "called")
+
+
+def committed_predictions(run_dir: str | Path, tasks: Any = None, digits: int = 6) -> pd.DataFrame:
+    """Every out-of-fold and test prediction of every task of a run folder (its `predictions_<task>.csv`), in one
+    small table (`PREDICTION_COLUMNS`): the file name only (the class folder too where names repeat within a task
+    and split), probabilities rounded to `digits`, `called` = the decision at the task's threshold. Raises
+    ValueError when the folder has no predictions file."""
+    from cxr.evaluate.predictions import predictions_path, read_predictions
+
+    names = list(tasks) if tasks is not None else list(TASKS)
+    files = [(task, predictions_path(run_dir, task)) for task in names]
+    frames = [read_predictions(path) for _, path in files if path.is_file()]
+    if not frames:
+        raise ValueError(f"no predictions in {run_dir} (looked for {', '.join(p.name for _, p in files)})")
+    frame = pd.concat(frames, ignore_index=True)
+    paths = frame["path"].map(lambda s: Path(s).name)
+    if paths.groupby([frame["task"], frame["split"]]).apply(lambda s: s.duplicated().any()).any():
+        paths = frame["path"].map(lambda s: "/".join(Path(s).parts[-2:]))
+    return pd.DataFrame({"task": frame["task"], "split": frame["split"], "path": paths, "y": frame["y"],
+                         "child": frame["patient_id"], "probability": frame["probability"].round(digits),
+                         "calibrated_probability": frame["calibrated_probability"].round(digits),
+                         "called": frame["decision"]})[list(PREDICTION_COLUMNS)]
+
+
+def update_notebook(path: str | Path, text: str, marker: str = SUMMARY_MARKER) -> bool:
+    """Replace the text between `<!-- marker -->` and `<!-- /marker -->` in the markdown cells of a notebook (read as
+    JSON; everything else, outputs included, untouched), atomically. Returns whether a cell held the block."""
+    from cxr.io import atomic_write_text
+
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    found = False
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        source = cell.get("source", "")
+        joined = "".join(source) if isinstance(source, list) else source
+        if begin not in joined or end not in joined[joined.index(begin):]:
+            continue
+        new = joined[: joined.index(begin) + len(begin)] + "\n" + text.rstrip() + "\n" + joined[joined.index(end):]
+        cell["source"] = new.splitlines(keepends=True) if isinstance(source, list) else new
+        found = True
+    if found:
+        atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return found
