@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.config import TASKS, Config
+from cxr.config import PRIMARY_TASK, TASKS, Config
 from cxr.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +208,8 @@ def table(frame: pd.DataFrame | pd.Series, digits: int = 3) -> None:
 
         if get_ipython() is not None:
             shown = frame.round(digits)
-            display(shown.astype(object).where(shown.notna(), ""))
+            with pd.option_context("display.max_colwidth", None):  # the HTML shows every cell in full too
+                display(shown.astype(object).where(shown.notna(), ""))
             return
     except ImportError:
         pass
@@ -309,18 +310,29 @@ def describe_protocol(config: Config) -> str:
     if c.aug_border:
         aug.append(f"border masking up to {c.aug_border:.0%} per side")
     tuned = ", ".join(c.finetune_tasks) or "no task"
-    rule = {"sensitivity": f"the highest threshold whose out-of-fold sensitivity reaches {c.target_sensitivity:.2f}",
-            "plateau": f"the middle of the thresholds whose Youden J is within {c.threshold_tolerance} of the best",
-            "youden": "the maximum of Youden's J", "calibrated": "0.5 after calibration"}[c.threshold_policy]
-    return (f"**Recipe**: {c.backbone} ({c.weights or 'random'} weights) at {c.image_size} px; {c.n_folds}-fold "
-            f"cross-validation of the training children (folds seeded by split_seed {c.split_seed}); per fold a head "
+    rules = {"sensitivity": f"the highest threshold whose out-of-fold sensitivity reaches {c.target_sensitivity:.2f}",
+             "specificity": f"the lowest threshold whose out-of-fold specificity reaches {c.target_specificity:.2f}",
+             "plateau": f"the middle of the thresholds whose Youden J is within {c.threshold_tolerance} of the best",
+             "youden": "the maximum of Youden's J", "calibrated": "0.5 after calibration"}
+    folds = ("contiguous ID blocks of every file-name family, as the official test is cut" if c.fold_scheme == "blocks"
+             else f"folds seeded by split_seed {c.split_seed}")
+    markers = ("the two corner zones of the burned-in stamp masked in the model's first layer (training, scoring, "
+               "Grad-CAM and predict alike); " if c.marker_zones else "")
+    copies = "test images byte-identical to another test image counted once; " if c.dedupe_test else ""
+    return (f"**Recipe**: {c.backbone} ({c.weights or 'random'} weights) at {c.image_size} px; {markers}{c.n_folds}-fold "
+            f"cross-validation of the training children ({folds}); per fold a head "
             f"on frozen features (at most {c.head_epochs} epochs) then the whole backbone fine-tuned (at most "
             f"{c.finetune_epochs} epochs, lr {c.finetune_lr:g}, layer decay {c.layer_decay:g}, weight decay "
-            f"{c.weight_decay:g}) for {tuned}; augmentation: {'; '.join(aug)}. **Choices on the pooled out-of-fold "
-            f"predictions**: class balance ({c.class_balance}), each stage's epoch and the kept stage by log-loss; "
-            f"{c.calibration} calibration; the operating point is {rule} (a screening aid must not miss "
-            f"pneumonia). **Final model**: the ensemble of the {c.n_folds} fold models (mean probability). "
-            f"**Test**: scored once per task and once for the trivial baseline; {c.ci_level:.0%} patient-level "
+            f"{c.weight_decay:g}) for {', '.join(c.finetune_tasks) or 'no task'}; augmentation: {'; '.join(aug)}. "
+            f"**Choices on the pooled out-of-fold predictions**: class balance ({c.class_balance}), each stage's "
+            f"epoch and the kept stage by log-loss; {c.calibration} calibration. **Operating points**: pneumonia vs "
+            f"normal, {rules[c.threshold_policy]} (a screening aid must not miss pneumonia), with a minimum "
+            f"specificity of {c.min_specificity:.2f} reported as met or missed, never tuned; bacterial vs viral, "
+            f"{rules[c.subtype_threshold_policy]} (it keeps the bacterial sensitivity: a missed bacterial pneumonia "
+            f"withholds antibiotics), and no operating point when the viral sensitivity then falls below "
+            f"{c.subtype_min_sensitivity:.2f}. **Final model**: the ensemble of the {c.n_folds} fold models (mean "
+            f"probability). **Test** (a development test set, reused before; `doc/test_access.json`): {copies}scored "
+            f"once per task in this run and once for the trivial baseline; {c.ci_level:.0%} patient-level "
             f"intervals from {c.n_bootstrap} bootstrap resamples, and the interval that re-chooses the threshold.")
 
 
@@ -360,34 +372,43 @@ def describe_training(outcome: Any) -> str:
 
 def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: Any = None,
                 audit: pd.DataFrame | None = None) -> str:
-    """The headline numbers, what the calibration, the baseline and the Grad-CAM checks showed, and how often the
-    test split was scored, written from the results (never typed by hand)."""
+    """At most ten short bullets written from the results (never typed by hand): each task's test numbers, the
+    out-of-fold vs test gap, what not to rely on (calibration, once), the trivial baseline, how often the test
+    split was scored, and what the Grad-CAM checks showed."""
     from cxr import evaluate, explain
+    from cxr.evaluate import document
 
     lines = []
     for task, t in doc["tasks"].items():
         m = t["at_threshold"]
-        stage = {"finetune": "fine-tuned backbones", "head": "heads on frozen features"}.get(
-            t.get("selection", {}).get("kept_stage"))
-        lines.append(f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, n = {t['n']} images"
-                     + (f" of {t['n_patients']} children" if t.get("n_patients") else "")
-                     + f"; threshold {t['threshold']:.3f} from the out-of-fold predictions"
-                     + (f"; the fold ensemble of {stage}" if stage else "") + "): "
+        lines.append(f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, {t['n']} images"
+                     + (f", {t['n_patients']} children" if t.get("n_patients") else "")
+                     + f"; threshold {t['threshold']:.3f}): "
                      + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
-                                 for k in ("auroc", "accuracy", "sensitivity", "specificity"))
+                                 for k in ("auroc", "sensitivity", "specificity"))
                      + " (95% patient-level intervals).")
-        if t.get("calibration"):
-            lines.append("  " + evaluate.describe_calibration(t["calibration"]))
+    main = doc["tasks"].get(PRIMARY_TASK)
+    if main is not None:
+        lines += ["* " + f[2:] for f in document.headline_findings(doc, main)]
+        warning = document.calibration_warning(main.get("calibration"))
+        if warning:
+            lines.append("* " + warning)
     base = doc.get("baseline")
     if base and base.get("test"):
         lines.append(f"* **Trivial baseline** (six image statistics): out-of-fold AUROC {base['oof_auroc']:.3f}, test "
                      f"AUROC {evaluate.fmt(base['test']['at_threshold']['auroc'])}.")
-    if doc.get("test_ledger"):
-        lines.append("* " + doc["test_ledger"]["description"])
+    run = doc.get("test_ledger", {}).get("scorings")
+    history = document.development_access()
+    if run is not None or history:
+        lines.append("* The test split is a reused development test set"
+                     + (f" ({history['development_scorings']} scorings before this run, `doc/test_access.json`)"
+                        if history else "")
+                     + (f"; this run scored it {run} time{'s' if run != 1 else ''} (its ledger)" if run is not None
+                        else "") + ".")
     if sanity is not None and len(sanity):
         lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
     if faith is not None:
         lines.append("* Grad-CAM faithfulness: " + explain.describe_faithfulness(faith).replace("\n", " "))
     if audit is not None and len(audit):
         lines.append("* Grad-CAM shortcut audit: " + explain.describe_audit(audit))
-    return "\n".join(lines)
+    return "\n".join(lines[:10])

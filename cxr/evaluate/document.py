@@ -551,7 +551,7 @@ def calibration_warning(cal: dict[str, Any] | None) -> str | None:
             f"0) and its slope {cell('slope')} (ideal 1).")
 
 
-def _findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
+def headline_findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
     """The findings that matter, as short bullets: the out-of-fold vs test specificity gap, the burned-in marker
     (when the data block has it), where the Grad-CAM heat lies (when the document has an explanation block)."""
     out = []
@@ -600,7 +600,7 @@ def headline_markdown(doc: dict[str, Any], access_path: Path | None = None) -> s
         "",
         _targets_line(t),
         "",
-        *_findings(doc, t),
+        *headline_findings(doc, t),
     ]
     warning = calibration_warning(t.get("calibration"))
     if warning:
