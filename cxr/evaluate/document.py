@@ -430,8 +430,9 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
         base = doc.get("baseline")
         if base and base.get("test"):
             bt = base["test"]["at_threshold"]
-            parts.append(f"**Trivial baseline** (six image statistics, logistic regression; declared and scored once): "
-                         f"out-of-fold AUROC {base['oof_auroc']:.3f}; test AUROC {fmt(bt['auroc'])}, sensitivity "
+            parts.append(f"**Trivial baseline** (six image statistics, logistic regression; declared, and scored "
+                         f"once in this run on its own ledger line): out-of-fold AUROC {base['oof_auroc']:.3f}; test "
+                         f"AUROC {fmt(bt['auroc'])}, sensitivity "
                          f"{fmt(bt['sensitivity'])}, specificity {fmt(bt['specificity'])}.")
         raw = doc.get("shift", {}).get("raw_sample")
         if raw is not None and PRIMARY_TASK in doc["tasks"]:
@@ -516,7 +517,8 @@ def _far_from_ideal(test: dict[str, Any], when: str) -> bool:
     or 1 (slope); without intervals, |intercept| > 0.5 or a slope outside 0.8-1.25."""
     values, ci = test.get(when, {}), test.get("ci", {}).get(when, {})
     far = False
-    for key, ideal, loose in (("intercept", 0.0, lambda v: abs(v) > 0.5), ("slope", 1.0, lambda v: not 0.8 <= v <= 1.25)):
+    for key, ideal, loose in (("intercept", 0.0, lambda v: abs(v) > 0.5),
+                              ("slope", 1.0, lambda v: not 0.8 <= v <= 1.25)):
         value = values.get(key)
         if value is None:
             continue
