@@ -471,14 +471,26 @@ def _shared_candidates() -> list[Path]:
     return [base / "shared" / "data" / SHARED_ZIP_NAME for base in bases]
 
 
-def raw_sample_dir() -> Path | None:
-    """`raw-sample/` beside the shared 224-px copy (full-resolution originals of some training images, in
-    NORMAL/ and PNEUMONIA/), or None where there is none (e.g. a user's machine, or `CXR_HIDE_SHARED=1`)."""
+def _shared_folder(name: str) -> Path | None:
+    """The folder `name` beside the shared 224-px copy when it holds JPEGs in class folders, else None."""
     for candidate in _shared_candidates():
-        folder = candidate.parent / "raw-sample"
+        folder = candidate.parent / name
         if folder.is_dir() and any(folder.glob("*/*.jpeg")):
             return folder
     return None
+
+
+def raw_sample_dir() -> Path | None:
+    """`raw-sample/` beside the shared 224-px copy (full-resolution originals of some training images, in
+    NORMAL/ and PNEUMONIA/), or None where there is none (e.g. a user's machine, or `CXR_HIDE_SHARED=1`)."""
+    return _shared_folder("raw-sample")
+
+
+def originals_dir() -> Path | None:
+    """`originals/` beside the shared 224-px copy (full-resolution originals of 330 more training images, in
+    NORMAL/ and PNEUMONIA/, none of them in `raw-sample/`), or None where there is none (e.g. a user's machine,
+    or `CXR_HIDE_SHARED=1`)."""
+    return _shared_folder("originals")
 
 
 def _display_path(path: Path) -> str:

@@ -144,47 +144,197 @@ def describe_shift(blocks: pd.DataFrame, changes: pd.DataFrame, reliance: pd.Dat
     return text
 
 
-def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: float,
-                         raw_dir: Path | None) -> pd.DataFrame:
-    """Each full-resolution original of `raw_dir` (NORMAL/, PNEUMONIA/; `cxr.data.raw_sample_dir()`) beside its
-    224-px copy in the data, the original decoded and resized by the package (`cxr.data.load_image`, as `predict`
-    does), both scored by models that never saw its child: the fold model of its fold (`result.members`), or the
-    whole ensemble when its child is not among the training rows. Columns: path, label, fold, p_copy, p_original,
-    delta (original - copy), agree (the same call at `threshold`). Empty without `raw_dir`."""
-    from cxr import model as cxr_model, train
-    from cxr.data import load_image
+def _original_files(raw_dirs: Path | list[Path | None] | None) -> list[tuple[str, Path]]:
+    """(source, file) for every JPEG in the class folders of `raw_dirs` (one folder, several, Nones dropped); a
+    file name already seen in an earlier folder is not taken twice."""
+    dirs = [raw_dirs] if isinstance(raw_dirs, (str, Path)) else list(raw_dirs or [])
+    out, seen = [], set()
+    for folder in (Path(d) for d in dirs if d is not None):
+        for f in sorted(folder.glob("*/*.jpeg")) if folder.is_dir() else []:
+            if f.name not in seen:
+                seen.add(f.name)
+                out.append((folder.name, f))
+    return out
 
-    columns = ["path", "label", "fold", "p_copy", "p_original", "delta", "agree"]
-    files = sorted(Path(raw_dir).glob("*/*.jpeg")) if raw_dir is not None and Path(raw_dir).is_dir() else []
+
+def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: float,
+                         raw_dirs: Path | list[Path | None] | None) -> pd.DataFrame:
+    """Each full-resolution original of the folders `raw_dirs` (each with NORMAL/, PNEUMONIA/;
+    `cxr.data.raw_sample_dir()`, `cxr.data.sources.originals_dir()`; one folder is accepted too, Nones are dropped)
+    beside its 224-px copy in the data, the original decoded and resized by the package (`cxr.data.load_image`, as
+    `predict` does), both scored by models that never saw its child: the fold model of its fold
+    (`result.members`), or the whole ensemble when its child is not among the training rows. Columns: source (the
+    folder's name), path, label, fold, p_copy, p_original, delta (original - copy), agree (the same call at
+    `threshold`). Originals without a copy in the data, and those that cannot be read or that the input checks
+    refuse (`cxr.data.ImageRejected`), are skipped and counted in `table.attrs["skipped"]`. Empty without any folder."""
+    from cxr import model as cxr_model, train
+    from cxr.data import ImageRejected, load_image
+
+    columns = ["source", "path", "label", "fold", "p_copy", "p_original", "delta", "agree"]
+    files = _original_files(raw_dirs)
     names = prepared.index["path"].str.rsplit("/", n=1).str[-1].to_numpy()
-    found = [(f, int(np.flatnonzero(names == f.name)[0])) for f in files if (names == f.name).any()]
+    skipped = {"no copy in the data": 0, "unreadable or refused": 0}
+    found, originals = [], []
+    for source, f in files:
+        where = np.flatnonzero(names == f.name)
+        if not len(where):
+            skipped["no copy in the data"] += 1
+            continue
+        try:
+            originals.append(load_image(f, config.image_size, config.resize_policy))
+        except (ImageRejected, OSError):  # refused by the input checks, or not a JPEG Pillow can read
+            skipped["unreadable or refused"] += 1
+            continue
+        found.append((source, f, int(where[0])))
     if not found:
-        return pd.DataFrame(columns=columns)
+        table = pd.DataFrame(columns=columns)
+        table.attrs["skipped"] = skipped
+        return table
     index = prepared.index
-    folds = np.array([int(index["fold"].iloc[i]) if index["split"].iloc[i] == "train" else -1 for _, i in found])
-    copies = np.stack([prepared.images[i] for _, i in found])
-    originals = np.stack([load_image(f, config.image_size, config.resize_policy) for f, _ in found])
+    folds = np.array([int(index["fold"].iloc[i]) if index["split"].iloc[i] == "train" else -1 for *_, i in found])
+    copies = np.stack([prepared.images[i] for *_, i in found])
+    originals = np.stack(originals)
     p_copy, p_orig = np.empty(len(found)), np.empty(len(found))
     for fold in np.unique(folds):
         models = [result.members[fold]] if fold >= 0 else cxr_model.members(result.model)
         rows = folds == fold
         p_copy[rows] = np.mean([train.predict_proba(m, copies[rows], config.batch_size) for m in models], axis=0)
         p_orig[rows] = np.mean([train.predict_proba(m, originals[rows], config.batch_size) for m in models], axis=0)
-    return pd.DataFrame({"path": [f"{f.parent.name}/{f.name}" for f, _ in found],
-                         "label": [index["label"].iloc[i] for _, i in found], "fold": folds, "p_copy": p_copy,
-                         "p_original": p_orig, "delta": p_orig - p_copy,
-                         "agree": (p_copy >= threshold) == (p_orig >= threshold)})
+    table = pd.DataFrame({"source": [s for s, *_ in found], "path": [f"{f.parent.name}/{f.name}" for _, f, _ in found],
+                          "label": [index["label"].iloc[i] for *_, i in found], "fold": folds, "p_copy": p_copy,
+                          "p_original": p_orig, "delta": p_orig - p_copy,
+                          "agree": (p_copy >= threshold) == (p_orig >= threshold)})
+    table.attrs["skipped"] = skipped
+    return table
 
 
-def describe_raw_sample(table: pd.DataFrame, threshold: float) -> str:
-    """Two sentences from `raw_sample_agreement`: how often the call survives the other resize path."""
+AGREEMENT_TARGET = 0.98  # protocol v2, item 6: at least 98% of the calls the same on an original and its copy
+SENSITIVITY_GAP_TARGET = 0.01  # protocol v2, item 6: sensitivity on the originals within one point of the copies'
+SUMMARY_COLUMNS = ["measure", "n", "value", "ci_low", "ci_high", "target", "met"]
+
+
+def resize_summary(table: pd.DataFrame, threshold: float, ci_level: float = 0.95,
+                   positive: str = "PNEUMONIA") -> pd.DataFrame:
+    """The resize check of `raw_sample_agreement` in one table, one row per measure (columns `SUMMARY_COLUMNS`):
+    the agreement of the calls at `threshold` (copy vs original), sensitivity on the copies and on the originals
+    among the `positive` images, specificity likewise among the others, each with its Wilson interval at
+    `ci_level` (per image: several images of one child count separately); the sensitivity difference (originals -
+    copies); the mean probability change (original - copy) per class; and, for the two targets of protocol v2
+    (agreement >= `AGREEMENT_TARGET`; sensitivity on the originals within `SENSITIVITY_GAP_TARGET` of the
+    copies'), whether they are met (`met`: True/False, None for the rows without a target; NaN-valued rows, e.g.
+    no positive image, are not met)."""
+    from cxr.evaluate.metrics import wilson_bounds
+
     if table.empty:
-        return ("No full-resolution originals are available here (`../shared/data/raw-sample/`), so the "
-                "resize-path check could not run.")
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    copy_call = table["p_copy"].to_numpy() >= threshold
+    orig_call = table["p_original"].to_numpy() >= threshold
+    is_pos = table["label"].to_numpy() == positive
+    rows = []
+
+    def proportion(measure: str, hits: np.ndarray, target: str | None = None, met: bool | None = None) -> float:
+        n = len(hits)
+        value = float(hits.mean()) if n else float("nan")
+        lo, hi = wilson_bounds(value, n, ci_level)
+        rows.append({"measure": measure, "n": n, "value": value, "ci_low": lo, "ci_high": hi, "target": target,
+                     "met": met})
+        return value
+
+    agreement = float((copy_call == orig_call).mean())
+    proportion("agreement of the calls", copy_call == orig_call, f">= {AGREEMENT_TARGET:.2f}",
+               bool(agreement >= AGREEMENT_TARGET))
+    sens_copy = proportion("sensitivity, copies", copy_call[is_pos])
+    sens_orig = proportion("sensitivity, originals", orig_call[is_pos])
+    gap = sens_orig - sens_copy
+    rows.append({"measure": "sensitivity difference (originals - copies)", "n": int(is_pos.sum()), "value": gap,
+                 "ci_low": float("nan"), "ci_high": float("nan"), "target": f"within {SENSITIVITY_GAP_TARGET:.2f}",
+                 "met": bool(np.isfinite(gap) and abs(gap) <= SENSITIVITY_GAP_TARGET + 1e-12)})
+    proportion("specificity, copies", ~copy_call[~is_pos])
+    proportion("specificity, originals", ~orig_call[~is_pos])
+    for label, g in table.groupby("label"):
+        rows.append({"measure": f"mean probability change, {label}", "n": len(g), "value": float(g["delta"].mean()),
+                     "ci_low": float("nan"), "ci_high": float("nan"), "target": None, "met": None})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def describe_raw_sample(table: pd.DataFrame, threshold: float, ci_level: float = 0.95) -> str:
+    """Plain words from `raw_sample_agreement` (and its `resize_summary`): how often the call survives the other
+    resize path, sensitivity and specificity on the copies and on the originals, and the two targets of protocol
+    v2 stated met or missed."""
+    if table.empty:
+        return ("No full-resolution originals are available here (`../shared/data/raw-sample/`, "
+                "`../shared/data/originals/`), so the resize-path check could not run.")
+    summary = resize_summary(table, threshold, ci_level).set_index("measure")
+    level = f"{ci_level:.0%}"
+
+    def cell(measure: str) -> str:
+        r = summary.loc[measure]
+        return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n = {int(r['n'])})"
+
     worst = table.loc[table["delta"].abs().idxmax()]
+    sources = ", ".join(f"{n} from {s}/" for s, n in table["source"].value_counts(sort=False).items()) \
+        if "source" in table else ""
     by_class = "; ".join(f"{label}: mean change {g['delta'].mean():+.3f}" for label, g in table.groupby("label"))
-    return (f"On {len(table)} full-resolution originals, each scored by the fold model that never saw its child, "
-            f"the call at threshold {threshold:.3f} is the same for the original (decoded and resized by this "
-            f"package, as `predict` does) and for its third-party 224-px copy in {int(table['agree'].sum())} of "
-            f"{len(table)}; the largest change of the probability is {worst['delta']:+.3f} ({worst['path']}); "
-            f"{by_class}.")
+    agree = summary.loc["agreement of the calls"]
+    gap = summary.loc["sensitivity difference (originals - copies)"]
+    text = (f"On {len(table)} full-resolution originals{f' ({sources})' if sources else ''}, each scored by the "
+            f"fold model that never saw its child, the call at threshold {threshold:.3f} is the same for the "
+            f"original (decoded and resized by this package, as `predict` does) and for its third-party 224-px "
+            f"copy in {int(table['agree'].sum())} of {len(table)} (agreement {cell('agreement of the calls')}, "
+            f"Wilson {level} interval per image); the largest change of the probability is {worst['delta']:+.3f} "
+            f"({worst['path']}); {by_class}. ")
+    text += (f"Sensitivity is {cell('sensitivity, copies')} on the copies and {cell('sensitivity, originals')} on "
+             f"the originals; specificity {cell('specificity, copies')} and {cell('specificity, originals')}. ")
+    text += (f"Protocol v2 targets: agreement at least {AGREEMENT_TARGET:.0%}: "
+             f"{'met' if agree['met'] else 'missed'} ({agree['value']:.1%}); sensitivity on the originals within "
+             f"{SENSITIVITY_GAP_TARGET:.2f} of the copies': {'met' if gap['met'] else 'missed'} "
+             f"(difference {gap['value']:+.3f}).")
+    skipped = {k: v for k, v in table.attrs.get("skipped", {}).items() if v}
+    if skipped:
+        text += " Skipped: " + ", ".join(f"{v} ({k})" for k, v in skipped.items()) + "."
+    return text
+
+
+def resize_diagnosis(copies: np.ndarray, originals: np.ndarray, cutoff: float = 0.25) -> pd.DataFrame:
+    """What separates each third-party copy (uint8 (n, S, S)) from its original resized by this package (the same
+    shape, row for row): `mean_difference` (original - copy, grey levels), `std_ratio`, `sharpness_ratio` (mean
+    Sobel gradient magnitude, `cxr.evaluate.baseline.image_statistics`) and `high_frequency_ratio` (the spectral
+    energy above `cutoff` cycles per pixel, the mean removed), each ratio original / copy: a ratio above 1 means
+    the original, as resized here, is the sharper or the more contrasted."""
+    from cxr.evaluate.baseline import image_statistics
+
+    copies, originals = np.asarray(copies), np.asarray(originals)
+    if copies.ndim == 4:
+        copies, originals = copies[..., 0], originals[..., 0]
+    if copies.shape != originals.shape:
+        raise ValueError(f"copies {copies.shape} and originals {originals.shape} must have the same shape")
+    a, b = image_statistics(copies), image_statistics(originals)
+
+    def high_frequency(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        power = np.abs(np.fft.fft2(x - x.mean(axis=(1, 2), keepdims=True))) ** 2
+        fy, fx = np.meshgrid(np.fft.fftfreq(x.shape[1]), np.fft.fftfreq(x.shape[2]), indexing="ij")
+        return power[:, np.hypot(fy, fx) > cutoff].sum(axis=1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pd.DataFrame({"mean_difference": b["brightness"] - a["brightness"],
+                             "std_ratio": b["spread"] / a["spread"], "sharpness_ratio": b["gradient"] / a["gradient"],
+                             "high_frequency_ratio": high_frequency(originals) / high_frequency(copies)})
+
+
+def describe_resize_diagnosis(diagnosis: pd.DataFrame, cutoff: float = 0.25) -> str:
+    """One sentence from `resize_diagnosis` (run with `cutoff`): the medians over the images (original / copy), each
+    with the share of images on the same side, in words."""
+    m = diagnosis.median()
+
+    def side(column: str, centre: float) -> str:
+        higher = m[column] > centre
+        share = (diagnosis[column] > centre).mean() if higher else (diagnosis[column] < centre).mean()
+        return f"{'higher' if higher else 'lower'} in {share:.0%} of the images"
+
+    return (f"Over {len(diagnosis)} images, against their third-party 224-px copies the originals resized here have "
+            f"a mean intensity {m['mean_difference']:+.2f} grey levels from the copy's (median; "
+            f"{side('mean_difference', 0)}), a standard deviation {m['std_ratio']:.3f} times the copy's, a mean "
+            f"gradient (Sobel, edge strength) {m['sharpness_ratio']:.3f} times ({side('sharpness_ratio', 1)}) and a "
+            f"high-frequency energy (above {cutoff:g} cycles per pixel) {m['high_frequency_ratio']:.2f} times the "
+            f"copy's ({side('high_frequency_ratio', 1)}).")
