@@ -138,7 +138,7 @@ def test_selection_figure_and_fold_table():
     result = SimpleNamespace(pooled=pooled, history=history, selection=selection, balance="none", task="toy",
                              n_folds=3, kept_stage="finetune", kept_epoch=3, oof=oof)
     fig = plots.selection_figure(result)
-    assert len(fig.axes) == 3 and "kept: finetune, epoch 3" in fig._suptitle.get_text()
+    assert len(fig.axes) == 2 and "kept: finetune, epoch 3" in fig._suptitle.get_text()  # head, fine-tuning
     table = plots.fold_table(result)
     assert list(table.index[:3]) == [0, 1, 2] and table.loc[0, "held-out images"] == 3
 

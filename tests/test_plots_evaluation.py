@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import matplotlib
+import matplotlib.collections
+import matplotlib.container
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -73,16 +75,24 @@ def test_reliability_draws_smoothed_curves_with_bands_before_and_after(rc_unchan
                             title="test set")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     ax, ax_n = fig.axes
-    lines = ax.get_lines()
-    assert len(lines) == 3  # diagonal, before, after
-    assert len(ax.collections) == 2  # one bootstrap band per series
-    for line, band, probs in zip(lines[1:], ax.collections, (p, p_cal)):
+    lines = [line for line in ax.get_lines() if line.get_label().startswith(("perfect", "before", "after"))]
+    assert len(lines) == 3  # diagonal, before, after (the smoothed curves; the binned points are errorbars)
+    bands = [c for c in ax.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+    assert len(bands) == 2  # one bootstrap band per series
+    for line, band, probs in zip(lines[1:], bands, (p, p_cal)):
         curve = calibration.smoothed_reliability(y, probs, groups, n_bootstrap=50, ci_level=0.95, seed=0)
         np.testing.assert_allclose(line.get_xdata(), curve["predicted"])
         np.testing.assert_allclose(line.get_ydata(), curve["observed"])
         vertices = band.get_paths()[0].vertices
         assert vertices[:, 1].min() == pytest.approx(curve["low"].min())
         assert vertices[:, 1].max() == pytest.approx(curve["high"].max())
+    points = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert [c.get_label().split(":")[0] for c in points] == ["before calibration", "after calibration"]
+    for container, probs in zip(points, (p, p_cal)):  # the binned rates at each bin's mean prediction
+        table = calibration.reliability_table(y, probs, 10)
+        table = table[table["count"] > 0]
+        np.testing.assert_allclose(container.lines[0].get_xdata(), table["mean_predicted"])
+        np.testing.assert_allclose(container.lines[0].get_ydata(), table["observed_rate"])
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     scores = calibration.calibration_metrics(y, p_cal)
     assert any(t.startswith("after calibration") and f"log-loss {scores['log_loss']:.3f}" in t
@@ -99,8 +109,12 @@ def test_reliability_raw_only_without_band_and_a_single_value(rc_unchanged):
     p = np.full(5, 0.55)
     fig = plots.reliability(y, p, None, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=4)
     ax = fig.axes[0]
-    assert len(ax.get_lines()) == 2 and len(ax.collections) == 0
-    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), 0.6, atol=0.02)  # one score: the observed rate
+    curves = [line for line in ax.get_lines() if line.get_label().startswith(("perfect", "before"))]
+    assert len(curves) == 2 and not any(isinstance(c, matplotlib.collections.PolyCollection)
+                                        for c in ax.collections)  # no band
+    np.testing.assert_allclose(curves[1].get_ydata(), 0.6, atol=0.02)  # one score: the observed rate
+    (points,) = ax.containers  # one bin holds every image: one point at its rate, 3 of 5
+    np.testing.assert_allclose(points.lines[0].get_ydata(), [0.6])
     assert sum(b.get_height() for b in fig.axes[1].patches) == 5
 
 

@@ -53,21 +53,37 @@ def class_balance(inventory: pd.DataFrame, by: str = "official_split") -> Figure
     return fig
 
 
+def _box_extents(fig: Figure, ax: Any, artists: Sequence[Any]) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) in axes coordinates of the drawn box (the text's bbox patch) of each text artist."""
+    renderer = fig.canvas.get_renderer()
+    to_axes = ax.transAxes.inverted()
+    extents = []
+    for t in artists:
+        t.update_bbox_position_size(renderer)
+        ext = t.get_bbox_patch().get_window_extent(renderer)
+        (x0, y0), (x1, y1) = to_axes.transform([(ext.x0, ext.y0), (ext.x1, ext.y1)])
+        extents.append((x0, y0, x1, y1))
+    return extents
+
+
 @figure_style
 def flow_diagram(flow: pd.DataFrame, title: str = "Flow of images and children") -> Figure:
     """The flow of `cxr.data.audit.flow_counts` as a diagram (TRIPOD+AI / CLAIM): the files found, the
     unreadable ones, the readable images, every exclusion with its reason, and the study's two parts (the
-    cross-validated training children and the official test)."""
+    cross-validated training children and the official test). Every arrow starts and ends on the edge of a box
+    (the boxes are measured after the text is laid out), so no arrow runs into a label."""
     import matplotlib.pyplot as plt
 
     stages = flow.reset_index(drop=True)
     side = stages["stage"].str.startswith(("unreadable", "excluded"))
-    main = stages[~side & ~stages["stage"].str.startswith(("training", "official test"))]
+    is_end = stages["stage"].str.startswith(("training", "official test"))
+    main = stages[~side & ~is_end]
     exits = stages[side]
-    ends = stages[stages["stage"].str.startswith(("training", "official test"))]
+    ends = stages[is_end]
     fig = plt.figure(figsize=(9.5, 1.0 * (len(main) + len(exits) + 1) + 0.6))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
+    ax.set(xlim=(0, 1), ylim=(0, 1))
     n_rows = len(main) + len(exits) + 1
     y = lambda i: 1 - (i + 0.6) / (n_rows + 0.4)  # noqa: E731
     box = dict(boxstyle="round,pad=0.5", fc="#eef3fb", ec="#4C72B0")
@@ -78,39 +94,58 @@ def flow_diagram(flow: pd.DataFrame, title: str = "Flow of images and children")
         detail = f"\n{r['detail']}" if isinstance(r["detail"], str) and r["detail"] else ""
         return f"{r['stage']}\n{int(r['images']):,} images{children}{detail}"
 
-    row, last = 0, None
+    x_main = 0.33
+    mains, sides, finals = [], [], []  # the text artists: main column, exits (with their branch height), ends
+    row = 0
     for _, r in stages.iterrows():
         if r.name in ends.index:
             continue
         if r.name in exits.index:
-            ax.annotate(text(r), xy=(0.33, y(row - 0.5)), xytext=(0.72, y(row - 0.5)), ha="center", va="center",
-                        fontsize=8.5, bbox=side_box, arrowprops=dict(arrowstyle="<-", color="#C44E52"))
-            row += 1
-            continue
-        ax.text(0.33, y(row), text(r), ha="center", va="center", fontsize=9, bbox=box)
-        if last is not None:
-            ax.annotate("", xy=(0.33, y(row) + 0.035), xytext=(0.33, y(last) - 0.035),
-                        arrowprops=dict(arrowstyle="->", color="#4C72B0"))
-        last, row = row, row + 1
+            t = ax.text(0.72, y(row - 0.5), text(r), ha="center", va="center", fontsize=8.5, bbox=side_box)
+            sides.append((t, y(row - 0.5)))
+        else:
+            mains.append(ax.text(x_main, y(row), text(r), ha="center", va="center", fontsize=9, bbox=box))
+        row += 1
     for k, (_, r) in enumerate(ends.iterrows()):
-        x = 0.18 + 0.45 * k
-        ax.text(x, y(row), text(r), ha="center", va="center", fontsize=9, bbox=box)
-        ax.annotate("", xy=(x, y(row) + 0.04), xytext=(0.33, y(last) - 0.035),
-                    arrowprops=dict(arrowstyle="->", color="#4C72B0"))
+        finals.append(ax.text(0.18 + 0.45 * k, y(row), text(r), ha="center", va="center", fontsize=9, bbox=box))
+    main_box = _box_extents(fig, ax, mains)
+    side_ext = _box_extents(fig, ax, [t for t, _ in sides])
+    end_box = _box_extents(fig, ax, finals)
+    blue = dict(arrowstyle="->", color="#4C72B0", shrinkA=0, shrinkB=0)
+    for upper, lower in zip(main_box, main_box[1:]):  # bottom edge of one box to the top edge of the next
+        ax.annotate("", xy=(x_main, lower[3]), xytext=(x_main, upper[1]), arrowprops=blue)
+    for (t, y_branch), ext in zip(sides, side_ext):  # from the main line to the exit box's left edge
+        ax.annotate("", xy=(ext[0], y_branch), xytext=(x_main, y_branch),
+                    arrowprops=dict(arrowstyle="->", color="#C44E52", shrinkA=0, shrinkB=0))
+    if main_box and end_box:  # the main line runs on past the exits to a split, then one arrow to each part
+        lowest = min([y_b for _, y_b in sides if y_b < main_box[-1][1]], default=main_box[-1][1])
+        y_split = (lowest + max(ext[3] for ext in end_box)) / 2
+        ax.plot([x_main, x_main], [main_box[-1][1], y_split], color="#4C72B0", lw=1)
+        for t, ext in zip(finals, end_box):
+            ax.annotate("", xy=(t.get_position()[0], ext[3]), xytext=(x_main, y_split), arrowprops=blue)
     ax.set_title(title, fontsize=11, y=0.99)
     return fig
 
 
 @figure_style
 def images_per_patient(index: pd.DataFrame, max_count: int = 15) -> Figure:
-    """How many images each child contributes, by label (counts above `max_count` pooled)."""
+    """How many images each child contributes, by label (counts above `max_count` pooled): children per number
+    of images on a log scale (most children have one or two images, a few have many), ticks at 1, 2, 5, 10, ..."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     per = index.groupby(["patient_id", "label"]).size().rename("images").reset_index()
     per["images"] = per["images"].clip(upper=max_count)
     fig, axes = _figure(size=(6.0, 3.6))
     ax = axes[0, 0]
     sns.countplot(data=per, x="images", hue="label", palette=CLASS_COLORS, ax=ax,
                   order=list(range(1, int(per["images"].max()) + 1)))
-    ax.set(xlabel=f"images per child ({max_count} = {max_count} or more)", ylabel="children",
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    counts = per.groupby(["images", "label"]).size()
+    ax.set_ylim(0.7, counts.max() * 2.0)
+    ax.set(xlabel=f"images per child ({max_count} = {max_count} or more)", ylabel="children (log scale)",
            title=f"{per['patient_id'].nunique():,} children, {len(index):,} images")
     fig.tight_layout()
     return fig
@@ -118,7 +153,28 @@ def images_per_patient(index: pd.DataFrame, max_count: int = 15) -> Figure:
 
 @figure_style
 def image_sizes(index: pd.DataFrame) -> Figure:
-    """Original width vs height by label (left) and the aspect ratio distribution (right)."""
+    """Original width vs height by label (left) and the aspect ratio distribution (right). When every image has
+    the same size (a resized copy of the data), one panel says so instead: the images of each label at that size,
+    with their counts, and the title naming the size (a scatter would be a single dot)."""
+    sizes = index[["width", "height"]].drop_duplicates()
+    if len(sizes) == 1:
+        w, h = (int(v) for v in sizes.iloc[0])
+        fig, axes = _figure(size=(6.0, 2.6))
+        ax = axes[0, 0]
+        counts = index["label"].value_counts().reindex([c for c in CLASS_COLORS if c in set(index["label"])]
+                                                       + sorted(set(index["label"]) - set(CLASS_COLORS)))
+        bars = ax.barh(range(len(counts)), counts.to_numpy(), color=[CLASS_COLORS.get(c, "grey") for c in counts.index])
+        ax.bar_label(bars, [f"{n:,} images of {w} x {h} px" for n in counts], padding=4, fontsize=9)
+        ax.set_yticks(range(len(counts)), list(counts.index))
+        ax.set_xlim(0, counts.max() * 1.9)
+        ax.set(xlabel="images", title=f"Every one of the {len(index):,} images is {w} x {h} px "
+               "(a resized copy: no original sizes to show)")
+        ax.title.set_fontsize(10)
+        if "mode" in index:
+            modes = ", ".join(f"{k}: {v}" for k, v in index["mode"].value_counts().items())
+            fig.suptitle(f"image modes - {modes}", fontsize=10)
+        fig.tight_layout()
+        return fig
     fig, axes = _figure(1, 2, size=(4.6, 3.8))
     ax_s, ax_a = axes[0]
     sns.scatterplot(data=index, x="width", y="height", hue="label", palette=CLASS_COLORS, s=8, alpha=0.5,

@@ -55,40 +55,59 @@ def _calibration_label(name: str, y: Any, p: Any) -> str:
             f"intercept {s['intercept']:.2f}")
 
 
+def _binned_points(y: Any, p: Any, n_bins: int, ci_level: float) -> pd.DataFrame:
+    """`reliability_table` (equal-width bins of p) with the Wilson interval of each bin's observed rate
+    (ci_low, ci_high; NaN for an empty bin)."""
+    from cxr.evaluate.metrics import wilson_bounds
+
+    table = reliability_table(y, p, n_bins)
+    bounds = [wilson_bounds(r, n, ci_level) for r, n in zip(table["observed_rate"], table["count"])]
+    return table.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
+
+
 @figure_style
 def reliability(y: Any, p_raw: Any, p_cal: Any = None, *, groups: Any = None, n_bootstrap: int, ci_level: float,
                 seed: int, n_bins: int = 10, title: str = "",
                 labels: tuple[str, str] = ("before calibration", "after calibration")) -> Figure:
-    """Reliability diagram before vs after calibration: the smoothed observed positive rate against the predicted
-    probability (`cxr.evaluate.calibration.smoothed_reliability`: a spline logistic fit on logit p) with its
-    bootstrap band (patients resampled within each class with `groups`; `n_bootstrap` = 0: no band), the
-    diagonal, and log-loss, Brier score, calibration slope and intercept in the legend; below it, the number of
-    images per equal-width bin of predicted probability (`n_bins`), where the curve rests on data.
-    `p_cal=None` draws the raw probabilities only.
+    """Reliability diagram before vs after calibration, in one figure: the observed positive rate in each of
+    `n_bins` equal-width bins of predicted probability (points at the bin's mean prediction, with the Wilson
+    `ci_level` interval of the bin's rate as error bars), beside the smoothed observed rate
+    (`cxr.evaluate.calibration.smoothed_reliability`: a spline logistic fit on logit p) with its bootstrap band
+    (patients resampled within each class with `groups`; `n_bootstrap` = 0: no band), the diagonal, and
+    log-loss, Brier score, calibration slope and intercept in the legend (outside the axes, on the right); below
+    it, the number of images per bin, where the points and the curve rest on data. `p_cal=None` draws the raw
+    probabilities only.
 
-    Axes: [reliability, images per bin]. The reliability axes holds the diagonal, then one line per series (the
-    smoothed curve) and one band per series.
+    Axes: [reliability, images per bin]. The reliability axes holds the diagonal, then per series the smoothed
+    curve (a line labelled with the scores), its band, and the binned points (an errorbar container, in
+    `ax.containers`, labelled "<series>: binned").
     """
     series = [(labels[0], p_raw, BEFORE_AFTER_COLORS[0])]
     if p_cal is not None:
         series.append((labels[1], p_cal, BEFORE_AFTER_COLORS[1]))
-    fig, axes = _figure(2, 1, size=(5.4, 3.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, axes = _figure(2, 1, size=(8.6, 3.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax, ax_n = axes[:, 0]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     width = 1.0 / n_bins / (len(series) + 0.5)
     for k, (name, p, color) in enumerate(series):
         curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
         _draw_reliability(ax, curve, color, _calibration_label(name, y, p))
-        table = reliability_table(y, p, n_bins)
+        table = _binned_points(y, p, n_bins, ci_level)
+        shown = table[table["count"] > 0]
+        rate = shown["observed_rate"].to_numpy(float)
+        ax.errorbar(shown["mean_predicted"].to_numpy(float), rate,
+                    yerr=[rate - shown["ci_low"].to_numpy(float), shown["ci_high"].to_numpy(float) - rate],
+                    fmt="o" if k == 0 else "s", ms=4.5, color=color, mfc="white" if k else color, capsize=2.5,
+                    lw=1, label=f"{name}: binned ({n_bins} bins, Wilson {ci_level:.0%})")
         centres = (table["lower"] + table["upper"]) / 2
         ax_n.bar(centres + (k - (len(series) - 1) / 2) * width, table["count"], width=width, color=color,
                  alpha=0.8, label=name)
     band = f"; bands: {ci_level:.0%} bootstrap" + (" of patients" if groups is not None else "")
-    ax.set(ylabel="observed positive rate (smoothed)", xlim=(0, 1), ylim=(0, 1.01),
-           title=title or "Reliability")
-    ax.legend(loc="upper left", fontsize=8, title=("spline logistic fit" + (band if n_bootstrap > 1 else "")),
-              title_fontsize=8)
+    ax.set(ylabel="observed positive rate", xlim=(0, 1), ylim=(-0.01, 1.01), title=title or "Reliability")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0,
+              title=("lines: spline logistic fit" + (band if n_bootstrap > 1 else "")), title_fontsize=8)
     ax_n.set(xlabel="predicted probability (bins of width %.2g below)" % (1.0 / n_bins), ylabel="images")
+    ax_n.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -169,16 +188,29 @@ def net_benefit_figure(table: pd.DataFrame, title: str = "") -> Figure:
     """The operating point's decision curve at each prevalence of `cxr.evaluate.clinical.net_benefit_table`, one
     panel per prevalence (in the table's order), each as `decision_curve_figure` draws it (net benefit with its
     interval band, treat all, treat none) and titled with the prevalence and whether it is assumed or the test
-    set's. The legend is in the first panel only. One axes per prevalence."""
+    set's. The legend is in the first panel only. One axes per prevalence, in rows of at most three (about 1,000 px
+    wide at the notebook's 100 dpi)."""
     groups = list(table.groupby(["prevalence", "population"], sort=False))
-    fig, axes = _figure(1, max(len(groups), 1), size=(3.6, 3.6))
-    for k, (ax, ((pi, kind), curve)) in enumerate(zip(axes[0], groups)):
+    n = max(len(groups), 1)
+    ncols = min(n, 3)  # at most three panels a row: the figure stays within about 1,000 px at the notebook's dpi
+    nrows = -(-n // ncols)
+    fig, axes = _figure(nrows, ncols, size=(3.3, 2.9))
+    flat = list(axes.ravel())
+    for ax in flat[len(groups):]:
+        fig.delaxes(ax)
+    for k, (ax, ((pi, kind), curve)) in enumerate(zip(flat, groups)):
         _draw_decision(ax, curve, None)
-        ax.set_title(f"prevalence {pi:.0%}" + (" (test set)" if kind == "test" else " (assumed)"))
+        ax.set_title(f"prevalence {pi:.0%}" + (" (test set)" if kind == "test" else " (assumed)"), fontsize=10)
+        ax.xaxis.label.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(9)
+        ax.tick_params(labelsize=8)
         if k:
             ax.get_legend().remove()
+        if k % ncols:
             ax.set_ylabel("")
-    fig.suptitle(title or "Net benefit of the operating point across prevalences")
+        if k < len(groups) - ncols:
+            ax.set_xlabel("")
+    fig.suptitle(title or "Net benefit of the operating point across prevalences", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -306,5 +338,79 @@ def error_rates_figure(analysis: dict[str, pd.DataFrame],
                title=ERROR_TABLE_TITLES.get(key, key.replace("_", " ")))
         ax.grid(axis="y", visible=False)
     fig.suptitle(title or "Error rates with Wilson 95% intervals")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Score distributions
+# ---------------------------------------------------------------------------------------------------------------
+
+SCORE_TICKS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
+
+
+def _score_ticks(lo: float, hi: float, n: int = 8) -> list[float]:
+    """Probability ticks of a logit axis from `lo` to `hi` (logits): those of SCORE_TICKS inside, going out from
+    0.5, each at least 1/n of the range from the last one kept (so that the labels do not run together)."""
+    z = {v: float(np.log(v / (1 - v))) for v in SCORE_TICKS if lo <= np.log(v / (1 - v)) <= hi}
+    gap, kept = (hi - lo) / n, [0.5] if 0.5 in z else []
+    for side in ([v for v in SCORE_TICKS if v > 0.5], [v for v in SCORE_TICKS if v < 0.5][::-1]):
+        last = 0.0 if kept else None
+        for v in (v for v in side if v in z):
+            if last is None or abs(z[v] - last) >= gap:
+                kept.append(v)
+                last = z[v]
+    return sorted(kept)
+
+
+def _logit(p: Any) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype="float64").reshape(-1), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+@figure_style
+def score_distributions(oof_p: Any, oof_y: Any, test_p: Any, test_y: Any, threshold: float,
+                        class_names: Sequence[str], title: str = "") -> Figure:
+    """The scores of each true class out of fold (the training children, each scored by the fold model that never
+    saw it) against the test set: one panel per class (`class_names[0]`: y = 0, `class_names[1]`: y = 1), the
+    empirical distribution functions of logit p (labelled in probabilities), the operating `threshold` as a
+    vertical line, and in the legend each set's size and share above the threshold (the false-positive rate of
+    the negatives, the sensitivity of the positives). Where the test curve of a class lies left or right of its
+    OOF curve, the test images of that class score lower or higher than in cross-validation.
+
+    Axes: one per class; each holds the OOF and test ECDF lines (in that order), then the threshold line."""
+    if len(class_names) != 2:
+        raise ValueError(f"two class names needed (negative, positive), got {list(class_names)}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    sets = []
+    for name, p, y in (("out of fold", oof_p, oof_y), ("test", test_p, test_y)):
+        p = np.asarray(p, dtype="float64").reshape(-1)
+        y = np.asarray(y).astype(int).reshape(-1)
+        if p.shape != y.shape:
+            raise ValueError(f"{name}: {p.size} scores but {y.size} labels")
+        sets.append((name, p, y))
+    fig, axes = _figure(1, 2, size=(4.6, 3.6), sharey=True)
+    colors = {"out of fold": DEEP[0], "test": DEEP[3]}
+    t = float(np.log(threshold / (1 - threshold)))
+    all_z = np.concatenate([_logit(p) for _, p, _ in sets])
+    lo, hi = float(min(all_z.min(), t)) - 0.5, float(max(all_z.max(), t)) + 0.5
+    for cls, ax in enumerate(axes[0]):
+        for name, p, y in sets:
+            z = np.sort(_logit(p[y == cls]))
+            if not z.size:
+                ax.plot([], [], color=colors[name], label=f"{name}: no images")
+                continue
+            above = (p[y == cls] >= threshold).mean()
+            ax.step(np.r_[lo, z], np.r_[0.0, np.arange(1, z.size + 1) / z.size], where="post", lw=2,
+                    color=colors[name], label=f"{name} (n = {z.size:,}): {above:.1%} at or above threshold")
+        ax.axvline(t, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.3g}")
+        ticks = _score_ticks(lo, hi)
+        ax.set_xticks([np.log(v / (1 - v)) for v in ticks], [f"{v:g}" for v in ticks], fontsize=8)
+        ax.set(xlim=(lo, hi), ylim=(0, 1.01), xlabel="predicted probability (logit scale)",
+               title=f"true {class_names[cls]}")
+        ax.legend(loc="lower right", fontsize=7.5)
+    axes[0, 0].set_ylabel("ECDF: share scoring below")
+    fig.suptitle(title or "Scores out of fold vs on test, by true class", fontsize=11)
     fig.tight_layout()
     return fig

@@ -15,15 +15,17 @@ from cxr.plots.style import _figure, figure_style
 
 @figure_style
 def roc_pr_calibration(y: Any, p: Any, threshold: float, *, groups: Any = None, n_bootstrap: int, ci_level: float,
-                       seed: int, title: str = "", n_bins: int = 10) -> Figure:
+                       seed: int, title: str = "", n_bins: int = 10, calibration: bool = True) -> Figure:
     """Three panels: ROC with the operating point, precision-recall with it, and a reliability diagram: the
     smoothed observed rate against the predicted probability (`cxr.evaluate.calibration.smoothed_reliability`)
     with its bootstrap band (patients resampled with `groups`; no band with `n_bootstrap` = 0), over a histogram
-    of the predicted probabilities (`n_bins` equal-width bins, on a twin axis)."""
+    of the predicted probabilities (`n_bins` equal-width bins, on a twin axis). `calibration=False`: the first two
+    panels only (where `cxr.plots.evaluation.reliability` draws the reliability diagram on its own, so that it is
+    not shown twice)."""
     y = np.asarray(y).astype(int).reshape(-1)
     p = np.asarray(p, dtype="float64").reshape(-1)
-    fig, axes = _figure(1, 3)
-    ax_roc, ax_pr, ax_cal = axes[0]
+    fig, axes = _figure(1, 3 if calibration else 2)
+    ax_roc, ax_pr = axes[0][:2]
     yhat = p >= threshold
     tpr_t = yhat[y == 1].mean() if (y == 1).any() else np.nan
     fpr_t = yhat[y == 0].mean() if (y == 0).any() else np.nan
@@ -46,6 +48,12 @@ def roc_pr_calibration(y: Any, p: Any, threshold: float, *, groups: Any = None, 
               ylim=(0, 1.01))
     ax_pr.legend(loc="lower left", fontsize=9)
 
+    if not calibration:
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+    ax_cal = axes[0][2]
     curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     ax_cal.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     _draw_reliability(ax_cal, curve, sns.color_palette("deep").as_hex()[0], _calibration_label("model", y, p))
@@ -65,16 +73,74 @@ def roc_pr_calibration(y: Any, p: Any, threshold: float, *, groups: Any = None, 
 
 
 @figure_style
-def confusion_matrix(cm: Any, class_names: Sequence[str], title: str = "") -> Figure:
-    """Confusion matrix [[tn, fp], [fn, tp]] as a heatmap with counts and row percentages."""
+def confusion_matrix(cm: Any, class_names: Sequence[str], title: str = "", positive: str | None = None) -> Figure:
+    """Confusion matrix [[tn, fp], [fn, tp]] (rows: true class, columns: predicted, in the order of
+    `class_names`) as a heatmap with counts and row percentages. The title names the positive class (`positive`,
+    by default the second class name), e.g. "Confusion matrix (positive class: virus)"."""
     cm = np.asarray(cm, dtype=int)
+    names = [str(c) for c in class_names]
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(names):
+        raise ValueError(f"a square confusion matrix with one row per class name needed: shape {cm.shape}, "
+                         f"class names {names}")
+    positive = names[-1] if positive is None else str(positive)
+    if positive not in names:
+        raise ValueError(f"positive class {positive!r} is not one of the class names {names}")
     fig, axes = _figure(size=(4.4, 3.8))
     ax = axes[0, 0]
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     labels = np.array([[f"{c}\n({s:.0%})" for c, s in zip(r, q)] for r, q in zip(cm, share)])
     sns.heatmap(cm, annot=labels, fmt="", cmap="Blues", cbar=False, square=True, ax=ax,
-                xticklabels=class_names, yticklabels=class_names, annot_kws={"size": 12})
-    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+                xticklabels=names, yticklabels=names, annot_kws={"size": 12})
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title or 'Confusion matrix'}\n(positive class: {positive})")
+    ax.title.set_fontsize(11)
+    fig.tight_layout()
+    return fig
+
+
+@figure_style
+def training_curves(result: Any, title: str = "") -> Figure:
+    """The per-epoch losses of `cxr.train.fit` (`result.history`: one row per fold, stage and epoch): for the head
+    stage (the imbalance option kept) and the fine-tuning stage, each fold's loss on its training part (solid,
+    thin) and on its held-out fold (dashed, thin), the mean over folds of each (thick), and the epoch kept (a
+    vertical line in the kept stage). One panel per stage that ran, the y axis shared (the log-loss of the two
+    stages is comparable); a stage without history is skipped, and with none one empty axes says so."""
+    history = result.history
+    needed = {"fold", "stage", "epoch", "loss", "oof_loss"}
+    if not needed <= set(history.columns):
+        raise ValueError(f"result.history lacks the columns {sorted(needed - set(history.columns))}")
+    parts = []
+    for stage, name in (("head", "Stage 1: head"), ("finetune", "Stage 2: fine-tuning")):
+        part = history[history["stage"].eq(stage)]
+        if stage == "head" and "option" in part:
+            part = part[part["option"].eq(result.balance)]
+        if len(part):
+            parts.append((stage, name, part))
+    fig, axes = _figure(1, max(len(parts), 1), size=(4.8, 3.6), sharey=True)
+    if not parts:
+        ax = axes[0, 0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no training history to show", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    from matplotlib.ticker import MaxNLocator
+
+    colors = {"loss": "#4C72B0", "oof_loss": "#C44E52"}
+    names = {"loss": "training part", "oof_loss": "held-out fold"}
+    for ax, (stage, name, part) in zip(axes[0], parts):
+        for column, style in (("loss", "-"), ("oof_loss", "--")):
+            for k, (_, fold) in enumerate(part.groupby("fold")):
+                ax.plot(fold["epoch"], fold[column], ls=style, lw=0.8, alpha=0.5, color=colors[column],
+                        label=f"each fold, {names[column]}" if k == 0 else None)
+            mean = part.groupby("epoch")[column].mean()
+            ax.plot(mean.index, mean.to_numpy(), ls=style, lw=2.2, color=colors[column],
+                    label=f"mean over {part['fold'].nunique()} folds, {names[column]}")
+        kept = stage == getattr(result, "kept_stage", None) and getattr(result, "kept_epoch", 0) > 0
+        if kept:
+            ax.axvline(result.kept_epoch, color="k", ls=":", lw=1.2, label=f"kept: epoch {result.kept_epoch}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel=f"{stage.replace('finetune', 'fine-tuning')} epoch", title=name)
+        ax.legend(fontsize=7.5)
+    axes[0, 0].set_ylabel("log-loss (raw, per fold)")
+    fig.suptitle(title or f"{result.task}: training and held-out loss per epoch", fontsize=11)
     fig.tight_layout()
     return fig
