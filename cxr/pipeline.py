@@ -383,8 +383,11 @@ def shift_checks(config: Config, outcome: TaskOutcome, prepared: Prepared, fitte
     """The checks of `cxr.evaluate.shift` on the out-of-fold predictions of the training children (no test
     label): false positives by position in the id blocks, the effect of blurring / downscaling a seeded sample of
     `n_degrade` normal images (each scored by its fold's model), and the network's reliance on sharpness within
-    each class. Also the full-resolution originals against their copies (`raw_sample_agreement`)."""
+    each class. Also every full-resolution original available (`raw-sample/` and `originals/`) against its copy
+    (`raw_sample_agreement`, under "raw_sample") and its summary with the protocol's targets (`resize_summary`,
+    under "resize")."""
     from cxr.data import raw_sample_dir
+    from cxr.data.sources import originals_dir
     from cxr.evaluate import shift
 
     frame = outcome.predictions[outcome.predictions["split"] == SELECTION]
@@ -397,10 +400,11 @@ def shift_checks(config: Config, outcome: TaskOutcome, prepared: Prepared, fitte
     order = pd.Series(np.arange(len(fitted.positions)), index=fitted.positions).loc[outcome.oof.positions]
     statistics = fitted.statistics.iloc[order.to_numpy()].reset_index(drop=True)
     logit = calibration.logit(outcome.oof.p)
+    raw = shift.raw_sample_agreement(outcome.result, prepared, config, outcome.threshold,
+                                     [d for d in (raw_sample_dir(), originals_dir()) if d is not None])
     return {"id_blocks": shift.id_blocks(frame), "test_blocks": shift.test_id_blocks(prepared.index),
             "degradation": changes, "sharpness": shift.sharpness_reliance(logit, outcome.oof.y, statistics),
-            "raw_sample": shift.raw_sample_agreement(outcome.result, prepared, config, outcome.threshold,
-                                                     raw_sample_dir())}
+            "raw_sample": raw, "resize": shift.resize_summary(raw, outcome.threshold, config.ci_level)}
 
 
 def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = None,
