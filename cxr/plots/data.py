@@ -156,7 +156,7 @@ def image_sizes(index: pd.DataFrame) -> Figure:
     """Original width vs height by label (left) and the aspect ratio distribution (right). When every image has
     the same size (a resized copy of the data), one panel says so instead: the images of each label at that size,
     with their counts, and the title naming the size (a scatter would be a single dot)."""
-    sizes = index[["width", "height"]].drop_duplicates()
+    sizes = index[["width", "height"]].dropna().drop_duplicates()
     if len(sizes) == 1:
         w, h = (int(v) for v in sizes.iloc[0])
         fig, axes = _figure(size=(6.0, 2.6))
