@@ -135,7 +135,7 @@ class Config:
     final_lr_fraction: float = 0.01  # the cosine ends at finetune_lr * final_lr_fraction
     mixed_precision: str = "auto"  # "auto" (on a GPU: mixed_bfloat16 where it has bfloat16 units, Ampere and
     # later, mixed_float16 on older ones such as T4, P100, V100; float32 on a CPU), "on" (bfloat16), "float16", "off"
-    # evaluation: every choice on the out-of-fold predictions of the training children, the test scored once
+    # evaluation: every choice on the out-of-fold predictions of the training children, the test scored once per task in a run
     # the operating point (cxr.evaluate.threshold): "sensitivity" (the highest threshold that keeps
     # `target_sensitivity`), "plateau" (the middle of the thresholds whose Youden J is within `threshold_tolerance`
     # of the best), "youden", or "calibrated" (0.5 after the model's calibration)

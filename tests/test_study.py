@@ -122,6 +122,11 @@ def test_the_protocol_text_follows_the_config():
                                     finetune_tasks=("pneumonia",)))
     assert "5-fold cross-validation" in text and "reaches 0.97" in text and "resampling path" in text
     assert "for pneumonia" in text
+    assert "contiguous ID blocks" in text and "corner zones" in text and "counted once" in text  # protocol v2
+    assert "specificity of 0.70 reported as met or missed" in text and "bacterial sensitivity" in text
+    assert "reaches 0.90" in text and "falls below 0.50" in text
+    v1 = describe_protocol(Config(fold_scheme="random", marker_zones=False, dedupe_test=False))
+    assert "seeded by split_seed" in v1 and "corner zones" not in v1 and "counted once" not in v1
 
 
 def test_the_mean_gradient_by_region_reads_where_the_classes_differ():

@@ -1,5 +1,5 @@
 """Honest evaluation, in the order a study uses it (every fit on the SELECTION data only, the out-of-fold
-predictions of the training children; the test scored once):
+predictions of the training children; the test scored once per task in a run):
 
 - `threshold`: operating-point policies chosen on the selection data, and their stability under resampling;
 - `calibration`: temperature / Platt scaling fitted on the selection data; calibration slope and intercept,
