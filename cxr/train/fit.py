@@ -22,8 +22,7 @@ fine-tuned stage only if that loss beats the head's; otherwise every fold model 
 The final model is the ENSEMBLE of the k fold models at the kept stage and epoch: the mean of their probabilities
 (`cxr.model.ensemble_model`), saved and loaded as one model. Its OOF predictions are those of its members, each on
 the fold it never saw. Only the rows of the `train` split are ever read here: the test split is scored once per
-task in a run,
-later, by `cxr.pipeline`. Every step has one fixed batch shape (`cxr.train.batches`), models are compiled with
+task in a run, later, by `cxr.pipeline`. Every step has one fixed batch shape (`cxr.train.batches`), models are compiled with
 `jit_compile="auto"`, and the dtype policy and batch size come resolved in the Config (`cxr.train.resolve`).
 """
 from __future__ import annotations
