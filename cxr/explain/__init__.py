@@ -4,16 +4,20 @@
   and its methods, `grad_cam` and `grad_cam_plus_plus` (each a weighting rule); `METHODS` names them. A new
   method is a new weighting rule plus one line in `METHODS`.
 - `checks`: the randomisation sanity check, deletion/insertion faithfulness and the shortcut audit, each with a
-  `describe_*` verdict in plain sentences.
+  `describe_*` verdict in plain sentences; where the heat lies (lungs, marker corners, border band) per
+  confusion cell (`describe_where`) and per case shown (`case_regions`, `describe_case_regions`).
 
-- `cases`: which cases to explain, by rule (`confident_cases`), and what their maps say.
+- `cases`: which cases to explain, by rule (`confident_cases`, `near_threshold_cases`), and what their maps say;
+  the colour map (`COLORMAP`) and its scale in words (`SCALE_NOTE`).
 
 Figures of all three are in `cxr.plots.explain` (`overlay`, `gradcam_pairs`, `randomization_figure`, ...).
 """
-from cxr.explain.cases import CELLS, SCALE_NOTE, confident_cases, describe_cases  # noqa: F401
+from cxr.explain.cases import (CELLS, SCALE_NOTE, confident_cases, describe_cases,  # noqa: F401
+                              near_threshold_cases)
 from cxr.explain.cam import (METHODS, CamFunction, cam_function, cams, find_target_layer,  # noqa: F401
                              finish_cams, grad_cam, grad_cam_plus_plus, gradcam_pp_weights, gradcam_weights,
                              replay_check)
-from cxr.explain.checks import (BODY_BOX, Faithfulness, deletion_insertion, describe_audit,  # noqa: F401
-                                describe_faithfulness, describe_randomization, heat_shares, randomization_test,
-                                shortcut_audit)
+from cxr.explain.checks import (BODY_BOX, REGIONS, Faithfulness, case_regions, deletion_insertion,  # noqa: F401
+                                describe_audit, describe_case_regions, describe_faithfulness,
+                                describe_randomization, describe_where, heat_shares, randomization_test,
+                                region_masks, shortcut_audit)

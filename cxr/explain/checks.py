@@ -4,7 +4,9 @@
   learned weights are destroyed;
 - `deletion_insertion`: faithfulness: removing (revealing) the hottest pixels first must lower (raise) the score
   faster than a random order;
-- `shortcut_audit`: where the heat falls (border band, outside the body box): a possible shortcut.
+- `shortcut_audit`: where the heat falls (lungs, marker corners, border band, outside the body box) per
+  confusion cell, against the share a uniform map would give (`describe_where` in words; `case_regions` per
+  case shown): a possible shortcut.
 
 Figures of these results are in `cxr.plots.explain`.
 """
@@ -20,6 +22,8 @@ from cxr import quiet_stderr
 with quiet_stderr():  # TensorFlow's C++ start-up lines
     import keras
 
+from cxr.data.markers import ZONES, mask_zones
+from cxr.evaluate.baseline import LUNG_BOX
 from cxr.explain.cam import METHODS, cam_function, image_batch
 from cxr.model import BACKBONE, LOGIT
 from cxr.progress import bar
@@ -267,6 +271,9 @@ def deletion_insertion(model: keras.Model, images, cams, steps: int = 20, target
 
 
 BODY_BOX = (0.15, 0.90, 0.20, 0.80)  # (top, bottom, left, right) as fractions of the image height / width
+REGIONS = ("lungs", "markers", "border")  # where `heat_shares` measures the heat, besides outside the body box
+REGION_WORDS = {"lungs": "the lungs", "markers": "the marker corners", "border": "the outer border band"}
+CELL_WORDS = {"TP": "true positives", "TN": "true negatives", "FP": "false positives", "FN": "false negatives"}
 
 
 def _region_masks(shape: tuple[int, int], border: float, body_box: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -280,57 +287,109 @@ def _region_masks(shape: tuple[int, int], border: float, body_box: tuple) -> tup
     return border_mask, ~body
 
 
-def heat_shares(cams, border: float = 0.10, body_box: tuple = BODY_BOX) -> pd.DataFrame:
-    """Per image: the share of total heat in the outer `border` band and outside the central body box.
+def region_masks(shape: tuple[int, int], border: float = 0.10, lung_box: tuple = LUNG_BOX,
+                 zones: tuple = ZONES) -> dict[str, np.ndarray]:
+    """Boolean masks (H, W) of the regions of `REGIONS`: "lungs", the central lung box of
+    `cxr.evaluate.baseline.LUNG_BOX` (the one box the study calls the lungs); "markers", the corner zones of the
+    burned-in stamp (`cxr.data.markers.ZONES`, the pixels `mask_zones` blacks out); "border", the outer `border`
+    band of each side. The lung box and the marker corners do not meet; the border band holds most of the marker
+    corners (so those two shares overlap)."""
+    h, w = shape
+    top, bottom, left, right = lung_box
+    lungs = np.zeros((h, w), bool)
+    lungs[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True  # as `gradient_by_region` cuts it
+    markers = mask_zones(np.ones((h, w), np.uint8), zones) == 0
+    border_mask, _ = _region_masks((h, w), border, BODY_BOX)
+    return {"lungs": lungs, "markers": markers, "border": border_mask}
+
+
+def heat_shares(cams, border: float = 0.10, body_box: tuple = BODY_BOX, lung_box: tuple = LUNG_BOX,
+                zones: tuple = ZONES) -> pd.DataFrame:
+    """Per image: the share of its positive heat on the lungs, on the marker corners and in the outer `border`
+    band (`region_masks`), and outside the central body box.
 
     border: width of the band as a fraction of each side (0.10: the outer 10%, 36% of the area).
     body_box: (top, bottom, left, right) fractions; default rows 15-90%, columns 20-80%, roughly the thorax in
-    these paediatric films (shoulders, neck, abdomen and markers fall outside). Shares are NaN for a map with no
-    heat (`empty`). `peak_in_border`: the hottest pixel lies in the band. Area shares of the regions are in
-    `df.attrs` (the share a uniform map would give).
+    these paediatric films (shoulders, neck, abdomen and markers fall outside). Heat is the positive part of each
+    map; shares are NaN for a map with no heat (`empty`). `peak_in_border`: the hottest pixel lies in the band.
+    The area share of each region (the share a map spreading its heat evenly would give) is in `df.attrs`
+    (`lungs_area`, `markers_area`, `border_area`, `outside_body_area`; `markers_in_border`: the part of the
+    marker corners inside the border band).
     """
-    cams = np.asarray(cams, dtype=np.float64)
-    border_mask, outside = _region_masks(cams.shape[1:3], border, body_box)
+    cams = np.clip(np.asarray(cams, dtype=np.float64), 0, None)
+    if cams.ndim != 3:
+        raise ValueError(f"expected maps (B, H, W), got shape {cams.shape}")
+    masks = region_masks(cams.shape[1:3], border, lung_box, zones)
+    border_mask, outside = masks["border"], _region_masks(cams.shape[1:3], border, body_box)[1]
     total = cams.sum(axis=(1, 2))
     empty = ~(total > 0)
     safe = np.where(empty, 1.0, total)
     peaks = cams.reshape(len(cams), -1).argmax(axis=1)
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        return np.where(empty, np.nan, (cams * mask).sum(axis=(1, 2)) / safe)
+
     df = pd.DataFrame({
-        "border_share": np.where(empty, np.nan, (cams * border_mask).sum(axis=(1, 2)) / safe),
-        "outside_body_share": np.where(empty, np.nan, (cams * outside).sum(axis=(1, 2)) / safe),
+        "lungs_share": share(masks["lungs"]),
+        "markers_share": share(masks["markers"]),
+        "border_share": share(border_mask),
+        "outside_body_share": share(outside),
         "peak_in_border": ~empty & border_mask.ravel()[peaks],
         "peak_outside_body": ~empty & outside.ravel()[peaks],
         "empty": empty,
     })
-    df.attrs.update(border_area=float(border_mask.mean()), outside_body_area=float(outside.mean()),
-                    border=border, body_box=tuple(body_box))
+    df.attrs.update({f"{name}_area": float(m.mean()) for name, m in masks.items()})
+    df.attrs.update(outside_body_area=float(outside.mean()), border=border, body_box=tuple(body_box),
+                    lung_box=tuple(lung_box),
+                    markers_in_border=float((masks["markers"] & border_mask).sum() / max(masks["markers"].sum(), 1)))
     return df
+
+
+def _cells(y: np.ndarray, yp: np.ndarray) -> dict[str, np.ndarray]:
+    return {"TP": (y == 1) & (yp == 1), "TN": (y == 0) & (yp == 0), "FP": (y == 0) & (yp == 1),
+            "FN": (y == 1) & (yp == 0)}
 
 
 def shortcut_audit(cams, y_true, y_pred, class_names=("NORMAL", "PNEUMONIA"), border: float = 0.10,
                    body_box: tuple = BODY_BOX) -> pd.DataFrame:
-    """`heat_shares` summarised by true class and correct/incorrect, plus an "all" row.
+    """`heat_shares` summarised per group, plus an "all" row: with two classes one row per confusion cell (`cell`
+    TP, TN, FP, FN in that order, each even when empty; positive = the second class), else per true class and
+    correct/incorrect (`cell` empty).
 
-    Columns: n, n_empty, mean and median border share, mean outside-body share, rate of peaks in the border, and
-    the area shares a uniform map would give (heat spread evenly) for comparison.
+    Columns: class, outcome (correct/incorrect), cell, n, n_empty, the mean share of heat on the lungs, the
+    marker corners and the border band (and the median border share), the mean outside-body share, the rate of
+    peaks in the border, and the area shares a uniform map would give (`lungs_area`, `markers_area`,
+    `border_area`, `outside_body_area`, `markers_in_border`) for comparison. Means are over each group's maps
+    with heat (every map counts once).
     """
     shares = heat_shares(cams, border, body_box)
     y = np.asarray(y_true).astype(int).reshape(-1)
     yp = np.asarray(y_pred).astype(int).reshape(-1)
-    shares["class"] = [class_names[i] for i in y]
-    shares["outcome"] = np.where(y == yp, "correct", "incorrect")
+    if not (len(y) == len(yp) == len(shares)):
+        raise ValueError(f"{len(shares)} maps, {len(y)} true labels and {len(yp)} predictions")
 
     def summarise(g: pd.DataFrame) -> dict:
         return {"n": len(g), "n_empty": int(g["empty"].sum()),
-                "border_share_mean": g["border_share"].mean(), "border_share_median": g["border_share"].median(),
+                **{f"{r}_share_mean": g[f"{r}_share"].mean() for r in REGIONS},
+                "border_share_median": g["border_share"].median(),
                 "outside_body_share_mean": g["outside_body_share"].mean(),
                 "peak_in_border_rate": g["peak_in_border"].mean() if len(g) else np.nan}
 
-    rows = [{"class": c, "outcome": o, **summarise(g)} for (c, o), g in shares.groupby(["class", "outcome"])]
-    rows.append({"class": "all", "outcome": "all", **summarise(shares)})
+    rows = []
+    if len(class_names) == 2:
+        for cell, mask in _cells(y, yp).items():
+            truth = class_names[1] if cell in ("TP", "FN") else class_names[0]
+            rows.append({"class": truth, "outcome": "correct" if cell in ("TP", "TN") else "incorrect",
+                         "cell": cell, **summarise(shares[mask])})
+    else:
+        shares["class"] = [class_names[i] for i in y]
+        shares["outcome"] = np.where(y == yp, "correct", "incorrect")
+        rows = [{"class": c, "outcome": o, "cell": "", **summarise(g)}
+                for (c, o), g in shares.groupby(["class", "outcome"])]
+    rows.append({"class": "all", "outcome": "all", "cell": "all", **summarise(shares)})
     out = pd.DataFrame(rows)
-    out["border_area"] = shares.attrs["border_area"]
-    out["outside_body_area"] = shares.attrs["outside_body_area"]
+    for key in ("lungs_area", "markers_area", "border_area", "outside_body_area", "markers_in_border"):
+        out[key] = shares.attrs[key]
     return out
 
 
@@ -346,11 +405,99 @@ def describe_audit(audit: pd.DataFrame) -> str:
             f"{100 * row['peak_in_border_rate']:.1f}% of the images." + _normals_note(audit))
 
 
+def _pct(x: float) -> str:
+    """A share in words: whole percent from 10%, one decimal below (a small share is not rounded to 0%)."""
+    if not np.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.0f}%" if x >= 0.095 else f"{100 * x:.1f}%"
+
+
+def _where_clause(row, areas: bool) -> str:
+    """'61% of a map's heat lies on the lungs (which are 36% of the image), ...' for one audit row."""
+    parts = []
+    for r in REGIONS:
+        text = f"{_pct(row[f'{r}_share_mean'])} on {REGION_WORDS[r]}"
+        if areas:
+            text += f" ({'which are' if r == 'markers' else 'which is'} {_pct(row[f'{r}_area'])} of the image)"
+        parts.append(text)
+    parts[0] = parts[0].replace(" on ", " of a map's heat lies on ", 1)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def describe_where(audit: pd.DataFrame) -> str:
+    """Per group of a `shortcut_audit` table (each cell, then all maps), where the heat lies, in plain sentences:
+    the mean share of each map's positive heat on the lungs, on the marker corners and in the border band, with
+    the share of the image each region covers (what a map spreading heat evenly would give) stated in the first
+    sentence. The numbers are reported, not judged: heat on a region says where the maps point, not why."""
+    lines, stated = [], False  # the areas are stated in the first sentence with numbers
+    for _, row in audit.iterrows():
+        n, n_empty = int(row["n"]), int(row["n_empty"])
+        if row["cell"] == "all":
+            kind = "maps"
+            who = f"all {n} maps"
+        else:
+            kind = (CELL_WORDS[row["cell"]] if row["cell"] in CELL_WORDS
+                    else f"{row['outcome']}ly classified {row['class']} images")
+            who = f"the {n} {kind}" if n != 1 else f"the one {kind[:-1]}"
+        if n == 0:
+            lines.append(f"There are no {kind}.")
+        elif n_empty == n:
+            lines.append(f"On {who}, no map has any heat.")
+        else:
+            empty = f" ({n_empty} map{'s' if n_empty > 1 else ''} with no heat left out)" if n_empty else ""
+            lines.append(f"On {who}{empty}, on average {_where_clause(row, areas=not stated)}.")
+            stated = True
+    row = audit.iloc[0]
+    top, bottom, left, right = LUNG_BOX
+    return (" ".join(lines) + f" The lungs are the central box of rows {100 * top:.0f}-{100 * bottom:.0f}% and "
+            f"columns {100 * left:.0f}-{100 * right:.0f}%, the border band the outer 10% of each side; the band "
+            f"holds {_pct(row['markers_in_border'])} of the marker corners, so those two shares overlap. A share "
+            "above the region's share of the image means the maps point there more than an even spread would.")
+
+
+def case_regions(maps, cells=None, p=None, index=None, border: float = 0.10) -> pd.DataFrame:
+    """Per map (e.g. the cases a figure shows, in its order), the share of its positive heat on the lungs, the
+    marker corners and the border band (`heat_shares`), with the area shares in `attrs`; `cells`, `p` and
+    `index` (e.g. a `confident_cases` frame's cell, p and index) are added when given."""
+    shares = heat_shares(maps, border)
+    out = shares[[f"{r}_share" for r in REGIONS] + ["empty"]].copy()
+    if cells is not None:
+        out.insert(0, "cell", list(cells))
+    if p is not None:
+        out.insert(1 if cells is not None else 0, "p", np.asarray(p, dtype=np.float64).reshape(-1))
+    if index is not None:
+        out.index = pd.Index(list(index), name="position")
+    out.attrs = dict(shares.attrs)
+    return out
+
+
+def describe_case_regions(regions: pd.DataFrame) -> str:
+    """A caption for a figure of maps: for each image shown (left to right, top to bottom), where its heat lies
+    (`case_regions`), with the share of the image each region covers once at the end."""
+    parts = []
+    for i, (_, row) in enumerate(regions.iterrows(), start=1):
+        label = f"{i}."
+        if "cell" in row:
+            label += f" {row['cell']}"
+        if "p" in row:
+            label += f" (P = {row['p']:.3f})"
+        if row["empty"]:
+            parts.append(f"{label}: no heat")
+            continue
+        parts.append(f"{label}: " + ", ".join(f"{_pct(row[f'{r}_share'])} on {REGION_WORDS[r]}" for r in REGIONS))
+    a = regions.attrs
+    return ("Where the heat of each map lies (left to right, top to bottom): " + "; ".join(parts) + ". Of the "
+            f"image, the lungs cover {_pct(a['lungs_area'])}, the marker corners {_pct(a['markers_area'])} and the "
+            f"border band {_pct(a['border_area'])} (an even spread would give these shares).")
+
+
 def _normals_note(audit: pd.DataFrame) -> str:
     """The caveat of the audit: the correctly classified images of the negative class (normal films called normal,
     whose maps explain NORMAL), where a border or marker shortcut would show most."""
     rows = audit[(audit["class"] != "all") & (audit["outcome"] == "correct")]
-    if rows.empty:
+    if "cell" in audit and (audit["cell"] == "TN").any():
+        rows = audit[audit["cell"] == "TN"]  # the negative class called negative
+    if rows.empty or not rows.iloc[0]["n"]:
         return ""
     r = rows.iloc[0]  # classes sort alphabetically: the negative class (NORMAL) first
     return (f" For the correctly classified {r['class']} images (n = {int(r['n'])}), {100 * r['border_share_mean']:.1f}% "

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from cxr.explain.checks import Faithfulness
 
 
+CMAP = "inferno"  # perceptually uniform (brightness rises steadily with the value, readable in grey), not "jet"
+MAP_WORDS = "clear = none, then purple, orange, yellow = strongest"  # the colour bar's scale in words
+PER_IMAGE = f"Grad-CAM, per-image max = 1\n({MAP_WORDS})"
+
+
 def _gray(image) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[-1] == 1:
@@ -21,7 +26,7 @@ def _gray(image) -> np.ndarray:
     return img
 
 
-def overlay(image_uint8, cam, alpha: float = 0.6, cmap: str = "jet", vmax: float = 1.0) -> np.ndarray:
+def overlay(image_uint8, cam, alpha: float = 0.6, cmap: str = CMAP, vmax: float = 1.0) -> np.ndarray:
     """The grayscale image with the heatmap blended over it: RGB uint8 (H, W, 3). The map is read on the scale
     [0, vmax] (values above vmax at full colour), and its opacity grows with its value (up to `alpha`), so where
     there is no evidence the X-ray shows through unchanged and a weak map looks weak."""
@@ -40,16 +45,17 @@ def overlay(image_uint8, cam, alpha: float = 0.6, cmap: str = "jet", vmax: float
     return np.clip((1 - a) * rgb + a * heat, 0, 255).astype(np.uint8)
 
 
-def _colorbar(fig, axes, cmap: str = "jet", label: str = "Grad-CAM (per-image max = 1)", vmax: float = 1.0):
+def _colorbar(fig, axes, cmap: str = CMAP, label: str = PER_IMAGE, vmax: float = 1.0):
     from matplotlib import cm, colors
 
     mappable = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap=cmap)
-    fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.04, label=label)
+    bar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.04)
+    bar.set_label(label, fontsize=8)
 
 
 @figure_style
-def overlay_figure(image, cam, title: str = "", alpha: float = 0.6, cmap: str = "jet", vmax: float = 1.0,
-                   label: str = "Grad-CAM (per-image max = 1)"):
+def overlay_figure(image, cam, title: str = "", alpha: float = 0.6, cmap: str = CMAP, vmax: float = 1.0,
+                   label: str = PER_IMAGE):
     """Figure: the image the model saw (left) and the Grad-CAM overlay with a colour bar (right)."""
     import matplotlib.pyplot as plt
 
@@ -76,13 +82,15 @@ def map_scale(cams, q: float = 99.0) -> float:
 @figure_style
 def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_names=("NORMAL", "PNEUMONIA"),
                   cells=None, per_row: int = 2, title: str = "", scale_note: str = "", alpha: float = 0.6,
-                  cmap: str = "jet"):
+                  cmap: str = CMAP, where: bool = True):
     """Each example as a pair: the X-ray as the model saw it, and the Grad-CAM of its PREDICTED class over it.
 
     `cams`: raw maps (`grad_cam(..., target_class=predicted, normalize="none")`), all drawn on ONE colour scale
     [0, `scale`] (e.g. `map_scale` of all the test maps: a weak map looks weak instead of being stretched to full
     colour). Titles give the true class, the call at `threshold` and P(positive), and which class the map
-    explains; `cells` (e.g. "TP") label the kind of case. One colour bar, its scale stated (`scale_note`)."""
+    explains; `cells` (e.g. "TP") label the kind of case; with `where`, each map's title says where its heat lies
+    (share on the lungs, the marker corners and the border band: `cxr.explain.case_regions`). One colour bar, its
+    scale stated (`scale_note`)."""
     import matplotlib.pyplot as plt
 
     y = np.asarray(y).astype(int).reshape(-1)
@@ -97,18 +105,28 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
         return fig
     per_row = max(1, min(per_row, k))
     nrows = -(-k // per_row)
-    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.4 * per_row + 1.0, 3.05 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.0 * per_row + 1.0, 2.9 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     called = (p >= threshold).astype(int)
+    regions = None
+    if where:
+        from cxr.explain.checks import _pct, case_regions
+
+        regions = case_regions(np.asarray(cams))
     for i in range(k):
         ax_i, ax_c = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
         kind = f"{cells[i]}: " if cells is not None else ""
         ax_i.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
         ax_i.set_title(f"{kind}true {class_names[y[i]]}, called {class_names[called[i]]}\n"
-                       f"P({class_names[1].lower()}) = {p[i]:.3f}", fontsize=8.5)
+                       f"P({class_names[1].lower()}) = {p[i]:.3f}", fontsize=8)
         ax_c.imshow(overlay(images[i], cams[i], alpha, cmap, scale))
-        ax_c.set_title(f"evidence for {class_names[called[i]]}", fontsize=8.5)
+        heat = ""
+        if regions is not None:
+            r = regions.iloc[i]
+            heat = ("\nno heat" if r["empty"] else f"\nheat: lungs {_pct(r['lungs_share'])}, markers "
+                    f"{_pct(r['markers_share'])}, border {_pct(r['border_share'])}")
+        ax_c.set_title(f"evidence for {class_names[called[i]]}{heat}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -118,7 +136,7 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
 
 
 @figure_style
-def randomization_figure(table: pd.DataFrame, images=None, n_images: int = 2, cmap: str = "jet"):
+def randomization_figure(table: pd.DataFrame, images=None, n_images: int = 2, cmap: str = CMAP):
     """Figure: mean Spearman correlation per cascade step (left) and, with `images`, the maps per step."""
     import matplotlib.pyplot as plt
 
@@ -166,19 +184,26 @@ def deletion_insertion_figure(result: Faithfulness):
 
 @figure_style
 def shortcut_figure(audit: pd.DataFrame):
-    """Figure: mean border and outside-body heat share per (class, outcome), with the uniform-map area shares."""
+    """Figure: per group of a `shortcut_audit` table (confusion cell, and all maps), the mean share of heat on the
+    lungs, the marker corners, the border band and outside the body box, each with its area share (what a
+    uniform map would give) as a dashed line in the bar's colour."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{c}\n{o}" for c, o in zip(audit["class"], audit["outcome"])]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    cell = audit["cell"] if "cell" in audit else pd.Series([""] * len(audit))
+    labels = [f"{k}\n{c}" if k and k != "all" else f"{c}\n{o}" for k, c, o in zip(cell, audit["class"],
+                                                                                  audit["outcome"])]
     pos = np.arange(len(audit))
-    ax.bar(pos - 0.2, audit["border_share_mean"], 0.4, label="border band")
-    ax.bar(pos + 0.2, audit["outside_body_share_mean"], 0.4, label="outside body box")
-    ax.axhline(audit["border_area"].iloc[0], color="C0", ls="--", lw=1, label="border area (uniform map)")
-    ax.axhline(audit["outside_body_area"].iloc[0], color="C1", ls="--", lw=1, label="outside-body area (uniform map)")
+    bars = (("lungs", "lungs"), ("markers", "marker corners"), ("border", "border band"),
+            ("outside_body", "outside body box"))
+    width = 0.8 / len(bars)
+    for j, (key, name) in enumerate(bars):
+        ax.bar(pos - 0.4 + width * (j + 0.5), audit[f"{key}_share_mean"], width, color=f"C{j}", label=name)
+        ax.axhline(audit[f"{key}_area"].iloc[0], color=f"C{j}", ls="--", lw=1)
+    ax.plot([], [], color="grey", ls="--", lw=1, label="area share (uniform map)")
     ax.set_xticks(pos, labels, fontsize=8)
-    ax.set_ylabel("share of Grad-CAM heat")
+    ax.set_ylabel("mean share of each map's Grad-CAM heat")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncols=2)
     ax.set_title("Shortcut audit: where the heat falls")
     return fig
