@@ -428,7 +428,7 @@ def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = N
 class GradCam:
     """The Grad-CAM maps of a task's test split (notebook section 10): every test image explained by the fold
     ensemble for the class it was called at the task's threshold, raw maps on one colour scale, and the cases
-    shown, chosen by rule (`explain.confident_cases`)."""
+    shown, chosen by rule (`explain.confident_cases`, `explain.near_threshold_cases`)."""
 
     task: str
     images: np.ndarray  # the task's test images (n, S, S) uint8, in the order of outcome.test
@@ -440,14 +440,23 @@ class GradCam:
     scale: float  # one colour scale for every map (`plots.map_scale`)
     right: pd.DataFrame  # the most confident true positives and true negatives
     wrong: pd.DataFrame  # the most confident false positives and false negatives
+    near: pd.DataFrame  # the cases closest to the threshold, on each side of it
 
     def pairs(self, cases: pd.DataFrame) -> dict[str, Any]:
-        """The arguments of `plots.gradcam_pairs` for `cases` (`right` or `wrong`)."""
+        """The arguments of `plots.gradcam_pairs` for `cases` (`right`, `wrong` or `near`)."""
         from cxr.explain import SCALE_NOTE
 
         at = cases.index.to_numpy()
         return dict(images=self.images[at], cams=self.maps[at], y=cases.y, p=cases.p, threshold=self.threshold,
                     scale=self.scale, cells=cases.cell.tolist(), scale_note=SCALE_NOTE)
+
+    def where(self, cases: pd.DataFrame) -> str:
+        """The caption of the figure of `cases`: where the heat of each map shown lies
+        (`explain.describe_case_regions`)."""
+        from cxr import explain
+
+        at = cases.index.to_numpy()
+        return explain.describe_case_regions(explain.case_regions(self.maps[at], cases.cell, cases.p, at))
 
 
 @dataclass
@@ -522,7 +531,7 @@ class Study:
     def grad_cam(self, task: str = PRIMARY_TASK) -> GradCam:
         """Grad-CAM of every test image of `task` for the class the ensemble called, raw, on one colour scale, and
         the most confident right calls and errors (`config.gradcam_examples` per confusion cell, twice as many
-        errors)."""
+        errors) and the cases closest to the threshold (`config.gradcam_examples` on each side)."""
         from cxr import explain
         from cxr.plots import map_scale
 
@@ -535,8 +544,9 @@ class Study:
                                         c.gradcam_examples)
         wrong = explain.confident_cases(outcome.test.y, outcome.test.p, outcome.threshold, ("FP", "FN"),
                                         2 * c.gradcam_examples)
+        near = explain.near_threshold_cases(outcome.test.y, outcome.test.p, outcome.threshold, c.gradcam_examples)
         self.gradcam = GradCam(task, images, outcome.test.y, outcome.test.p, outcome.threshold, called, maps,
-                               map_scale(maps), right, wrong)
+                               map_scale(maps), right, wrong, near)
         return self.gradcam
 
     def randomization_check(self) -> pd.DataFrame:
@@ -561,7 +571,8 @@ class Study:
         return explain.deletion_insertion(member, images, maps, seed=c.seed, batch_size=c.batch_size)
 
     def shortcut_audit(self) -> pd.DataFrame:
-        """Where the heat of every test map falls (`explain.shortcut_audit`), by class and outcome."""
+        """Where the heat of every test map falls (`explain.shortcut_audit`: lungs, marker corners, border band,
+        outside the body box), per confusion cell; `explain.describe_where` says it in words."""
         from cxr import explain
 
         cam = self.gradcam
