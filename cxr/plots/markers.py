@@ -52,7 +52,7 @@ def marker_grid(images: np.ndarray, found: pd.DataFrame, index: pd.DataFrame, n:
         raise ValueError("no image to show")
     ncols = max(1, min(ncols, len(rows)))
     nrows = -(-len(rows) // ncols)
-    fig, axes = _figure(nrows, ncols, size=(size, size + 0.3))
+    fig, axes = _figure(nrows, ncols, size=(size, size + 0.5))
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows):
