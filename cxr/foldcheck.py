@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,6 +135,14 @@ def fold_check(config: Config, prepared: Prepared, schemes: tuple[str, ...] = FO
                     f"point cross-fitted (sensitivity target {target}); the test split is never read",
             "backbone": config.backbone, "image_size": config.image_size, "n_folds": config.n_folds,
             "head_C": HEAD_C, "designs": designs}
+
+
+FOLD_CHECK = Path(__file__).resolve().parents[1] / "doc" / "fold_check.json"  # the committed document
+
+
+def load(path: str | Path = FOLD_CHECK) -> dict[str, Any]:
+    """The committed fold-check document (`python -m cxr fold-check` writes it)."""
+    return json.loads(Path(path).read_text())
 
 
 def table(doc: dict[str, Any]) -> pd.DataFrame:

@@ -3,11 +3,13 @@ steps made, `STEPS` names them in order, `run_study` runs them all.
 
     start           start_run: the run folder taken, settings resolved once, config.json
     data            data.prepare: index, audit, folds, decoded images
+    markers         the marker audit: the burned-in stamp per image (`cxr.data.markers`; no model)
     baseline_fit    the trivial baseline, cross-validated on the training children (no test row)
     pneumonia       run_task: cross-validated training (`train.fit`: the fold ensemble and its out-of-fold
                     predictions) -> on the OUT-OF-FOLD predictions: calibration and the operating point (with
                     its stability) -> the ensemble saved with both -> `score_test`: the test split scored ONCE
                     (the report with every interval, the predictions file, one line of the test-access ledger)
+    counterfactual  the stamp pasted on the main task's out-of-fold normals, re-scored by their fold models
     shift           the shift checks of the main task, on its out-of-fold predictions
     baseline_score  the trivial baseline scored on test once (a ledger line)
     subtype         run_task for the second task
@@ -65,7 +67,7 @@ class TaskOutcome:
     threshold: float  # chosen on the out-of-fold predictions by config.threshold_policy (uncalibrated probability)
     calibrator: dict[str, Any] | None  # fitted on the out-of-fold predictions, or None
     oof: Scores  # the training children, each scored by the fold model that never saw it
-    test: Scores  # the official test, scored once by the ensemble
+    test: Scores  # the official test, scored once in this run by the ensemble
     report: dict[str, Any]  # the task's entry of metrics.json
     stability: pd.DataFrame  # the threshold policies on bootstrap resamples of the out-of-fold predictions
     draws: pd.DataFrame  # patient-level bootstrap draws of the test metrics at the threshold
@@ -147,25 +149,82 @@ def fit_calibration(config: Config, y: np.ndarray, p: np.ndarray) -> dict[str, A
     return calibration.fit_calibrator(y, p, config.calibration)
 
 
+def task_rule(config: Config, task: str = PRIMARY_TASK) -> dict[str, Any]:
+    """The declared operating rule of `task` (protocol v2, items 3 and 4): its policy, the class whose sensitivity
+    it keeps (`Task.kept_class`, the clinical polarity) and its targets, read from the Config."""
+    t = get_task(task)
+    if t.primary:
+        return {"policy": config.threshold_policy, "kept_class": t.class_names[t.kept_class],
+                "target_sensitivity": config.target_sensitivity, "min_specificity": config.min_specificity,
+                "tolerance": config.threshold_tolerance}
+    return {"policy": config.subtype_threshold_policy, "kept_class": t.class_names[t.kept_class],
+            "target_specificity": config.target_specificity, "min_sensitivity": config.subtype_min_sensitivity,
+            "tolerance": config.threshold_tolerance}
+
+
+def rule_threshold(config: Config, y: np.ndarray, p: np.ndarray, calibrator: dict[str, Any] | None = None,
+                   task: str = PRIMARY_TASK) -> tuple[float, bool]:
+    """The threshold of `task`'s rule (`task_rule`) on out-of-fold labels and probabilities, and whether the rule
+    fits. A secondary task whose rule keeps class 0 (bacterial vs viral) fits only when class 1's sensitivity at
+    that threshold reaches `config.subtype_min_sensitivity`; when it does not, no threshold serves both classes and
+    the task has no operating point: (0.5, False)."""
+    t = get_task(task)
+    policy = config.threshold_policy if t.primary else config.subtype_threshold_policy
+    cut = thresholds.choose(y, p, policy, tolerance=config.threshold_tolerance,
+                            target_sensitivity=config.target_sensitivity,
+                            target_specificity=config.target_specificity, calibrator=calibrator)
+    if not t.primary and t.kept_class == 0:
+        y, p = np.asarray(y), np.asarray(p)
+        if float(np.mean(p[y == 1] >= cut)) < config.subtype_min_sensitivity:
+            return 0.5, False
+    return cut, True
+
+
 def operating_point(config: Config, y: np.ndarray, p: np.ndarray,
-                    calibrator: dict[str, Any] | None = None) -> float:
-    """THE operating point of the study: the threshold of `config.threshold_policy` (its target sensitivity or
-    tolerance, and the model's own calibrator for "calibrated") on out-of-fold labels and probabilities. Every
-    caller goes through it: each task, the stability resamples, the threshold-resampling bootstrap of the test
-    intervals."""
-    return thresholds.choose(y, p, config.threshold_policy, tolerance=config.threshold_tolerance,
-                             target_sensitivity=config.target_sensitivity, calibrator=calibrator)
+                    calibrator: dict[str, Any] | None = None, task: str = PRIMARY_TASK) -> float:
+    """THE operating point of the study: the threshold of `task`'s rule (`rule_threshold`: for the primary task
+    `config.threshold_policy` with its target sensitivity or tolerance, and the model's own calibrator for
+    "calibrated"; 0.5 for a task whose rule does not fit) on out-of-fold labels and probabilities. Every caller
+    goes through it: each task, the stability resamples, the threshold-resampling bootstrap of the test
+    intervals, the cross-fitted check."""
+    return rule_threshold(config, y, p, calibrator, task)[0]
 
 
-def stability(config: Config, selection: Scores, calibrator: dict[str, Any] | None) -> pd.DataFrame:
+def stability(config: Config, selection: Scores, calibrator: dict[str, Any] | None,
+              task: str = PRIMARY_TASK) -> pd.DataFrame:
     """How each policy's threshold moves under patient-level bootstrap resamples of the out-of-fold predictions."""
-    policies = list(dict.fromkeys([config.threshold_policy, *STABILITY_POLICIES]))
+    own = config.threshold_policy if get_task(task).primary else config.subtype_threshold_policy
+    policies = list(dict.fromkeys([own, *STABILITY_POLICIES]))
     if calibrator is None:
         policies = [p for p in policies if p != "calibrated"]
     n_boot = max(50, min(200, config.n_bootstrap // 10))
     return thresholds.stability(selection.y, selection.p, policy=policies, n_boot=n_boot, seed=config.seed,
                                 groups=selection.groups, tolerance=config.threshold_tolerance,
-                                target_sensitivity=config.target_sensitivity, calibrator=calibrator)
+                                target_sensitivity=config.target_sensitivity,
+                                target_specificity=config.target_specificity, calibrator=calibrator)
+
+
+def rule_targets(config: Config, task: str, report: dict[str, Any], oof: Scores, threshold: float,
+                 crossfit: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each declared target of `task`'s rule beside what the out-of-fold predictions, the cross-fitted rule (chosen
+    on the other folds, applied to each held-out one, pooled) and the test gave, and whether the test met it.
+    Nothing is re-tuned when a target is missed; it is reported."""
+    rule = task_rule(config, task)
+    oof_called = oof.p >= threshold
+    oof_rates = {"sensitivity": float(oof_called[oof.y == 1].mean()),
+                 "specificity": float(1 - oof_called[oof.y == 0].mean())}
+    pooled = crossfit[crossfit["fold"] == "pooled"].iloc[0]
+    wanted = ([("sensitivity", rule["target_sensitivity"]), ("specificity", rule["min_specificity"])]
+              if "target_sensitivity" in rule else
+              [("specificity", rule["target_specificity"]), ("sensitivity", rule["min_sensitivity"])])
+    rows = []
+    for metric, target in wanted:
+        test = report["at_threshold"][metric]
+        rows.append({"metric": metric, "target": float(target), "oof": oof_rates[metric],
+                     "cross_fitted": float(pooled[metric]), "test": float(test["value"]),
+                     "test_ci_low": float(test["ci_low"]), "test_ci_high": float(test["ci_high"]),
+                     "met_on_test": bool(test["value"] >= target)})
+    return rows
 
 
 def bootstrap_settings(config: Config) -> dict[str, Any]:
@@ -187,7 +246,7 @@ def score_test(config: Config, prepared: Prepared, task: str, model: Any, thresh
     report = evaluate.task_report(test.y, test.p, threshold, groups=test.groups, **boot)
     nested = uncertainty.threshold_uncertainty(  # the whole rule on every resample: calibration refitted too
         selection.y, selection.p, selection.groups, test.y, test.p, test.groups,
-        lambda y, p: operating_point(config, y, p, fit_calibration(config, y, p)), **boot)
+        lambda y, p: operating_point(config, y, p, fit_calibration(config, y, p), task), **boot)
     report["threshold_uncertainty"] = {"intervals": nested["intervals"].to_dict(orient="index"),
                                        **{k: nested[k] for k in ("threshold", "n_bootstrap", "ci_level", "ci_method")}}
     report["per_child"] = evaluate.child_report(test.y, test.p, test.groups, threshold, **boot)
@@ -204,25 +263,30 @@ def run_task(config: Config, prepared: Prepared, task: str, run_dir: str | Path 
              verbose: int = 0) -> TaskOutcome:
     """Train `task` by cross-validation; on the out-of-fold predictions fit its calibration and choose its
     threshold; save the fold ensemble to `<run_dir>/<task>/` (run record `<run_dir>/<task>_run.json`); then score
-    the test split once and write `<run_dir>/predictions_<task>.csv`. `config` is the resolved Config of
+    the test split once in this run and write `<run_dir>/predictions_<task>.csv`. `config` is the resolved Config of
     `start_run`; `run_dir` defaults to `config.run_dir`."""
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
     result = train.fit(config, prepared, task, verbose=verbose)
     y, p = result.oof["y"].to_numpy(int), result.oof["p"].to_numpy("float64")
     calibrator = fit_calibration(config, y, p)
     oof = oof_scores(result, prepared, calibrator)
-    threshold = operating_point(config, oof.y, oof.p, calibrator)
-    table = stability(config, oof, calibrator)
+    threshold, fits = rule_threshold(config, oof.y, oof.p, calibrator, task)
+    rule = task_rule(config, task)
+    table = stability(config, oof, calibrator, task)
+    crossfit = thresholds.cross_fitted(oof.y, oof.p, result.oof["fold"].to_numpy(),
+                                       lambda y_, p_: operating_point(config, y_, p_, calibrator, task))
     model_dir = cxr_model.save_model(result.model, run_dir / task, config, threshold, get_task(task).class_names,
-                                     extra={"calibration": calibrator, "threshold_policy": config.threshold_policy,
+                                     extra={"calibration": calibrator, "threshold_policy": rule["policy"],
+                                            "operating_point": "declared rule" if fits else "none (0.5)",
                                             "kept_stage": result.kept_stage, "n_members": result.n_folds})
     train.record(result, config, run_dir / f"{task}_run.json")
 
     test, report, draws = score_test(config, prepared, task, result.model, threshold, calibrator, oof, run_dir)
     report["operating_point"] = {
-        "policy": config.threshold_policy, "target_sensitivity": config.target_sensitivity,
-        "tolerance": config.threshold_tolerance, "chosen_on": "out-of-fold predictions of the training children",
+        **rule, "fits": fits, "chosen_on": "out-of-fold predictions of the training children",
         "stability": thresholds.stability_summary(table).reset_index().to_dict(orient="records"),
+        "cross_fitted": crossfit.to_dict(orient="records"),
+        "targets": rule_targets(config, task, report, oof, threshold, crossfit),
     }
     report["selection"] = {"kept_stage": result.kept_stage, "kept_epoch": result.kept_epoch,
                            "class_balance": result.balance, "n_folds": result.n_folds,
@@ -232,6 +296,22 @@ def run_task(config: Config, prepared: Prepared, task: str, run_dir: str | Path 
                       ignore_index=True)
     predictions.write_predictions(frame, predictions.predictions_path(run_dir, task))
     return TaskOutcome(task, result, threshold, calibrator, oof, test, report, table, draws, frame, model_dir)
+
+
+def targets_table(outcome: TaskOutcome) -> pd.DataFrame:
+    """The declared targets of a task's rule (`rule_targets`) as a table: one row per metric, the target, the
+    out-of-fold, cross-fitted and test values (with its interval) and whether the test met it; the threshold and
+    whether the rule fits in the index name."""
+    op = outcome.report["operating_point"]
+    frame = pd.DataFrame(op["targets"]).set_index("metric")
+    frame.index.name = (f"{op['policy']} rule, threshold {outcome.threshold:.3f}"
+                        + ("" if op.get("fits", True) else " (the rule does not fit: no operating point, 0.5)"))
+    return frame
+
+
+def cross_fitted_table(outcome: TaskOutcome) -> pd.DataFrame:
+    """The rule cross-fitted over the folds (`cxr.evaluate.threshold.cross_fitted`), as a table."""
+    return pd.DataFrame(outcome.report["operating_point"]["cross_fitted"]).set_index("fold")
 
 
 def train_oof_summary(result: train.TrainResult) -> dict[str, Any]:
@@ -276,7 +356,7 @@ def rescore_run(config: Config, prepared: Prepared, tasks: list[str] | tuple[str
     for task in tasks:
         kept = {k: v for k, v in previous.get("tasks", {}).get(task, {}).items() if k in ("operating_point", "selection")}
         reports[task] = {**evaluate_saved(config, prepared, task, run_dir), **kept}
-    blocks = {k: previous[k] for k in ("data", "baseline", "shift") if k in previous}
+    blocks = {k: previous[k] for k in ("data", "baseline", "shift", "markers", "explanation") if k in previous}
     return finish_run(config, prepared, reports, run_dir, extra=blocks)
 
 
@@ -408,10 +488,18 @@ def shift_checks(config: Config, outcome: TaskOutcome, prepared: Prepared, fitte
 
 
 def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = None,
-                 shift: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+                 shift: dict[str, pd.DataFrame] | None = None, marker_counts: pd.DataFrame | None = None,
+                 counterfactual: dict[str, Any] | None = None) -> dict[str, Any]:
     """The blocks of metrics.json beside the tasks: the data audit, the trivial baseline (its OOF AUROC, and its
-    test report once scored) and the shift checks (tables as records)."""
+    test report once scored), the shift checks (tables as records) and the marker audit (its counts, the finding
+    and the stamp counterfactual on the training children)."""
+    from cxr.data import markers
+
     blocks: dict[str, Any] = {"data": data_audit(config, prepared)}
+    if marker_counts is not None:
+        blocks["markers"] = {"finding": markers.marker_finding(marker_counts),
+                             "counts": marker_counts.reset_index().to_dict(orient="records"),
+                             "counterfactual": counterfactual}
     if fitted is not None:
         blocks["baseline"] = {"task": fitted.task, "oof_auroc": fitted.fit["oof_auroc"],
                               "univariate_auroc": fitted.univariate.to_dict(), "test": fitted.report}
@@ -472,6 +560,9 @@ class Study:
     baseline: Baseline | None = None
     outcomes: dict[str, TaskOutcome] = field(default_factory=dict)
     shift: dict[str, pd.DataFrame] | None = None
+    marker_found: pd.DataFrame | None = None  # `markers`: the detector's result per image of prepared.index
+    marker_counts: pd.DataFrame | None = None  # `markers`: per official split and subtype
+    counterfactual: dict[str, Any] | None = None  # `counterfactual_check` of the main task
     doc: dict[str, Any] | None = None
     gradcam: GradCam | None = None
 
@@ -523,8 +614,59 @@ class Study:
     def finish(self) -> dict[str, Any]:
         """metrics.json and index.csv (`finish_run`, with `study_blocks`): the metrics document."""
         self.doc = finish_run(self.config, self.prepared, {t: o.report for t, o in self.outcomes.items()},
-                              self.run_dir, extra=study_blocks(self.config, self.prepared, self.baseline, self.shift))
+                              self.run_dir, extra=study_blocks(self.config, self.prepared, self.baseline, self.shift,
+                                                               self.marker_counts, self.counterfactual))
         return self.doc
+
+    def record(self, name: str, block: Any) -> dict[str, Any]:
+        """Add `block` under `name` to the metrics document after `finish` (the Grad-CAM summary, computed after
+        the study in the notebook) and rewrite metrics.json (atomically): the document."""
+        if self.doc is None:
+            raise ValueError("record() comes after finish(): there is no metrics document yet")
+        if name in ("protocol", "tasks", "test_ledger", "schema_version"):
+            raise ValueError(f"{name!r} is written by finish(), not by record()")
+        self.doc[name] = block
+        evaluate.write_metrics(self.run_dir / "metrics.json", self.doc)
+        return self.doc
+
+    # protocol v2's checks of the marker shortcut (notebook sections 1 and 7; nothing scored on test)
+
+    def markers(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The marker audit (`cxr.data.markers`): the detector's result for every image of the study (`detect`:
+        kv_score, stamp, bold_r) and its counts per split, class and subtype (`marker_table`). A data audit: it
+        reads images, never a model's score."""
+        from cxr.data import markers
+
+        self.marker_found = markers.detect(self.prepared.images)
+        self.marker_counts = markers.marker_table(self.prepared.index, self.marker_found)
+        return self.marker_found, self.marker_counts
+
+    def counterfactual_check(self, task: str = PRIMARY_TASK) -> dict[str, Any] | None:
+        """The stamp counterfactual on the training children (protocol v2, item 2): the stamp pasted
+        (`cxr.data.markers.paste_stamp`) onto every out-of-fold normal image that its fold model calls normal at
+        the task's threshold, scored again by that same fold model (which never saw the child), and summarised
+        (`explain.counterfactual_summary`: share of calls that change, mean probability rise, against the targets
+        of at most 2% and 0.02)."""
+        from cxr import train as cxr_train
+        from cxr.data.markers import paste_stamp
+        from cxr.explain.checks import counterfactual_summary
+
+        if task not in self.outcomes:
+            return None
+        outcome, c = self.outcomes[task], self.config
+        oof = outcome.result.oof
+        before, after = [], []
+        for fold, rows in oof[(oof["y"] == 0) & (oof["p"] < outcome.threshold)].groupby("fold"):
+            images = self.prepared.images[rows["position"].to_numpy()]
+            member = outcome.result.members[int(fold)]
+            stamped = np.stack([paste_stamp(image) for image in images])
+            before.append(cxr_train.predict_proba(member, images, c.batch_size))
+            after.append(cxr_train.predict_proba(member, stamped, c.batch_size))
+        result = counterfactual_summary(np.concatenate(before) if before else np.zeros(0),
+                                        np.concatenate(after) if after else np.zeros(0), outcome.threshold,
+                                        c.ci_level, c.seed)
+        self.counterfactual = {"task": task, "marker_zones": bool(c.marker_zones), **result}
+        return self.counterfactual
 
     # the explanation of the main task (notebook section 10, after the study: figures only)
 
@@ -582,8 +724,10 @@ class Study:
 STEPS: tuple[tuple[str, Callable[[Study], Any]], ...] = (
     ("start", Study.start),
     ("data", Study.data),
+    ("markers", Study.markers),
     ("baseline_fit", Study.fit_baseline),
     ("pneumonia", lambda study: study.task("pneumonia")),
+    ("counterfactual", Study.counterfactual_check),
     ("shift", Study.shift_checks),
     ("baseline_score", Study.score_baseline),
     ("subtype", lambda study: study.task("subtype")),

@@ -81,6 +81,17 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
     return results
 
 
+def predict_table(model_dir: str | Path, paths: list[str | Path]) -> "pd.DataFrame":
+    """`predict_files` as a table for a notebook: one row per image, named by its file name (no folder, so no
+    machine's path is shown), with its probability, calibrated probability, call and threshold, or its error."""
+    import pandas as pd
+
+    rows = predict_files(model_dir, paths)
+    frame = pd.DataFrame(rows)
+    frame["path"] = [Path(r["path"]).name for r in rows]
+    return frame.rename(columns={"path": "image"}).set_index("image")
+
+
 def overlay_names(paths: list[str | Path]) -> list[str]:
     """One Grad-CAM file name per input, never two alike: `<stem>_gradcam.png`, and where stems repeat (a.png and
     a.jpg, or two folders' 1.dcm) the parent folders are prefixed until they differ, then a counter."""

@@ -158,3 +158,15 @@ def test_the_gradcam_step_gives_the_near_threshold_cases_and_their_caption():
     assert "99th percentile" in pairs["scale_note"]
     assert cam.where(cam.near).startswith("Where the heat of each map lies (left to right, top to bottom): "
                                           "1. TN (P = 0.450): 0.0% on the lungs, 100% on the marker corners")
+
+
+def test_where_summary_names_the_false_positives_and_all_maps_with_the_areas():
+    from cxr.explain.checks import shortcut_audit, where_summary
+
+    cams = np.zeros((4, 64, 64), np.float32)
+    cams[:, 30:34, 30:34] = 1.0  # heat in the centre: on the lungs
+    audit = shortcut_audit(cams, np.array([0, 0, 1, 1]), np.array([1, 0, 1, 1]))
+    block = where_summary(audit)
+    assert block["summary"].startswith("On the false positives (1) a map's heat lies 100% on the lungs")
+    assert "over all test maps (4)" in block["summary"] and "of the image's area: the lungs" in block["summary"]
+    assert len(block["groups"]) == len(audit)

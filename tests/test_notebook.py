@@ -58,7 +58,7 @@ def _assert_every_figure_inline(nb: dict) -> None:
     for source, built, shown in figures:
         assert shown == built, (built, shown, source[:200])
     gradcam = [f for f in figures if "gradcam_pairs" in f[0]]
-    assert len(gradcam) == 2 and all(shown == 1 for _, _, shown in gradcam)  # right calls, errors
+    assert len(gradcam) == 3 and all(shown == 1 for _, _, shown in gradcam)  # right calls, errors, near threshold
 
 
 def _assert_clean(nb: dict) -> None:
@@ -121,7 +121,9 @@ def test_smoke_run_executes_every_cell_shows_every_figure_and_its_run_folder_is_
             assert 0.0 <= task["at_threshold"]["auroc"]["value"] <= 1.0
             assert task["at_threshold"]["auroc"]["ci_low"] <= task["at_threshold"]["auroc"]["ci_high"]
         assert metrics["protocol"]["threshold_source"] == "out-of-fold predictions"
-        assert {"data", "baseline", "shift"} <= set(metrics) and metrics["test_ledger"]["scorings"] == 3
+        assert {"data", "baseline", "shift", "markers", "explanation"} <= set(metrics)
+        assert metrics["test_ledger"]["scorings"] == 3
+        assert metrics["protocol"]["fold_scheme"] == "blocks" and metrics["protocol"]["marker_zones"]
         for name in ("examples.png", "gradcam_right.png", "gradcam_errors.png", "roc_pr_calibration.png",
                      "selection.png", "flow.png"):
             assert (out / "figures" / name).stat().st_size > 1000, name

@@ -20,7 +20,8 @@ from cxr.evaluate import ledger
 from test_train import tiny_config, toy_data
 
 NOTEBOOK = REPO / "notebook.ipynb"
-ORDER = ("start", "data", "baseline_fit", "pneumonia", "shift", "baseline_score", "subtype", "finish")
+ORDER = ("start", "data", "markers", "baseline_fit", "pneumonia", "counterfactual", "shift", "baseline_score", "subtype",
+         "finish")
 LEDGER_ORDER = [("pneumonia", "test", ""),
                 ("pneumonia (trivial baseline)", "test", "trivial baseline: six image statistics"),
                 ("subtype", "test", "")]
@@ -77,7 +78,15 @@ def test_the_whole_study_leaves_its_ledger_and_run_folder_in_the_order_of_the_st
     assert expected <= names, expected - names
     doc = json.loads((run / "metrics.json").read_text())
     assert set(doc) == set(study.doc) and list(doc["tasks"]) == ["pneumonia", "subtype"]
-    assert {"data", "baseline", "shift"} <= set(doc) and doc["test_ledger"]["scorings"] == 3
+    assert {"data", "baseline", "shift", "markers"} <= set(doc) and doc["test_ledger"]["scorings"] == 3
+    assert doc["markers"]["finding"]["train_normal"] == int((study.prepared.index["subtype"] == "normal").sum()
+                                                            - (study.prepared.index["split"] == "test").mul(
+        study.prepared.index["subtype"] == "normal").sum())
+    assert doc["markers"]["counterfactual"]["task"] == "pneumonia"
+    again = study.record("explanation", {"where": "test"})
+    assert json.loads((run / "metrics.json").read_text())["explanation"] == {"where": "test"} == again["explanation"]
+    with pytest.raises(ValueError, match="written by finish"):
+        study.record("tasks", {})
     assert doc["baseline"]["test"]["n"] == study.baseline.report["n"] == len(study.prepared.rows("test"))
     assert json.loads((run / "config.json").read_text())["batch_size"] == study.config.batch_size == 8
 
@@ -96,8 +105,9 @@ def test_a_task_left_out_is_skipped_and_the_shift_needs_the_main_task(tmp_path):
 def _notebook_steps() -> list[str]:
     """The study steps the notebook's code cells call, in cell order, named as in STEPS."""
     nb = json.loads(NOTEBOOK.read_text())
-    method = {"start": "start", "data": "data", "fit_baseline": "baseline_fit", "shift_checks": "shift",
-              "score_baseline": "baseline_score", "finish": "finish"}
+    method = {"start": "start", "data": "data", "markers": "markers", "fit_baseline": "baseline_fit",
+              "counterfactual_check": "counterfactual", "shift_checks": "shift", "score_baseline": "baseline_score",
+              "finish": "finish"}
     steps = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -216,3 +226,56 @@ def assert_same_study(cli_dir, notebook_dir) -> None:
         config["source"] = str((REPO / config["source"]).resolve())  # the notebook's is relative to the checkout
     assert cli == nb, {k: (cli[k], nb.get(k)) for k in cli if cli[k] != nb.get(k)}
     assert ledger_sequence(cli_dir) == ledger_sequence(notebook_dir) == LEDGER_ORDER
+
+
+def test_the_counterfactual_step_scores_each_oof_normal_with_its_own_fold_model(study, monkeypatch):
+    """`Study.counterfactual_check`: the OOF normals called normal, each stamped and re-scored by the fold model
+    that never saw it; the same numbers as stamping them by hand. (The toy model calls every image pneumonia at its
+    threshold, so the threshold is raised to the median normal score to have normals called normal.)"""
+    import dataclasses
+
+    from cxr.data.markers import paste_stamp
+    from cxr.explain.checks import counterfactual_summary
+    from cxr.train import predict_proba
+
+    outcome, c = study.outcomes["pneumonia"], study.config
+    normals = outcome.result.oof.loc[outcome.result.oof["y"] == 0, "p"]
+    outcome = dataclasses.replace(outcome, threshold=float(normals.median()) + 1e-9)
+    monkeypatch.setitem(study.outcomes, "pneumonia", outcome)
+    result = study.counterfactual_check()
+    oof = outcome.result.oof
+    calm = oof[(oof["y"] == 0) & (oof["p"] < outcome.threshold)]
+    assert result["n"] == len(calm) > 0
+    before, after = [], []
+    for fold, rows in calm.groupby("fold"):
+        images = study.prepared.images[rows["position"].to_numpy()]
+        member = outcome.result.members[int(fold)]
+        before.append(predict_proba(member, images, c.batch_size))
+        after.append(predict_proba(member, np.stack([paste_stamp(im) for im in images]), c.batch_size))
+    by_hand = counterfactual_summary(np.concatenate(before), np.concatenate(after), outcome.threshold, c.ci_level,
+                                     c.seed)
+    assert result["changed"] == by_hand["changed"]
+    assert result["mean_rise"] == pytest.approx(by_hand["mean_rise"])
+    in_fold_order = calm.sort_values("fold", kind="stable")["p"].to_numpy()
+    np.testing.assert_allclose(np.concatenate(before), in_fold_order, atol=1e-5)  # the OOF scores again
+
+
+def test_the_operating_point_block_holds_the_rule_its_targets_and_the_cross_fitted_check(study):
+    for name, outcome in study.outcomes.items():
+        op = outcome.report["operating_point"]
+        assert op["policy"] == ("sensitivity" if name == "pneumonia" else "specificity")
+        assert op["kept_class"] == ("PNEUMONIA" if name == "pneumonia" else "bacteria")
+        assert [row["fold"] for row in op["cross_fitted"]][-1] == "pooled"
+        assert {row["metric"] for row in op["targets"]} == {"sensitivity", "specificity"}
+        if not op["fits"]:
+            assert outcome.threshold == 0.5
+
+
+def test_the_targets_and_cross_fitted_tables_read_the_report(study):
+    outcome = study.outcomes["pneumonia"]
+    targets = pipeline.targets_table(outcome)
+    assert list(targets.index) == ["sensitivity", "specificity"]
+    assert targets.loc["specificity", "target"] == study.config.min_specificity
+    assert targets.loc["sensitivity", "test"] == outcome.report["at_threshold"]["sensitivity"]["value"]
+    crossfit = pipeline.cross_fitted_table(outcome)
+    assert crossfit.index[-1] == "pooled" and crossfit["n"].iloc[-1] == len(outcome.oof.y)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cxr.config import PRIMARY_TASK, TASKS
@@ -67,7 +68,11 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "split": "official test split (a development test set: scored during development, doc/test_access.json), "
                  "scored once per task by this run; the training children in patient-grouped cross-validation folds",
+        "protocol_version": 2 if getattr(config, "fold_scheme", "random") == "blocks" else 1,
         "n_folds": config.n_folds,
+        "fold_scheme": getattr(config, "fold_scheme", "random"),
+        "marker_zones": bool(getattr(config, "marker_zones", False)),
+        "dedupe_test": bool(getattr(config, "dedupe_test", False)),
         "split_seed": config.split_seed,
         "seed": config.seed,
         "selection": "pooled out-of-fold predictions of the training children",
@@ -76,6 +81,10 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
         "threshold_policy": config.threshold_policy,
         "target_sensitivity": config.target_sensitivity if config.threshold_policy == "sensitivity" else None,
         "threshold_tolerance": config.threshold_tolerance if config.threshold_policy == "plateau" else None,
+        "min_specificity": getattr(config, "min_specificity", None),
+        "subtype_threshold_policy": getattr(config, "subtype_threshold_policy", None),
+        "target_specificity": getattr(config, "target_specificity", None),
+        "subtype_min_sensitivity": getattr(config, "subtype_min_sensitivity", None),
         "calibration": config.calibration,
         "calibration_source": "out-of-fold predictions",
         "n_bootstrap": config.n_bootstrap,
@@ -376,17 +385,26 @@ def _calibration_md(cal: dict[str, Any]) -> str:
     return _md_table(["on test", "before calibration", f"after {cal['method']} scaling"], rows)
 
 
-def _resize_md(rows: list[dict[str, Any]], threshold: float) -> str:
+def _resize_md(rows: list[dict[str, Any]], threshold: float, summary: list[dict[str, Any]] | None = None) -> str:
     if not rows:
         return "No full-resolution originals were available to this run."
     frame = pd.DataFrame(rows)
     agree = int(frame["agree"].sum())
+    text = (f"The same call at threshold {threshold:.3f} for {agree} of {len(frame)} originals; largest change "
+            f"{frame['delta'].abs().max():.3f}. Each image scored by the fold model that never saw its child.")
+    if summary:
+        def num(v: Any) -> str:
+            return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+        body = _md_table(["measure", "n", "value", "95% interval", "target", "met"],
+                         [[str(r["measure"]), str(r["n"]), num(r["value"]),
+                           f"[{num(r['ci_low'])}, {num(r['ci_high'])}]" if num(r.get("ci_low")) else "",
+                           num(r.get("target")), {True: "yes", False: "NO"}.get(r.get("met"), "")] for r in summary])
+        return text + "\n\n" + body
     body = _md_table(["image", "fold", "p (224-px copy)", "p (original, resized here)", "change", "same call"],
                      [[r["path"], str(r["fold"]), f"{r['p_copy']:.3f}", f"{r['p_original']:.3f}",
                        f"{r['delta']:+.3f}", "yes" if r["agree"] else "NO"] for r in rows])
-    return (f"The same call at threshold {threshold:.3f} for {agree} of {len(frame)} originals; largest change "
-            f"{frame['delta'].abs().max():.3f}. Each image scored by the fold model that never saw its child.\n\n"
-            + body)
+    return text + "\n\n" + body
 
 
 def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", headline: bool = False) -> str:
@@ -437,7 +455,8 @@ def markdown_results(doc: dict[str, Any], source: str = "doc/metrics.json", head
         raw = doc.get("shift", {}).get("raw_sample")
         if raw is not None and PRIMARY_TASK in doc["tasks"]:
             parts.append("**The same X-ray, resized another way** (full-resolution originals against their 224-px "
-                         "copies)\n\n" + _resize_md(raw, doc["tasks"][PRIMARY_TASK]["threshold"]))
+                         "copies)\n\n" + _resize_md(raw, doc["tasks"][PRIMARY_TASK]["threshold"],
+                                                      doc.get("shift", {}).get("resize")))
         if doc.get("test_ledger"):
             parts.append(f"Test-access ledger: {doc['test_ledger']['description']}")
     if PRIMARY_TASK in doc["tasks"]:
@@ -553,6 +572,21 @@ def calibration_warning(cal: dict[str, Any] | None) -> str | None:
             f"0) and its slope {cell('slope')} (ideal 1).")
 
 
+def _marker_sentence(f: dict[str, Any], counterfactual: dict[str, Any] | None, masked: bool | None) -> str:
+    """The marker finding in one short sentence (the `markers` block of a metrics document)."""
+    text = (f"a burned-in stamp is on {f['train_pneumonia_stamped']} of {f['train_pneumonia']} training pneumonia "
+            f"images and {f['train_normal_stamped']} of {f['train_normal']} training normals"
+            + (" (tied to the label)" if f.get("tied_to_label") else "")
+            + f", and on {f['test_normal_stamped']} of {f['test_normal']} test normals")
+    if masked:
+        text += "; its corners are masked in every image"
+    if counterfactual and counterfactual.get("n"):
+        c = counterfactual
+        text += (f"; pasting it onto {c['n']} out-of-fold normals changed {c['changed']} calls (mean rise "
+                 f"{c['mean_rise']:+.3f})")
+    return text + "."
+
+
 def headline_findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
     """The findings that matter, as short bullets: the out-of-fold vs test specificity gap, the burned-in marker
     (when the data block has it), where the Grad-CAM heat lies (when the document has an explanation block)."""
@@ -565,9 +599,12 @@ def headline_findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
                   if cm else "")
         out.append(f"- Specificity out of fold (training children) {oof}, on test {spec:.3f}{errors}: the "
                    "out-of-fold numbers did not foresee the test.")
-    markers = (doc.get("data") or {}).get("markers")
+    markers = doc.get("markers") or (doc.get("data") or {}).get("markers")
     if markers:
         text = markers if isinstance(markers, str) else markers.get("summary") or markers.get("description")
+        if not text and markers.get("finding"):
+            text = _marker_sentence(markers["finding"], markers.get("counterfactual"),
+                                    doc.get("protocol", {}).get("marker_zones"))
         if text:
             out.append(f"- Burned-in marker: {text}")
     explanation = doc.get("explanation")

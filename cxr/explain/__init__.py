@@ -21,3 +21,5 @@ from cxr.explain.checks import (BODY_BOX, REGIONS, Faithfulness, case_regions, d
                                 describe_audit, describe_case_regions, describe_faithfulness,
                                 describe_randomization, describe_where, heat_shares, randomization_test,
                                 region_masks, shortcut_audit)
+from cxr.explain.checks import (counterfactual_summary, describe_counterfactual,  # noqa: F401
+                                stamp_counterfactual, where_summary)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -579,7 +581,30 @@ def describe_counterfactual(result: dict) -> str:
             f"were called pneumonia ({r['changed_share']:.1%}, {lo:.1%} to {hi:.1%}); the probability rose by "
             f"{r['mean_rise']:+.3f} on average ({r['mean_rise_ci'][0]:+.3f} to {r['mean_rise_ci'][1]:+.3f}), at most "
             f"{r['max_rise']:+.3f}.")
+    if r.get("marker_zones"):
+        text += (" The stamp's corner zones are masked in the model's first layer, so a stamp inside them cannot "
+                 "move the score: the check confirms the masking, not that the model ignores markings elsewhere.")
     if r["meets_targets"]:
         return text + " The stamp does not move the calls (targets: at most 2% changed, mean rise at most 0.02)."
     return text + (" The model reads the stamp as evidence of pneumonia (targets: at most 2% changed, mean rise "
                    "at most 0.02): a shortcut, not anatomy.")
+
+
+def where_summary(audit: pd.DataFrame) -> dict[str, Any]:
+    """The metrics document's `explanation` block from a `shortcut_audit` table: one short `summary` sentence
+    (where the heat of the false positives and of all maps lies, beside the share of the image each region
+    covers) and every group's numbers (`groups`: the table as records)."""
+    def clause(row: pd.Series) -> str:
+        shares = [f"{_pct(row[f'{r}_share_mean'])} on {REGION_WORDS[r]}" for r in REGIONS]
+        return ", ".join(shares[:-1]) + " and " + shares[-1]
+
+    rows = {str(r["cell"]): r for _, r in audit.iterrows()}
+    parts = []
+    for cell, words in (("FP", "on the false positives"), ("all", "over all test maps")):
+        row = rows.get(cell)
+        if row is not None and int(row["n"]) > int(row["n_empty"]):
+            parts.append(f"{words} ({int(row['n'])}) a map's heat lies {clause(row)}")
+    first = audit.iloc[0]
+    areas = ", ".join(f"{REGION_WORDS[r]} {_pct(first[f'{r}_area'])}" for r in REGIONS)
+    summary = ("; ".join(parts) + f" (of the image's area: {areas})." if parts else "")
+    return {"summary": summary[:1].upper() + summary[1:], "groups": audit.to_dict(orient="records")}

@@ -14,6 +14,9 @@ from cxr.plots.data import (augmentation_grid, class_balance, class_examples, ex
 from cxr.plots.evaluation import (decision_curve_figure, error_rates_figure, net_benefit_figure,  # noqa: F401
                                   prevalence_figure, reliability, threshold_stability_figure)
 from cxr.plots.crossval import fold_table, selection_figure  # noqa: F401
+from cxr.plots.markers import marker_grid, marker_picks  # noqa: F401
+from cxr.plots.evaluation import score_distributions  # noqa: F401
+from cxr.plots.training import training_curves  # noqa: F401
 from cxr.plots.explain import (deletion_insertion_figure, gradcam_pairs, map_scale, overlay,  # noqa: F401
                                overlay_figure, randomization_figure, shortcut_figure)
 from cxr.plots.style import CLASS_COLORS, STYLE, SUBTYPE_COLORS, figure_style, style_rc  # noqa: F401
