@@ -297,7 +297,7 @@ def test_run_task_chooses_on_oof_saves_then_scores_the_test_once(tmp_path):
     y, p = out.result.oof["y"].to_numpy(), out.result.oof["p"].to_numpy()
     calibrator = evaluate.fit_calibrator(y, p, cfg.calibration)
     assert meta["calibration"] == calibrator
-    assert out.threshold == pipeline.operating_point(cfg, y, p, calibrator)
+    assert out.threshold == pipeline.operating_point(cfg, y, p, calibrator, "subtype")
     np.testing.assert_array_equal(out.test.positions, prepared.rows("test", "subtype"))
     np.testing.assert_array_equal(out.test.y, prepared.labels("subtype", out.test.positions))
     np.testing.assert_allclose(out.test.p, train.predict_proba(loaded, prepared.images[out.test.positions], 16),
