@@ -204,3 +204,16 @@ def test_roc_pr_without_the_reliability_panel():
     y, p = _scores()
     fig = plots.roc_pr_calibration(y, p, 0.5, n_bootstrap=0, ci_level=0.95, seed=0, calibration=False)
     assert [ax.get_title() for ax in fig.axes] == ["ROC", "Precision-recall"]
+
+
+def test_reliability_draws_bins_whose_rate_is_zero_or_one():
+    """A bin whose observed rate is 0 or 1 has a Wilson bound equal to it up to rounding: the error bar is clipped
+    at zero, never negative (the full run's test split has such bins)."""
+    from cxr.plots.evaluation import reliability
+
+    rng = np.random.default_rng(3)
+    p = np.r_[rng.uniform(0.0, 0.05, 60), rng.uniform(0.95, 1.0, 140), rng.uniform(0.3, 0.7, 40)]
+    y = np.r_[np.zeros(60, int), np.ones(140, int), rng.integers(0, 2, 40)]
+    fig = reliability(y, p, np.clip(p * 0.9 + 0.05, 0, 1), n_bootstrap=50, ci_level=0.95, seed=0,
+                      title="saturated bins")
+    assert fig.axes

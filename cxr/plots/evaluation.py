@@ -96,7 +96,8 @@ def reliability(y: Any, p_raw: Any, p_cal: Any = None, *, groups: Any = None, n_
         shown = table[table["count"] > 0]
         rate = shown["observed_rate"].to_numpy(float)
         ax.errorbar(shown["mean_predicted"].to_numpy(float), rate,
-                    yerr=[rate - shown["ci_low"].to_numpy(float), shown["ci_high"].to_numpy(float) - rate],
+                    yerr=[np.clip(rate - shown["ci_low"].to_numpy(float), 0, None),  # a rate of 0 or 1 can sit
+                          np.clip(shown["ci_high"].to_numpy(float) - rate, 0, None)],  # a rounding off its bound
                     fmt="o" if k == 0 else "s", ms=4.5, color=color, mfc="white" if k else color, capsize=2.5,
                     lw=1, label=f"{name}: binned ({n_bins} bins, Wilson {ci_level:.0%})")
         centres = (table["lower"] + table["upper"]) / 2
