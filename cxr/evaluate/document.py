@@ -394,6 +394,8 @@ def _resize_md(rows: list[dict[str, Any]], threshold: float, summary: list[dict[
             f"{frame['delta'].abs().max():.3f}. Each image scored by the fold model that never saw its child.")
     if summary:
         def num(v: Any) -> str:
+            if isinstance(v, str):
+                return v
             return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
         body = _md_table(["measure", "n", "value", "95% interval", "target", "met"],
