@@ -137,23 +137,32 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
 
 @figure_style
 def randomization_figure(table: pd.DataFrame, images=None, n_images: int = 2, cmap: str = CMAP):
-    """Figure: mean Spearman correlation per cascade step (left) and, with `images`, the maps per step."""
+    """Figure: mean Spearman correlation per cascade step with +-1 SD over the images as error bars (left; the
+    y axis always holds every bar whole) and, with `images`, the maps per step."""
     import matplotlib.pyplot as plt
 
     cams = table.attrs.get("cams")
     show = images is not None and cams is not None
     n_images = min(n_images, len(images)) if show else 0
     ncols = len(table) if show else 0
-    fig = plt.figure(figsize=(5 + 1.6 * ncols, 3.2 + 1.6 * n_images), layout="constrained")
+    fig = plt.figure(figsize=(5.5 + 1.6 * ncols, 3.6 + 1.6 * n_images), layout="constrained")
     grid = fig.add_gridspec(max(n_images, 1), 1 + ncols, width_ratios=[3] + [1] * ncols)
     ax = fig.add_subplot(grid[:, 0])
-    ax.errorbar(table["step"], table["spearman_mean"], yerr=table["spearman_std"], marker="o", capsize=3)
+    mean = table["spearman_mean"].to_numpy(float)
+    sd = np.nan_to_num(table["spearman_std"].to_numpy(float))
+    n = int(table["n_images"].max()) if "n_images" in table and len(table) else 0
+    ax.errorbar(table["step"], mean, yerr=sd, marker="o", capsize=3,
+                label="mean +- 1 SD over " + (f"{n} images" if n else "the images"))
     ax.set_xticks(table["step"], table["randomised_to"], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("Spearman rank correlation with the trained map")
+    ax.set_ylabel("Spearman correlation\nwith the trained map")
     ax.set_xlabel("randomised from the top down to")
-    ax.set_ylim(-0.25, 1.05)
+    finite = np.isfinite(mean)
+    low = float(np.min((mean - sd)[finite], initial=0.0))
+    high = float(np.max((mean + sd)[finite], initial=1.0))
+    ax.set_ylim(min(-0.25, low - 0.05), max(1.05, high + 0.05))
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("Cascading randomisation (Adebayo et al. 2018)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Cascading randomisation (Adebayo et al. 2018)", fontsize=10)
     for r in range(n_images):
         for c in range(ncols):
             a = fig.add_subplot(grid[r, 1 + c])
