@@ -570,10 +570,13 @@ class Study:
     def run_dir(self) -> Path:
         return self.config.run_dir
 
-    @property
-    def boot(self) -> dict[str, Any]:
-        """n_bootstrap, ci_level, seed (`bootstrap_settings`), for the curves of the notebook's figures."""
-        return bootstrap_settings(self.config)
+    def curves(self, outcome: TaskOutcome, calibrated: bool = True) -> evaluate.curves.Curves:
+        """The test curves of a scored task, for its figures (`evaluate.curves.task_curves`: ROC, precision-recall,
+        reliability before and, with `calibrated`, after calibration; bands from this run's bootstrap settings)."""
+        test = outcome.test
+        return evaluate.curves.task_curves(test.y, test.p, outcome.threshold,
+                                           test.p_calibrated if calibrated else None, groups=test.groups,
+                                           **bootstrap_settings(self.config))
 
     # the steps, in the order of STEPS
 

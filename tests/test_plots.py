@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from cxr import plots
+from cxr.evaluate import curves as evaluate_curves
 from cxr.evaluate import calibration
 
 
@@ -48,8 +49,8 @@ def test_roc_pr_calibration_has_three_panels(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     p = np.clip(0.5 * y + 0.5 * rng.random(200), 0, 1)
-    fig = plots.roc_pr_calibration(y, p, 0.5, groups=np.arange(200) // 2, n_bootstrap=50, ci_level=0.95, seed=0,
-                                   title="test")
+    found = evaluate_curves.task_curves(y, p, 0.5, groups=np.arange(200) // 2, n_bootstrap=50, ci_level=0.95, seed=0)
+    fig = plots.roc_pr_calibration(found.discrimination, found.reliability, title="test")
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
     assert {"ROC", "Precision-recall", "Reliability"} <= set(titles)

@@ -16,6 +16,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from cxr import plots
+from cxr.evaluate import curves as evaluate_curves
 from cxr.evaluate import calibration, clinical, predictions, threshold
 from cxr.evaluate.metrics import bootstrap_draws
 
@@ -71,8 +72,8 @@ def test_reliability_draws_smoothed_curves_with_bands_before_and_after(rc_unchan
     y, p = _scores(sharp=6.0)
     p_cal = calibration.apply_temperature(p, calibration.fit_temperature(y, p))
     groups = np.arange(len(y)) // 2
-    fig = plots.reliability(y, p, p_cal, groups=groups, n_bootstrap=50, ci_level=0.95, seed=0, n_bins=10,
-                            title="test set")
+    fig = plots.reliability(evaluate_curves.reliability(y, p, p_cal, groups=groups, n_bootstrap=50, ci_level=0.95, seed=0,
+                                               n_bins=10), title="test set")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     ax, ax_n = fig.axes
     lines = [line for line in ax.get_lines() if line.get_label().startswith(("perfect", "before", "after"))]
@@ -107,7 +108,7 @@ def test_reliability_draws_smoothed_curves_with_bands_before_and_after(rc_unchan
 def test_reliability_raw_only_without_band_and_a_single_value(rc_unchanged):
     y = np.array([0, 1, 1, 0, 1])
     p = np.full(5, 0.55)
-    fig = plots.reliability(y, p, None, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=4)
+    fig = plots.reliability(evaluate_curves.reliability(y, p, None, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=4))
     ax = fig.axes[0]
     curves = [line for line in ax.get_lines() if line.get_label().startswith(("perfect", "before"))]
     assert len(curves) == 2 and not any(isinstance(c, matplotlib.collections.PolyCollection)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cxr import plots
 from cxr.evaluate import calibration, clinical
+from cxr.evaluate import curves as evaluate_curves
 from cxr.evaluate.metrics import bootstrap_draws, wilson_bounds
 from cxr.plots import evaluation, training
 
@@ -132,7 +133,7 @@ def test_selection_figure_two_stages_share_the_y_axis():
 def test_reliability_binned_points_with_wilson_error_bars_and_legend_outside():
     y, p = _scores(400)
     p_cal = calibration.apply_temperature(p, calibration.fit_temperature(y, p))
-    fig = plots.reliability(y, p, p_cal, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=10)
+    fig = plots.reliability(evaluate_curves.reliability(y, p, p_cal, n_bootstrap=0, ci_level=0.95, seed=0, n_bins=10))
     ax, ax_n = fig.axes
     points = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
     assert len(points) == 2
@@ -202,7 +203,7 @@ def test_confusion_matrix_names_the_positive_class():
 
 def test_roc_pr_without_the_reliability_panel():
     y, p = _scores()
-    fig = plots.roc_pr_calibration(y, p, 0.5, n_bootstrap=0, ci_level=0.95, seed=0, calibration=False)
+    fig = plots.roc_pr_calibration(evaluate_curves.discrimination(y, p, 0.5))
     assert [ax.get_title() for ax in fig.axes] == ["ROC", "Precision-recall"]
 
 
@@ -214,6 +215,42 @@ def test_reliability_draws_bins_whose_rate_is_zero_or_one():
     rng = np.random.default_rng(3)
     p = np.r_[rng.uniform(0.0, 0.05, 60), rng.uniform(0.95, 1.0, 140), rng.uniform(0.3, 0.7, 40)]
     y = np.r_[np.zeros(60, int), np.ones(140, int), rng.integers(0, 2, 40)]
-    fig = reliability(y, p, np.clip(p * 0.9 + 0.05, 0, 1), n_bootstrap=50, ci_level=0.95, seed=0,
-                      title="saturated bins")
+    fig = reliability(evaluate_curves.reliability(y, p, np.clip(p * 0.9 + 0.05, 0, 1), n_bootstrap=50, ci_level=0.95,
+                                         seed=0), title="saturated bins")
     assert fig.axes
+
+
+def test_randomisation_figure_holds_every_error_bar_whole():
+    """A step whose correlation is -0.2 +- 0.3 (below the old fixed y limit of -0.25) is drawn whole: the y axis
+    reaches past the end of every bar, the bars are labelled as +-1 SD over the images, and the label fits."""
+    table = pd.DataFrame({"step": [0, 1, 2], "randomised_to": ["none (trained)", "logit", "stem_conv"],
+                          "spearman_mean": [1.0, -0.2, 0.3], "spearman_std": [0.0, 0.3, 0.25],
+                          "n_images": [12, 12, 12]})
+    fig = plots.randomization_figure(table)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert low < -0.2 - 0.3 and high > 1.0
+    assert "1 SD over 12 images" in ax.get_legend().get_texts()[0].get_text()
+    fig.canvas.draw()
+    label = ax.yaxis.label.get_window_extent()
+    assert label.y0 >= 0 and label.y1 <= fig.bbox.height  # the axis title is inside the figure
+
+
+def test_plots_take_precomputed_curves_and_run_no_bootstrap():
+    """Every interval a figure shows comes from `cxr.evaluate` (issue 24): no public plot takes bootstrap settings,
+    and no plot module imports the calibration fits or the resampling engine."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import cxr.plots
+
+    for name in cxr.plots.__all__ if hasattr(cxr.plots, "__all__") else dir(cxr.plots):
+        fn = getattr(cxr.plots, name)
+        if inspect.isfunction(fn):
+            params = set(inspect.signature(fn).parameters)
+            assert not params & {"n_bootstrap", "ci_level", "n_boot"}, name
+    for path in Path(cxr.plots.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & {"cxr.evaluate.calibration", "cxr.evaluate.resample", "cxr.evaluate.metrics"}, path

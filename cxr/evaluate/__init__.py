@@ -4,6 +4,7 @@ predictions of the training children; the test scored once per task in a run):
 - `threshold`: operating-point policies chosen on the selection data, and their stability under resampling;
 - `calibration`: temperature / Platt scaling fitted on the selection data; calibration slope and intercept,
   smoothed reliability curves;
+- `curves`: what the figures draw (ROC, precision-recall, reliability series with their intervals);
 - `resample`: the one resampling engine (the bootstrap of patients within their class) behind every interval;
 - `metrics`: test metrics with image-level and patient-level (cluster) bootstrap intervals, per image and per child;
 - `uncertainty`: the uncertainty of the operating point (threshold-resampling bootstrap), the coverage simulation
@@ -18,7 +19,7 @@ predictions of the training children; the test scored once per task in a run):
 
 The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose`, ...).
 """
-from cxr.evaluate import (baseline, calibration, clinical, ledger, predictions, resample, shift,  # the modules
+from cxr.evaluate import (baseline, calibration, clinical, curves, ledger, predictions, resample, shift,  # modules
                           threshold, uncertainty)
 from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report,
                                       calibration_intercept_slope, calibration_intervals, describe_calibration,

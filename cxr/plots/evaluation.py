@@ -2,9 +2,8 @@
 prevalences, decision curves, the stability of the operating point, error rates by group, the most confident
 errors beside their Grad-CAM, and the validation evidence for the kept training stage.
 
-Each function draws the output of one producer in `cxr.evaluate` (the tables are the data; nothing is
-recomputed here except the smoothed reliability curves and calibration scores, which come from
-`cxr.evaluate.calibration`).
+Each function draws the output of one producer in `cxr.evaluate` (the tables and curves are the data; nothing is
+computed or resampled here).
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from cxr.evaluate.calibration import calibration_metrics, reliability_table, smoothed_reliability
+from cxr.evaluate.curves import Reliability
 from cxr.plots.style import _figure, figure_style
 
 DEEP = sns.color_palette("deep").as_hex()  # explicit colours: "C0" would resolve at draw time, outside the style
@@ -41,72 +40,55 @@ ERROR_TABLE_TITLES = {
 # ---------------------------------------------------------------------------------------------------------------
 
 def _draw_reliability(ax: Any, curve: pd.DataFrame, color: str, label: str) -> None:
-    """One `cxr.evaluate.calibration.smoothed_reliability` curve on `ax`: the fitted observed rate (a line) and,
-    when the table has one, its bootstrap band (a filled area)."""
+    """One smoothed reliability curve (`cxr.evaluate.calibration.smoothed_reliability`) on `ax`: the fitted
+    observed rate (a line) and, when the table has one, its bootstrap band (a filled area)."""
     ax.plot(curve["predicted"], curve["observed"], lw=2, color=color, label=label)
     if curve["low"].notna().any():
         ax.fill_between(curve["predicted"], curve["low"], curve["high"], color=color, alpha=0.2, lw=0)
 
 
-def _calibration_label(name: str, y: Any, p: Any) -> str:
-    """"name: log-loss ..., Brier ..., slope ..., intercept ..." for a legend (`calibration_metrics`)."""
-    s = calibration_metrics(y, p)
+def _calibration_label(name: str, s: dict[str, float]) -> str:
+    """"name: log-loss ..., Brier ..., slope ..., intercept ..." for a legend, from `calibration_metrics`."""
     return (f"{name}: log-loss {s['log_loss']:.3f}, Brier {s['brier']:.3f}, slope {s['slope']:.2f}, "
             f"intercept {s['intercept']:.2f}")
 
 
-def _binned_points(y: Any, p: Any, n_bins: int, ci_level: float) -> pd.DataFrame:
-    """`reliability_table` (equal-width bins of p) with the Wilson interval of each bin's observed rate
-    (ci_low, ci_high; NaN for an empty bin)."""
-    from cxr.evaluate.metrics import wilson_bounds
-
-    table = reliability_table(y, p, n_bins)
-    bounds = [wilson_bounds(r, n, ci_level) for r, n in zip(table["observed_rate"], table["count"])]
-    return table.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
-
-
 @figure_style
-def reliability(y: Any, p_raw: Any, p_cal: Any = None, *, groups: Any = None, n_bootstrap: int, ci_level: float,
-                seed: int, n_bins: int = 10, title: str = "",
-                labels: tuple[str, str] = ("before calibration", "after calibration")) -> Figure:
-    """Reliability diagram before vs after calibration, in one figure: the observed positive rate in each of
-    `n_bins` equal-width bins of predicted probability (points at the bin's mean prediction, with the Wilson
-    `ci_level` interval of the bin's rate as error bars), beside the smoothed observed rate
-    (`cxr.evaluate.calibration.smoothed_reliability`: a spline logistic fit on logit p) with its bootstrap band
-    (patients resampled within each class with `groups`; `n_bootstrap` = 0: no band), the diagonal, and
-    log-loss, Brier score, calibration slope and intercept in the legend (outside the axes, on the right); below
-    it, the number of images per bin, where the points and the curve rest on data. `p_cal=None` draws the raw
-    probabilities only.
+def reliability(data: Reliability, title: str = "") -> Figure:
+    """Reliability diagram before vs after calibration, in one figure, from `cxr.evaluate.curves.reliability`:
+    the observed positive rate in each equal-width bin of predicted probability (points at the bin's mean
+    prediction, with the Wilson interval of the bin's rate as error bars), beside the smoothed observed rate (a
+    spline logistic fit on logit p) with its bootstrap band, the diagonal, and log-loss, Brier score, calibration
+    slope and intercept in the legend (outside the axes, on the right); below it, the number of images per bin,
+    where the points and the curve rest on data.
 
     Axes: [reliability, images per bin]. The reliability axes holds the diagonal, then per series the smoothed
     curve (a line labelled with the scores), its band, and the binned points (an errorbar container, in
     `ax.containers`, labelled "<series>: binned").
     """
-    series = [(labels[0], p_raw, BEFORE_AFTER_COLORS[0])]
-    if p_cal is not None:
-        series.append((labels[1], p_cal, BEFORE_AFTER_COLORS[1]))
+    n_bins, ci_level = data.n_bins, data.ci_level
     fig, axes = _figure(2, 1, size=(8.6, 3.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax, ax_n = axes[:, 0]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    width = 1.0 / n_bins / (len(series) + 0.5)
-    for k, (name, p, color) in enumerate(series):
-        curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
-        _draw_reliability(ax, curve, color, _calibration_label(name, y, p))
-        table = _binned_points(y, p, n_bins, ci_level)
+    width = 1.0 / n_bins / (len(data.series) + 0.5)
+    for k, series in enumerate(data.series):
+        color = BEFORE_AFTER_COLORS[k % len(BEFORE_AFTER_COLORS)]
+        _draw_reliability(ax, series.curve, color, _calibration_label(series.name, series.scores))
+        table = series.bins
         shown = table[table["count"] > 0]
         rate = shown["observed_rate"].to_numpy(float)
         ax.errorbar(shown["mean_predicted"].to_numpy(float), rate,
                     yerr=[np.clip(rate - shown["ci_low"].to_numpy(float), 0, None),  # a rate of 0 or 1 can sit
                           np.clip(shown["ci_high"].to_numpy(float) - rate, 0, None)],  # a rounding off its bound
                     fmt="o" if k == 0 else "s", ms=4.5, color=color, mfc="white" if k else color, capsize=2.5,
-                    lw=1, label=f"{name}: binned ({n_bins} bins, Wilson {ci_level:.0%})")
+                    lw=1, label=f"{series.name}: binned ({n_bins} bins, Wilson {ci_level:.0%})")
         centres = (table["lower"] + table["upper"]) / 2
-        ax_n.bar(centres + (k - (len(series) - 1) / 2) * width, table["count"], width=width, color=color,
-                 alpha=0.8, label=name)
-    band = f"; bands: {ci_level:.0%} bootstrap" + (" of patients" if groups is not None else "")
+        ax_n.bar(centres + (k - (len(data.series) - 1) / 2) * width, table["count"], width=width, color=color,
+                 alpha=0.8, label=series.name)
+    band = f"; bands: {ci_level:.0%} bootstrap" + (" of patients" if data.by_patient else "")
     ax.set(ylabel="observed positive rate", xlim=(0, 1), ylim=(-0.01, 1.01), title=title or "Reliability")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0,
-              title=("lines: spline logistic fit" + (band if n_bootstrap > 1 else "")), title_fontsize=8)
+              title=("lines: spline logistic fit" + (band if data.n_bootstrap > 1 else "")), title_fontsize=8)
     ax_n.set(xlabel="predicted probability (bins of width %.2g below)" % (1.0 / n_bins), ylabel="images")
     ax_n.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     fig.tight_layout()

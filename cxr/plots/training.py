@@ -6,59 +6,51 @@ from typing import Any, Sequence
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
-from sklearn import metrics as skm
 
-from cxr.evaluate.calibration import smoothed_reliability
+from cxr.evaluate.curves import Discrimination, Reliability
 from cxr.plots.evaluation import _calibration_label, _draw_reliability
 from cxr.plots.style import _figure, figure_style
 
 
 @figure_style
-def roc_pr_calibration(y: Any, p: Any, threshold: float, *, groups: Any = None, n_bootstrap: int, ci_level: float,
-                       seed: int, title: str = "", n_bins: int = 10, calibration: bool = True) -> Figure:
-    """Three panels: ROC with the operating point, precision-recall with it, and a reliability diagram: the
-    smoothed observed rate against the predicted probability (`cxr.evaluate.calibration.smoothed_reliability`)
-    with its bootstrap band (patients resampled with `groups`; no band with `n_bootstrap` = 0), over a histogram
-    of the predicted probabilities (`n_bins` equal-width bins, on a twin axis). `calibration=False`: the first two
-    panels only (where `cxr.plots.evaluation.reliability` draws the reliability diagram on its own, so that it is
-    not shown twice)."""
-    y = np.asarray(y).astype(int).reshape(-1)
-    p = np.asarray(p, dtype="float64").reshape(-1)
-    fig, axes = _figure(1, 3 if calibration else 2)
+def roc_pr_calibration(curves: Discrimination, reliability: Reliability | None = None, *, title: str = "",
+                       name: str = "model") -> Figure:
+    """ROC with the operating point and precision-recall with it (`cxr.evaluate.curves.discrimination`), and, with
+    `reliability` (`cxr.evaluate.curves.reliability`), a third panel: the smoothed observed rate of its first
+    series against the predicted probability with its bootstrap band, over a histogram of the images per bin (its
+    equal-width bins, on a twin axis), labelled `name` with its scores. Without `reliability`: the first two panels
+    only (where `cxr.plots.evaluation.reliability` draws the reliability diagram on its own, so that it is not
+    shown twice)."""
+    c, threshold = curves, curves.threshold
+    fig, axes = _figure(1, 3 if reliability is not None else 2)
     ax_roc, ax_pr = axes[0][:2]
-    yhat = p >= threshold
-    tpr_t = yhat[y == 1].mean() if (y == 1).any() else np.nan
-    fpr_t = yhat[y == 0].mean() if (y == 0).any() else np.nan
-    prec_t = y[yhat].mean() if yhat.any() else np.nan
-
-    fpr, tpr, _ = skm.roc_curve(y, p)
-    auc = skm.roc_auc_score(y, p)
-    ax_roc.plot(fpr, tpr, lw=2, label=f"AUROC {auc:.3f}")
+    ax_roc.plot(c.fpr, c.tpr, lw=2, label=f"AUROC {c.auroc:.3f}")
     ax_roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax_roc.scatter([fpr_t], [tpr_t], c="k", zorder=3, label=f"threshold {threshold:.3f}")
+    ax_roc.scatter([c.point["fpr"]], [c.point["tpr"]], c="k", zorder=3, label=f"threshold {threshold:.3f}")
     ax_roc.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
     ax_roc.legend(loc="lower right", fontsize=9)
 
-    precision, recall, _ = skm.precision_recall_curve(y, p)
-    ap = skm.average_precision_score(y, p)
-    ax_pr.step(recall, precision, where="post", lw=2, label=f"AP {ap:.3f}")
-    ax_pr.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence {y.mean():.2f}")
-    ax_pr.scatter([tpr_t], [prec_t], c="k", zorder=3, label=f"threshold {threshold:.3f}")
+    ax_pr.step(c.recall, c.precision, where="post", lw=2, label=f"AP {c.average_precision:.3f}")
+    ax_pr.axhline(c.prevalence, ls="--", c="grey", lw=1, label=f"prevalence {c.prevalence:.2f}")
+    ax_pr.scatter([c.point["tpr"]], [c.point["precision"]], c="k", zorder=3, label=f"threshold {threshold:.3f}")
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1),
               ylim=(0, 1.01))
     ax_pr.legend(loc="lower left", fontsize=9)
 
-    if not calibration:
+    if reliability is None:
         if title:
             fig.suptitle(title)
         fig.tight_layout()
         return fig
     ax_cal = axes[0][2]
-    curve = smoothed_reliability(y, p, groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    series = reliability.series[0]
     ax_cal.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    _draw_reliability(ax_cal, curve, sns.color_palette("deep").as_hex()[0], _calibration_label("model", y, p))
+    _draw_reliability(ax_cal, series.curve, sns.color_palette("deep").as_hex()[0],
+                      _calibration_label(name, series.scores))
     ax_hist = ax_cal.twinx()
-    ax_hist.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="grey", alpha=0.25)
+    bins = series.bins
+    ax_hist.bar((bins["lower"] + bins["upper"]) / 2, bins["count"], width=1.0 / reliability.n_bins, color="grey",
+                alpha=0.25)
     ax_hist.set_ylabel("images per bin", color="grey")
     ax_hist.grid(False)
     ax_cal.set_zorder(ax_hist.get_zorder() + 1)
