@@ -118,7 +118,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     """Write the results tables from a metrics document: print them, or update Markdown files' blocks; with
     --copy-metrics, first copy the document there (`make notebook`: runs/full/metrics.json -> doc/metrics.json),
     so that the tables name the committed copy as their source."""
-    from cxr import evaluate
+    from cxr import evaluate, reporting
     from cxr.io import atomic_write_text, update_markdown
 
     _config(args)  # a bad --mode or --set is an error here too
@@ -158,22 +158,22 @@ def cmd_results(args: argparse.Namespace) -> int:
             print(f"copied {source} -> {args.copy_metrics}")
         source = Path(args.copy_metrics)
     label = source.as_posix()
-    text = evaluate.markdown_results(doc, source=label)
+    text = reporting.markdown_results(doc, source=label)
     if args.copy_predictions:
         from cxr.io import atomic_write_csv
 
         atomic_write_csv(args.copy_predictions, table)
         print(f"wrote {len(table)} predictions of {args.run} -> {args.copy_predictions} "
               f"({Path(args.copy_predictions).stat().st_size / 1e6:.2f} MB)")
-    blocks = {"summary": evaluate.document.headline_markdown(doc),
-              "results": text, "headline": evaluate.markdown_results(doc, label, True),
-              "data": evaluate.markdown_data(doc, label)}
+    blocks = {"summary": reporting.headline_markdown(doc),
+              "results": text, "headline": reporting.markdown_results(doc, label, True),
+              "data": reporting.markdown_data(doc, label)}
     for target in args.update:  # every block the file has: summary (the first screen), results (long), headline
         content = Path(target).read_text()  # (short), data (the audit); a notebook: its markdown cells' blocks
         for marker in BLOCKS:
             if f"<!-- {marker} -->" in content and f"<!-- /{marker} -->" in content:
                 if target.endswith(".ipynb"):
-                    evaluate.document.update_notebook(target, blocks[marker], marker)
+                    reporting.update_notebook(target, blocks[marker], marker)
                 else:
                     update_markdown(target, blocks[marker], marker)
         print(f"updated {target}")
@@ -201,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_markers(args: argparse.Namespace) -> int:
     """The marker audit: the acquisition stamp and the bold "R" per official split and subtype, the finding in
     words, one CSV row per image (--out) and a grid of stamped examples (--figure), to check the detector by eye."""
-    from cxr import data, plots
+    from cxr import data, plots, reporting
     from cxr.data import markers
     from cxr.io import atomic_write_csv
 
@@ -210,7 +210,7 @@ def cmd_markers(args: argparse.Namespace) -> int:
     found = markers.detect(prepared.images)
     table = markers.marker_table(prepared.index, found)
     print(table.to_string())
-    print(markers.describe_markers(markers.marker_finding(table)))
+    print(reporting.describe_markers(markers.marker_finding(table)))
     rows = pd_concat_rows(prepared.index[["path", "official_split", "label", "subtype"]], found)
     atomic_write_csv(args.out, rows)
     print(f"wrote {args.out}")
@@ -267,7 +267,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     from cxr.config import parse_settings
-    from cxr.report import run_notebook
+    from cxr.reporting import run_notebook
 
     config = _config(args)  # bad settings, backbone, data source or output folder: stop before papermill starts
     _check_backbone(config)

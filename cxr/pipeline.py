@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from cxr import evaluate, model as cxr_model, train
+from cxr import evaluate, model as cxr_model, reporting, train
 from cxr.config import PRIMARY_TASK, TASKS, Config, task as get_task
 from cxr.data import Prepared
 from cxr.evaluate import calibration, clinical, ledger, predictions, threshold as thresholds, uncertainty
@@ -371,7 +371,7 @@ def finish_run(config: Config, prepared: Prepared, reports: dict[str, dict[str, 
     doc.update(extra or {})
     path = run_dir / ledger.LEDGER_NAME
     doc["test_ledger"] = {"file": ledger.LEDGER_NAME, "scorings": ledger.count_test_accesses(path),
-                          "description": ledger.describe_ledger(path)}
+                          "description": reporting.describe_ledger(path)}
     evaluate.write_metrics(run_dir / "metrics.json", doc)
     return doc
 
@@ -540,11 +540,11 @@ class GradCam:
 
     def where(self, cases: pd.DataFrame) -> str:
         """The caption of the figure of `cases`: where the heat of each map shown lies
-        (`explain.describe_case_regions`)."""
+        (`reporting.describe_case_regions`)."""
         from cxr import explain
 
         at = cases.index.to_numpy()
-        return explain.describe_case_regions(explain.case_regions(self.maps[at], cases.cell, cases.p, at))
+        return reporting.describe_case_regions(explain.case_regions(self.maps[at], cases.cell, cases.p, at))
 
 
 @dataclass
@@ -717,7 +717,7 @@ class Study:
 
     def shortcut_audit(self) -> pd.DataFrame:
         """Where the heat of every test map falls (`explain.shortcut_audit`: lungs, marker corners, border band,
-        outside the body box), per confusion cell; `explain.describe_where` says it in words."""
+        outside the body box), per confusion cell; `reporting.describe_where` says it in words."""
         from cxr import explain
 
         cam = self.gradcam

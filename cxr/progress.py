@@ -31,7 +31,7 @@ def _interactive() -> bool:
 
 def enabled() -> bool:
     """Whether to show progress: off when CXR_PROGRESS=0 or TQDM_DISABLE is set (the headless runner
-    `cxr.report.run_notebook` sets both, so papermill runs and `make run` show none), in CI ($CI) and under pytest;
+    `cxr.reporting.run_notebook` sets both, so papermill runs and `make run` show none), in CI ($CI) and under pytest;
     on when CXR_PROGRESS=1; otherwise on in an interactive session (Jupyter, IPython, a terminal)."""
     env = os.environ
     setting = env.get("CXR_PROGRESS")

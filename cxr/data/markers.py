@@ -198,18 +198,3 @@ def marker_finding(table: pd.DataFrame) -> dict[str, Any]:
     rate_n = out["train_normal_stamped"] / max(out["train_normal"], 1)
     out["tied_to_label"] = bool(out["train_pneumonia_stamped"] >= 10 and rate_n <= 0.1 * rate_p)
     return out
-
-
-def describe_markers(finding: dict[str, Any]) -> str:
-    """The finding in words, from `marker_finding`."""
-    f = finding
-    text = (f"The acquisition stamp (bold \"R\" top left, \"KV\" text bottom right) is on "
-            f"{f['train_pneumonia_stamped']} of {f['train_pneumonia']} training pneumonia images "
-            f"({f['train_bacteria_stamped']} bacterial, {f['train_virus_stamped']} viral) and on "
-            f"{f['train_normal_stamped']} of {f['train_normal']} training normals; in the official test on "
-            f"{f['test_normal_stamped']} of {f['test_normal']} normals and {f['test_pneumonia_stamped']} of "
-            f"{f['test_pneumonia']} pneumonia images.")
-    if f["tied_to_label"]:
-        text += (" In training the stamp means pneumonia: a model can learn it as a shortcut, and the stamped test "
-                 "normals are where it would fail.")
-    return text

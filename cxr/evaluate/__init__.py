@@ -15,28 +15,26 @@ predictions of the training children; the test scored once per task in a run):
 - `baseline`: a trivial baseline on six image statistics (how easy the task is without the lungs);
 - `shift`: what the training children say about the shift to the test split and to other resize paths;
 - `ledger`: one line per scoring of the test split;
-- `document`: `metrics.json`, its tables and the Markdown results blocks.
+- `document`: `metrics.json` (its protocol block, writing and reading it) and its tables for display.
 
-The names used most are re-exported here (`evaluate.task_report`, `evaluate.choose`, ...).
+Every module here returns numbers, tables or dicts; the sentences and the Markdown written from them are in
+`cxr.reporting`, which nothing here imports. The names used most are re-exported here (`evaluate.task_report`,
+`evaluate.choose`, ...).
 """
 from cxr.evaluate import (baseline, calibration, clinical, curves, ledger, predictions, resample, shift,  # modules
                           threshold, uncertainty)
 from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report,
-                                      calibration_intercept_slope, calibration_intervals, describe_calibration,
-                                      fit_calibrator, fit_temperature, invert_calibrator, reliability_table,
-                                      smoothed_reliability)
-from cxr.evaluate.document import (PREVIOUS_RUN, REFERENCES, SCHEMA_VERSION, TASK_TITLES, child_summary,
-                                   comparison_table, describe_comparison, describe_report, fmt, interval_table,
-                                   markdown_data,
-                                   markdown_results,
-                                   metrics_document, protocol, read_metrics, report_table, results_table,
-                                   write_metrics)
+                                      calibration_intercept_slope, calibration_intervals, fit_calibrator,
+                                      fit_temperature, invert_calibrator, reliability_table, smoothed_reliability)
+from cxr.evaluate.document import (PREVIOUS_RUN, REFERENCES, SCHEMA_VERSION, child_summary, comparison_table, fmt,
+                                   interval_table, metrics_document, protocol, read_metrics, report_table,
+                                   results_table, write_metrics)
 from cxr.evaluate.metrics import (CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, REGISTRY, Metric,
                                   bootstrap_draws, check_inputs, child_report, child_table, confusion,
                                   expected_calibration_error, metric_values, task_report)
 from cxr.evaluate.resample import patient_strata
-from cxr.evaluate.threshold import choose, describe_stability, stability, stability_summary
-from cxr.evaluate.uncertainty import describe_threshold_uncertainty, threshold_uncertainty
+from cxr.evaluate.threshold import choose, stability, stability_summary
+from cxr.evaluate.uncertainty import threshold_uncertainty
 from cxr.io import update_markdown  # the results blocks of README.md and doc/results.md
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -5,12 +5,11 @@ numbers with no learned feature and no segmentation: brightness (mean), spread (
 magnitude (Sobel) and Laplacian energy (mean squared Laplacian; sharpness). `fit_baseline` fits a standardised
 logistic regression (scikit-learn) on them, cross-validated on the study's own folds of the training children:
 its out-of-fold AUROC says how easy the task is for statistics a radiologist would not use, and where a shortcut
-could live. They are not free of anatomy: `gradient_by_region` shows that the mean gradient separates the classes
-better inside a central lung box than on the whole image (it reads the lung fields' edge contrast, which
-opacification lowers)
-(the full-resolution originals of normal images are larger than those of pneumonia images, so their 224-px
-copies are sharper). The baseline is declared in the protocol and scored on the test split once, like the CNN
-(`score_baseline`, one ledger line).
+could live. They are not free of anatomy: `gradient_by_region` measures how well the mean gradient separates the
+classes inside a central lung box, outside it and on the whole image (inside the box it reads the lung fields'
+edge contrast, which opacification lowers); and where the full-resolution originals of one class are larger, their
+224-px copies are sharper. The baseline is declared in the protocol and scored on the test split once, like the CNN
+(`cxr.pipeline.score_baseline`, one ledger line); `cxr.reporting.describe_baseline` says it in words.
 """
 from __future__ import annotations
 
@@ -23,8 +22,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from cxr.config import primary_task, task as get_task
 
 STATISTICS = ("brightness", "spread", "p05", "p95", "gradient", "laplacian_energy")
 STATISTIC_LABELS = {"brightness": "mean grey level", "spread": "standard deviation", "p05": "5th percentile",
@@ -72,25 +69,6 @@ def univariate_auroc(features: pd.DataFrame, y: np.ndarray) -> pd.Series:
     """The AUROC of each statistic alone (max(AUROC, 1 - AUROC): how well it separates, whichever its sign)."""
     out = {c: roc_auc_score(y, features[c]) for c in features.columns}
     return pd.Series({c: max(v, 1 - v) for c, v in out.items()}, name="AUROC alone")
-
-
-def describe_baseline(oof_auroc: float, per_statistic: pd.Series, test_auroc: float | None = None,
-                      task: str | None = None) -> str:
-    """Two sentences: how far the trivial baseline gets, and which statistic carries it (`task`: the task the
-    baseline was fitted on; None: the primary task)."""
-    negative, positive = get_task(primary_task() if task is None else task).class_names
-    top = per_statistic.sort_values(ascending=False)
-    text = (f"Six whole-image statistics, none of them a radiologist's reading, separate {positive.lower()} from "
-            f"{negative.lower()} with an "
-            f"out-of-fold AUROC of {oof_auroc:.3f} on the training children (logistic regression, the study's folds); "
-            f"alone, "
-            f"{STATISTIC_LABELS[top.index[0]]} reaches {top.iloc[0]:.3f} and {STATISTIC_LABELS[top.index[1]]} "
-            f"{top.iloc[1]:.3f}.")
-    if test_auroc is not None:
-        text += f" On the official test split (scored once in this run) the baseline reaches AUROC {test_auroc:.3f}."
-    return text + (" They are not free of anatomy (the mean gradient reads edge contrast, which is strongest in the "
-                   "lung fields and which opacification lowers), but they read no finding: much of the task is easy "
-                   "without one, so a high AUROC alone does not show that the network reads the lungs.")
 
 
 LUNG_BOX = (0.20, 0.80, 0.15, 0.85)  # (top, bottom, left, right) fractions: the central box where the lungs lie

@@ -1,9 +1,9 @@
 """A test-access ledger: one JSON line each time test labels are scored, so that a reader can count them.
 
 `record_test_access` appends {time, commit, config_hash, task, split, summary, note} to
-`<run_dir>/test_ledger.jsonl`; `read_ledger`, `count_test_accesses` and `describe_ledger` read it back. An append
-is one write of one whole line, flushed and fsynced; a line torn by a crash is skipped on reading, with a warning
-that counts it.
+`<run_dir>/test_ledger.jsonl`; `read_ledger` and `count_test_accesses` read it back (`cxr.reporting.describe_ledger`
+says it in words). An append is one write of one whole line, flushed and fsynced; a line torn by a crash is skipped
+on reading, with a warning that counts it.
 """
 from __future__ import annotations
 
@@ -160,33 +160,3 @@ def count_test_accesses(path: str | Path, task: str | None = None, config_hash: 
     """How many times the test labels were scored according to the ledger, optionally for one task and/or
     one configuration hash (unreadable lines are not counted; `read_ledger` warns about them)."""
     return len(_select(read_ledger(path), task, config_hash, split))
-
-
-def describe_ledger(path: str | Path, task: str | None = None, config_hash: str | None = None) -> str:
-    """One or two sentences for a report: "The test split of this run was scored N times (...) ..."."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the skipped count is said in the text
-        frame = read_ledger(path)
-    skipped = frame.attrs.get("skipped_lines", 0)
-    frame = _select(frame, task, config_hash, "test")
-    what = "The test split of this run" + (f" ({task})" if task else "")
-    if frame.empty:
-        text = f"{what} has not been scored (no entry in its test-access ledger)."
-    else:
-        n = len(frame)
-        per_task = ", ".join(f"{t}: {k}" for t, k in frame["task"].value_counts().sort_index().items())
-        commits = frame["commit"].dropna()
-        dirty = int(commits.str.endswith("-dirty").sum())
-        first, last = frame["time"].min(), frame["time"].max()
-        when = (f"on {first:%Y-%m-%d %H:%M} UTC" if n == 1 else
-                f"between {first:%Y-%m-%d %H:%M} and {last:%Y-%m-%d %H:%M} UTC")
-        text = (f"{what} was scored {n} time{'s' if n != 1 else ''} ({per_task}) {when}, under "
-                f"{frame['config_hash'].nunique()} configuration(s) and {commits.nunique()} git commit(s)")
-        if dirty:
-            text += f"; {dirty} of the scorings ran on a work tree with uncommitted changes"
-        if len(commits) < n:
-            text += f"; {n - len(commits)} outside a git checkout"
-        text += "."
-    if skipped:
-        text += f" {skipped} unreadable ledger line(s) (torn by a crash) were not counted."
-    return text

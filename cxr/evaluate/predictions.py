@@ -4,8 +4,8 @@
 probability, calibrated probability, decision, file-name family, original size); the out-of-fold and test rows
 of a task go into one file with `write_predictions` and come back unchanged with `read_predictions`.
 `error_analysis` counts errors by subtype, file-name family, original size and aspect ratio, each rate with a
-Wilson 95% interval; `most_confident_errors` picks the images to look at; `describe_errors` says in words what
-the numbers show.
+Wilson 95% interval; `most_confident_errors` picks the images to look at (`cxr.reporting.describe_errors` says
+in words what the numbers show).
 
 Only numpy, pandas and scipy: no model, no figures (the tables are what a figure needs).
 """
@@ -291,78 +291,3 @@ def most_confident_errors(frame: pd.DataFrame, k: int = 5, split: str | None = "
     fn = fn.sort_values(["score", "path"], ascending=[True, True], kind="stable").head(k)
     out = pd.concat([fp.assign(error="false positive"), fn.assign(error="false negative")], ignore_index=True)
     return out[["error"] + [c for c in out.columns if c != "error"]]
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a"
-
-
-def _count(n: Any, noun: str) -> str:
-    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"
-
-
-def _rate_text(row: pd.Series) -> str:
-    lo, hi = _pct(row["ci_low"]).rstrip("%"), _pct(row["ci_high"])
-    return f"{_pct(row['rate'])} (95% CI {lo}-{hi}, n = {int(row['n'])})"
-
-
-def _spread_text(table: pd.DataFrame, min_n: int = 10, kinds: bool = False) -> str | None:
-    """'from a (group) to b (group) (the 95% intervals overlap)', or None with fewer than 2 groups of min_n.
-    With `kinds`, the split of the highest group's errors into false positives and negatives is added (size and
-    aspect bins differ in their mix of classes, so a high rate can come from either kind)."""
-    table = table[table["n"] >= min_n]
-    if len(table) < 2:
-        return None
-    low, high = table["rate"].idxmin(), table["rate"].idxmax()
-    overlap = table.loc[high, "ci_low"] <= table.loc[low, "ci_high"]
-    mix = ""
-    if kinds:
-        row = table.loc[high]
-        mix = (f", whose errors are {_count(row['false_positives'], 'false positive')} and "
-               f"{_count(row['false_negatives'], 'false negative')}")
-    return (f"from {_rate_text(table.loc[low])} for {low} to {_rate_text(table.loc[high])} for {high}{mix} "
-            f"(the 95% intervals {'overlap' if overlap else 'do not overlap'})")
-
-
-def describe_errors(analysis: dict[str, pd.DataFrame], min_n: int = 10) -> str:
-    """Two or three sentences on the errors, written from the numbers of `error_analysis`: how many and of which
-    kind (false positives or negatives), the false-positive rate by file-name family among the negatives, and the
-    spread over original sizes and aspect ratios. When false positives are the larger part of the errors, sizes
-    and aspects are compared by their false-positive rate among negatives (free of the class mix of the bins);
-    otherwise by their error rate. Bins with fewer than `min_n` images are left out of the comparison."""
-    overall = analysis["overall"].iloc[0]
-    by_class = analysis["by_class"]
-    n_err, fp, fn = int(overall["errors"]), int(overall["false_positives"]), int(overall["false_negatives"])
-    if n_err == 0:
-        return f"None of the {int(overall['n'])} images was misclassified."
-    class_rates = "; ".join(f"{int(r['errors'])} of {int(r['n'])} {name} images wrong, {_pct(r['rate'])}"
-                            for name, r in by_class.iterrows())
-    main = "false positives" if fp > fn else "false negatives" if fn > fp else "false positives and negatives alike"
-    sentences = [f"{n_err} of {int(overall['n'])} images were misclassified, {_rate_text(overall)}: "
-                 f"{_count(fp, 'false positive')} and {_count(fn, 'false negative')}, so {main} drive the errors "
-                 f"({class_rates})."]
-    fpr = analysis.get("fpr_by_family")
-    if fpr is not None and len(fpr) >= 2:  # a single family among the negatives has nothing to compare
-        sentences.append(f"Among the negatives, the false-positive rate by file-name family ranged "
-                         f"{_spread_text(fpr, min_n=1)}.")
-    parts = []
-    sizes = analysis.get("by_size")
-    if sizes is not None and len(sizes) == 1:
-        parts.append(f"every image has the same stored size ({sizes.index[0]} px), so original size and aspect "
-                     f"ratio cannot be examined on this copy of the data")
-    elif sizes is not None:
-        on_fp = fp > fn and "fpr_by_size" in analysis
-        if on_fp:  # "among the negatives" was said already when the families were compared
-            tables = "fpr_by"
-            prefix = "the false-positive rate" if len(sentences) > 1 else "among the negatives, the false-positive rate"
-        else:
-            tables, prefix = "by", "the error rate"
-        for key, what in (("size", "original long side (px)"), ("aspect", "aspect ratio (width/height)")):
-            table = analysis.get(f"{tables}_{key}")
-            spread = _spread_text(table, min_n, kinds=not on_fp) if table is not None else None
-            if spread:
-                parts.append(f"by {what} it ranged {spread}" if parts else f"{prefix} by {what} ranged {spread}")
-    if parts:
-        text = "; ".join(parts)
-        sentences.append(text[0].upper() + text[1:] + ".")
-    return " ".join(sentences)

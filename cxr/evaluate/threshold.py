@@ -7,9 +7,9 @@ Config's settings. Every policy reads validation labels and probabilities only:
 - "sensitivity": the highest threshold whose validation sensitivity reaches `target_sensitivity`.
 - "specificity": the lowest threshold whose validation specificity reaches `target_specificity` (the rule that
   keeps class 0's sensitivity: bacterial vs viral, where class 0 is bacterial).
-- "youden": maximal Youden's J = sensitivity + specificity - 1 (ties to the highest threshold). With validation
-  AUROC near 0.99 the classes are almost separated, J is maximal (or within one error of it) over a wide range of
-  thresholds, and its argmax jumps from one model or resample to the next.
+- "youden": maximal Youden's J = sensitivity + specificity - 1 (ties to the highest threshold). When the
+  validation classes are almost separated (AUROC near 1), J is maximal (or within one error of it) over a wide range
+  of thresholds, and its argmax jumps from one model or resample to the next.
 - "plateau": the middle (median by length in logit space) of the thresholds whose J is within `tolerance` of
   the maximum: thresholds whose sensitivity + specificity is within `tolerance` of the best are treated as equally
   good (0.05: about two standard errors of J on a validation set with a few hundred images per class).
@@ -164,18 +164,6 @@ def stability_summary(table: pd.DataFrame) -> pd.DataFrame:
                          "sensitivity_high": q("full_sensitivity", 0.975),
                          "specificity_low": q("full_specificity", 0.025),
                          "specificity_high": q("full_specificity", 0.975)})
-
-
-def describe_stability(table: pd.DataFrame) -> str:
-    """One sentence per policy from `stability`: how far the threshold and the validation metrics move."""
-    s = stability_summary(table)
-    n = table["resample"].nunique()
-    parts = [f"{name}: threshold median {r.threshold_median:.3f} (IQR {r.threshold_q25:.3f}-{r.threshold_q75:.3f}, "
-             f"SD {r.logit_sd:.2f} in logit), out-of-fold sensitivity {r.sensitivity_low:.3f}-{r.sensitivity_high:.3f} "
-             f"and specificity {r.specificity_low:.3f}-{r.specificity_high:.3f} across resamples"
-             for name, r in s.iterrows()]
-    return (f"Over {n} bootstrap resamples (of children) of the out-of-fold predictions, " + "; ".join(parts)
-            + ".")
 
 
 def cross_fitted(y: Any, p: Any, folds: Any, rule: Any) -> pd.DataFrame:

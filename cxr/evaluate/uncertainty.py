@@ -98,21 +98,6 @@ def threshold_uncertainty(y_sel: Any, p_sel: Any, groups_sel: Any, y_test: Any, 
             "ci_level": float(ci_level), "ci_method": NESTED_CI_METHOD}
 
 
-def describe_threshold_uncertainty(result: dict[str, Any]) -> str:
-    """Two sentences from `threshold_uncertainty`: how far the re-chosen threshold moved, and how much wider the
-    sensitivity and specificity intervals are once that is counted."""
-    iv = result["intervals"]
-    level = f"{result['ci_level']:.0%}"
-    t = iv.loc["threshold"]
-    parts = [f"{m} {iv.loc[m, 'value']:.3f} [{iv.loc[m, 'ci_low']:.3f}, {iv.loc[m, 'ci_high']:.3f}] against "
-             f"[{iv.loc[m, 'conditional_ci_low']:.3f}, {iv.loc[m, 'conditional_ci_high']:.3f}] at the fixed "
-             f"threshold ({iv.loc[m, 'width_ratio']:.2g} times as wide)" for m in ("sensitivity", "specificity")]
-    return (f"Re-choosing the threshold on {result['n_bootstrap']} bootstrap resamples of the selection children "
-            f"moved it within {t.ci_low:.3f}-{t.ci_high:.3f} ({level} of resamples; {t.value:.3f} on all of "
-            f"the selection data). Counting that movement, test " + "; ".join(parts) + ". The headline intervals hold "
-            "the threshold fixed; these show how much of the uncertainty comes from where the threshold fell.")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Coverage simulation
 # ---------------------------------------------------------------------------------------------------------------

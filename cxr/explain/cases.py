@@ -1,4 +1,4 @@
-"""Which cases to explain, by rule (never by hand), and what their maps say in words."""
+"""Which cases to explain, by rule (never by hand). What their maps say in words: `cxr.reporting.describe_cases`."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,20 +50,3 @@ def near_threshold_cases(y, p, threshold: float, k: int = 2) -> pd.DataFrame:
     cell = np.where(y[picked] == 1, np.where(called, "TP", "FN"), np.where(called, "FP", "TN"))
     return pd.DataFrame({"position": picked, "cell": cell, "y": y[picked], "p": p[picked],
                          "distance": np.abs(p[picked] - threshold)}).set_index("position")
-
-
-def describe_cases(right: pd.DataFrame, wrong: pd.DataFrame, cams: np.ndarray, scale: float) -> str:
-    """Two sentences: how strong the maps of the right and the wrong cases are on the shared scale."""
-    size = int(np.asarray(cams).shape[-1])  # maps come at the image's size
-    grid = max(1, size // 32)  # the backbones' last feature map is 1/32 of the input
-
-    def strength(frame: pd.DataFrame) -> str:
-        if frame.empty:
-            return "none"
-        peak = np.asarray(cams)[frame.index.to_numpy()].reshape(len(frame), -1).max(axis=1) / scale
-        return f"peak {np.median(peak):.2f} of full colour (median of {len(frame)})"
-
-    return (f"On the shared scale, the maps of the most confident right calls reach a {strength(right)}, those of "
-            f"the most confident errors a {strength(wrong)}. A map shows where the evidence for the predicted "
-            f"class lies at the resolution of the last feature map ({grid} x {grid} at {size} px), not why, and not "
-            "the anatomy a radiologist would name.")

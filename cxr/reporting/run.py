@@ -1,5 +1,6 @@
 """The notebook's run log (what this run is and how it differs from the design, figures shown inline and saved,
-wall time, conclusions) and its headless runner."""
+wall time), its readings and tables (`read_out`, `table`), the protocol, the training and the folds in words, the
+conclusions written from the metrics document, and the headless runner of the notebook (`run_notebook`)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,10 @@ import pandas as pd
 
 from cxr.config import PRIMARY_TASK, TASKS, Config
 from cxr.io import write_json
+from cxr.reporting.document import TASK_TITLES, calibration_warning, headline_findings
+from cxr.reporting.explanation import describe_audit, describe_faithfulness, describe_randomization
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository (cxr/reporting/run.py)
 HEADER_ID = "cxr-run-header"
 TEST_ACCESS = REPO / "doc" / "test_access.json"  # the development history of test access (committed, by hand)
 SHARED_COPY = "a 224-px copy of the Kaggle archive (every image squashed to 224 x 224 by a third party)"
@@ -375,13 +378,13 @@ def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: 
     """At most ten short bullets written from the results (never typed by hand): each task's test numbers, the
     out-of-fold vs test gap, what not to rely on (calibration, once), the trivial baseline, how often the test
     split was scored, and what the Grad-CAM checks showed."""
-    from cxr import evaluate, explain
+    from cxr import evaluate
     from cxr.evaluate import document
 
     lines = []
     for task, t in doc["tasks"].items():
         m = t["at_threshold"]
-        lines.append(f"* **{evaluate.TASK_TITLES.get(task, task)}** (test, {t['n']} images"
+        lines.append(f"* **{TASK_TITLES.get(task, task)}** (test, {t['n']} images"
                      + (f", {t['n_patients']} children" if t.get("n_patients") else "")
                      + f"; threshold {t['threshold']:.3f}): "
                      + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
@@ -389,8 +392,8 @@ def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: 
                      + " (95% patient-level intervals).")
     main = doc["tasks"].get(PRIMARY_TASK)
     if main is not None:
-        lines += ["* " + f[2:] for f in document.headline_findings(doc, main)]
-        warning = document.calibration_warning(main.get("calibration"))
+        lines += ["* " + f[2:] for f in headline_findings(doc, main)]
+        warning = calibration_warning(main.get("calibration"))
         if warning:
             lines.append("* " + warning)
     base = doc.get("baseline")
@@ -406,9 +409,9 @@ def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: 
                      + (f"; this run scored it {run} time{'s' if run != 1 else ''} (its ledger)" if run is not None
                         else "") + ".")
     if sanity is not None and len(sanity):
-        lines.append("* Grad-CAM sanity check: " + explain.describe_randomization(sanity))
+        lines.append("* Grad-CAM sanity check: " + describe_randomization(sanity))
     if faith is not None:
-        lines.append("* Grad-CAM faithfulness: " + explain.describe_faithfulness(faith).replace("\n", " "))
+        lines.append("* Grad-CAM faithfulness: " + describe_faithfulness(faith).replace("\n", " "))
     if audit is not None and len(audit):
-        lines.append("* Grad-CAM shortcut audit: " + explain.describe_audit(audit))
+        lines.append("* Grad-CAM shortcut audit: " + describe_audit(audit))
     return "\n".join(lines[:10])
