@@ -9,6 +9,7 @@ from scipy import optimize, special
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
+from cxr import reporting
 from cxr.evaluate import calibration as C
 from cxr.evaluate import expected_calibration_error
 
@@ -180,12 +181,12 @@ def test_describe_calibration_reads_blocks_from_metrics_json_old_and_new():
     y, p = calibrated_set(400, seed=15, sharpen=2.5)
     block = C.calibrate_and_report(y[:200], p[:200], y[200:], p[200:], "platt", n_bootstrap=50, ci_level=0.95,
                                    seed=0)
-    text = C.describe_calibration(block)
+    text = reporting.describe_calibration(block)
     assert text.startswith("Platt scaling fitted on the out-of-fold predictions (a = ") and "calibration slope" in text
     assert "After calibration: slope " in text
     block["test"]["after"]["slope"] = None  # NaN is written to metrics.json as null
-    assert "-> n/a (ideal 1)" in C.describe_calibration(block) and "slope undefined" in C.describe_calibration(block)
+    assert "-> n/a (ideal 1)" in reporting.describe_calibration(block) and "slope undefined" in reporting.describe_calibration(block)
     old = {**block, "test": {k: {m: v for m, v in block["test"][k].items() if m not in ("slope", "intercept")}
                              for k in ("before", "after")}}
-    text = C.describe_calibration(old)  # a block from before slope and intercept were reported
+    text = reporting.describe_calibration(old)  # a block from before slope and intercept were reported
     assert "slope" not in text and "log-loss" in text and "expected calibration error" in text

@@ -389,20 +389,20 @@ def _block(text: str, marker: str) -> str:
 
 def test_readme_numbers_equal_the_committed_metrics():
     """README.md and doc/results.md show exactly what `python -m cxr results` writes from doc/metrics.json."""
-    from cxr import evaluate
+    from cxr import evaluate, reporting
 
     metrics = REPO / "doc" / "metrics.json"
     if not metrics.is_file():
         pytest.skip("doc/metrics.json not committed yet (written by `make notebook`)")
     doc = evaluate.read_metrics(metrics)
     readme = (REPO / "README.md").read_text()
-    assert _block(readme, "headline") == evaluate.markdown_results(doc, "doc/metrics.json", headline=True).strip()
+    assert _block(readme, "headline") == reporting.markdown_results(doc, "doc/metrics.json", headline=True).strip()
     results = (REPO / "doc" / "results.md").read_text()
-    assert _block(results, "results") == evaluate.markdown_results(doc, "doc/metrics.json").strip()
+    assert _block(results, "results") == reporting.markdown_results(doc, "doc/metrics.json").strip()
 
 
 def test_results_copies_the_metrics_and_reads_them_by_default(cli, tmp_path, monkeypatch):
-    from cxr import evaluate
+    from cxr import evaluate, reporting
 
     committed = REPO / "doc" / "metrics.json"
     if not committed.is_file():
@@ -416,7 +416,7 @@ def test_results_copies_the_metrics_and_reads_them_by_default(cli, tmp_path, mon
     assert code == 0, err
     assert (tmp_path / "doc" / "metrics.json").read_text() == committed.read_text()
     doc = evaluate.read_metrics(committed)
-    assert _block((tmp_path / "README.md").read_text(), "headline") == evaluate.markdown_results(
+    assert _block((tmp_path / "README.md").read_text(), "headline") == reporting.markdown_results(
         doc, "doc/metrics.json", headline=True).strip()
     code, out, _ = cli("results")  # reads doc/metrics.json by default
-    assert code == 0 and evaluate.markdown_results(doc, "doc/metrics.json").strip() in out
+    assert code == 0 and reporting.markdown_results(doc, "doc/metrics.json").strip() in out

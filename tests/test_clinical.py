@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxr import reporting
 from cxr.evaluate import clinical as K
 
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
@@ -72,7 +73,7 @@ def test_prevalence_curves_monotone_with_intervals():
     assert (curves["npv_low"] <= curves["npv"]).all() and (curves["npv"] <= curves["npv_high"]).all()
     row = curves.set_index("prevalence").loc[0.1]
     assert row.ppv == pytest.approx(K.ppv_npv(0.96, 0.6, 0.1)[0])
-    text = K.describe_prevalence(curves)
+    text = reporting.describe_prevalence(curves)
     assert f"PPV {row.ppv:.2f} ({row.ppv_low:.2f}-{row.ppv_high:.2f})" in text and "10% prevalence" in text
     with pytest.raises(ValueError, match="paired"):
         K.prevalence_curves(se, sp[:-1])
@@ -83,12 +84,12 @@ def test_operating_point_curve_and_descriptions():
     curve = K.operating_point_curve(se, sp, prevalence=0.3, point=(0.96, 0.6))
     assert (np.diff(curve["model"]) < 0).all()  # spec < 1: false positives cost more as pt rises
     assert (curve["model_low"] <= curve["model"]).all() and (curve["model"] <= curve["model_high"]).all()
-    text = K.describe_decision_curve(curve)
+    text = reporting.describe_decision_curve(curve)
     # beats treat-none while se*pi > (1-sp)(1-pi) w, i.e. w < 0.288/0.28; beats treat-all for pt above ~0.02
     better = curve[(curve.model > curve.treat_all) & (curve.model > 0)]["threshold"]
     assert f"{better.min():.2f}-{better.max():.2f}" in text and "lower interval bound" in text
     useless = K.decision_curve(Y, np.full(10, 0.5), [0.2, 0.4, 0.6])
-    assert "does not beat" in K.describe_decision_curve(useless)
+    assert "does not beat" in reporting.describe_decision_curve(useless)
 
 
 def test_net_benefit_table_across_prevalences_and_its_description():
@@ -107,7 +108,7 @@ def test_net_benefit_table_across_prevalences_and_its_description():
     assert row.model == pytest.approx(0.096 - 0.04) and row.treat_all == pytest.approx(0.0)
     assert (table["model_low"] <= table["model"]).all() and (table["model"] <= table["model_high"]).all()
     assert len(K.net_benefit_table(se, sp)) == 4 * 99  # the default grid, no test prevalence
-    text = K.describe_net_benefit_table(table)
+    text = reporting.describe_net_benefit_table(table)
     assert "at 5% (assumed)" in text and "62% (the test set)" in text
     for caveat in ("carry over unchanged", "threshold probability", "not an external validation"):
         assert caveat in text

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import data
+from cxr import data, reporting
 from cxr.config import Config
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -710,7 +710,7 @@ def test_patient_id_evidence_counts_numbers_per_subtype():
     assert e["chance_uniform"] == pytest.approx(4 * 3 / 5)
     # training children whose number reappears in test (bacteria 1, virus 5) would be excluded by merged ids
     assert e["merged_ids_would_exclude"] == 2 and e["pneumonia_training_images"] == 7
-    assert "counted per subtype" in data.audit.describe_patient_ids(e)
+    assert "counted per subtype" in reporting.describe_patient_ids(e)
 
 
 def _smooth(seed: int, size: int = 224) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 from scipy import special, stats
 from sklearn import metrics as skm
 
-from cxr import evaluate as E
+from cxr import evaluate as E, reporting
 from cxr.evaluate import metrics as M
 from cxr.config import Config
 
@@ -273,10 +273,10 @@ def test_tables():
 def test_markdown_results_come_from_the_document(tmp_path):
     doc = json.loads(json.dumps(_document()[0]))
     auroc = doc["tasks"]["pneumonia"]["at_threshold"]["auroc"]
-    text = E.markdown_results(doc, source="runs/x/metrics.json")
+    text = reporting.markdown_results(doc, source="runs/x/metrics.json")
     assert f"{auroc['value']:.3f} [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" in text
     assert "Kermany et al. 2018" in text and "0.968" in text and "runs/x/metrics.json" in text
-    short = E.markdown_results(doc, headline=True)
+    short = reporting.markdown_results(doc, headline=True)
     assert "Kermany et al. 2018" in short and "Brier" not in short
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- headline -->\nSTALE\n<!-- /headline -->\nrest\n")
@@ -398,7 +398,7 @@ def test_interval_table_shows_both_intervals_and_their_ratio():
     table = E.interval_table(report)
     iv = nested["intervals"].loc["specificity"]
     assert table.loc["Specificity", "95% CI with the threshold re-chosen"] == f"[{iv.ci_low:.3f}, {iv.ci_high:.3f}]"
-    text = E.describe_report(report)
+    text = reporting.describe_report(report)
     assert "Re-choosing the threshold" in text and "false positives" in text
 
 
@@ -409,7 +409,7 @@ def test_describe_calibration_says_what_happened_on_test():
     sharpen = lambda q: 1 / (1 + np.exp(-3 * np.log(q / (1 - q))))  # over-confident scores  # noqa: E731
     block = E.calibrate_and_report(y_val, sharpen(true_val), y_test, sharpen(true_test), "temperature",
                                    groups_test=np.arange(400) // 2, n_bootstrap=200, ci_level=0.95, seed=0)
-    text = E.describe_calibration(block)
+    text = reporting.describe_calibration(block)
     assert text.startswith("Temperature scaling fitted on the out-of-fold predictions (T = ")
     before, after, ci = block["test"]["before"], block["test"]["after"], block["test"]["ci"]
     assert "improved" in text and f"log-loss {before['log_loss']:.3f} -> {after['log_loss']:.3f}" in text

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import explain, plots
+from cxr import explain, plots, reporting
 from cxr.data.markers import ZONES
 from cxr.evaluate.baseline import LUNG_BOX
 from cxr.explain.checks import _pct
@@ -73,7 +73,7 @@ def test_shortcut_audit_per_cell_and_describe_where_names_the_numbers():
     assert by.loc["FP", "n"] == 2 and by.loc["FP", "markers_share_mean"] == 1.0
     assert by.loc["FN", "n"] == 0 and by.loc["all", "n"] == 5
     assert by.loc["TN", "markers_share_mean"] == pytest.approx(by.loc["TN", "markers_area"])
-    text = explain.describe_where(audit)
+    text = reporting.describe_where(audit)
     assert "On the 2 true positives, on average 100% of a map's heat lies on the lungs (which is " \
            f"{_pct(by.loc['TP', 'lungs_area'])} of the image), 0.0% on the marker corners (which are " \
            f"{_pct(by.loc['TP', 'markers_area'])} of the image)" in text
@@ -81,7 +81,7 @@ def test_shortcut_audit_per_cell_and_describe_where_names_the_numbers():
            f"corners and {_pct(by.loc['FP', 'border_share_mean'])} on the outer border band." in text
     assert "There are no false negatives." in text and "On all 5 maps" in text
     assert f"holds {_pct(by.loc['all', 'markers_in_border'])} of the marker corners" in text
-    assert "border" in explain.describe_audit(audit)  # the older sentence still reads the table
+    assert "border" in reporting.describe_audit(audit)  # the older sentence still reads the table
     fig = plots.shortcut_figure(audit)
     assert len(fig.axes[0].patches) == 4 * len(audit)  # four regions per group
 
@@ -91,7 +91,7 @@ def test_case_regions_caption_per_image_shown():
     regions = explain.case_regions(cams, cells=["FP", "TP", "TN"], p=[0.9, 0.8, 0.1], index=[7, 3, 5])
     assert regions.index.tolist() == [7, 3, 5] and regions["cell"].tolist() == ["FP", "TP", "TN"]
     assert regions["markers_share"].iloc[0] == 1.0 and regions["lungs_share"].iloc[1] == 1.0
-    text = explain.describe_case_regions(regions)
+    text = reporting.describe_case_regions(regions)
     assert "1. FP (P = 0.900): 0.0% on the lungs, 100% on the marker corners" in text
     assert "2. TP (P = 0.800): 100% on the lungs, 0.0% on the marker corners, 0.0% on the outer border band" in text
     assert "3. TN (P = 0.100): no heat" in text
@@ -161,7 +161,8 @@ def test_the_gradcam_step_gives_the_near_threshold_cases_and_their_caption():
 
 
 def test_where_summary_names_the_false_positives_and_all_maps_with_the_areas():
-    from cxr.explain.checks import shortcut_audit, where_summary
+    from cxr.explain.checks import shortcut_audit
+    from cxr.reporting import where_summary
 
     cams = np.zeros((4, 64, 64), np.float32)
     cams[:, 30:34, 30:34] = 1.0  # heat in the centre: on the lungs

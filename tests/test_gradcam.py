@@ -12,7 +12,7 @@ import pytest
 import keras
 from keras import layers
 
-from cxr import explain, plots
+from cxr import explain, plots, reporting
 
 BATCH = 16
 SIZE = 32
@@ -233,7 +233,7 @@ def test_heat_shares_and_audit():
     assert isinstance(audit, pd.DataFrame) and set(audit["outcome"]) == {"correct", "incorrect", "all"}
     all_row = audit[audit["class"] == "all"].iloc[0]
     assert all_row["n"] == 3 and all_row["n_empty"] == 1 and all_row["border_share_mean"] == pytest.approx(0.5)
-    assert "border" in explain.describe_audit(audit)
+    assert "border" in reporting.describe_audit(audit)
     assert plots.shortcut_figure(audit) is not None
 
 
@@ -287,17 +287,17 @@ def test_describe_randomization_and_faithfulness_verdicts():
     falls = pd.DataFrame([dict(step=0, randomised_to="none (trained)", spearman_mean=1.0, **base),
                           dict(step=1, randomised_to="logit", spearman_mean=0.1, **base),
                           dict(step=2, randomised_to="stem", spearman_mean=0.02, **base)])
-    assert "passed" in explain.describe_randomization(falls) and "0.02" in explain.describe_randomization(falls)
+    assert "passed" in reporting.describe_randomization(falls) and "0.02" in reporting.describe_randomization(falls)
     stays = falls.assign(spearman_mean=[1.0, 0.9, 0.8])
-    assert "FAILED" in explain.describe_randomization(stays)
+    assert "FAILED" in reporting.describe_randomization(stays)
     empty = falls.assign(spearman_mean=[1.0, np.nan, np.nan], n_images=0)
-    assert "could not be assessed" in explain.describe_randomization(empty)
+    assert "could not be assessed" in reporting.describe_randomization(empty)
 
     rng = np.random.default_rng(0)
     r = rng.uniform(0.6, 0.8, 12)
     auc = pd.DataFrame({"deletion_heat": r - 0.3, "deletion_random": r, "insertion_heat": r - 0.2,
                         "insertion_random": r})
-    text = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, auc))
+    text = reporting.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, auc))
     deletion, insertion = text.splitlines()
     assert deletion.startswith("Deletion") and "supported" in deletion and "NOT" not in deletion
     assert "12 of 12" in deletion
@@ -310,9 +310,9 @@ def test_faithfulness_verdict_needs_a_significant_test():
     noisy = pd.DataFrame({"deletion_heat": r + np.tile([-0.1, 0.09], 6), "deletion_random": r,  # mean -0.005
                           "insertion_heat": r, "insertion_random": r})
     few = noisy.iloc[:4].assign(deletion_heat=lambda d: d.deletion_random - 0.1)
-    deletion = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, noisy)).splitlines()[0]
+    deletion = reporting.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, noisy)).splitlines()[0]
     assert "not significant" in deletion and "supported" not in deletion  # right direction, within the noise
-    short = explain.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, few)).splitlines()[0]
+    short = reporting.describe_faithfulness(explain.Faithfulness(np.linspace(0, 1, 3), {}, few)).splitlines()[0]
     assert "too few images for a test (4; at least 6)" in short and "no test" in short
 
 
@@ -345,7 +345,7 @@ def test_per_image_classes_raw_maps_and_the_ensemble(toy):
 def test_the_cases_reading_names_the_feature_map_of_this_run():
     import pandas as pd
 
-    from cxr.explain.cases import describe_cases
+    from cxr.reporting import describe_cases
 
     cams = np.random.default_rng(0).random((4, 96, 96)).astype("float32")
     right = pd.DataFrame({"cell": ["TP", "TN"], "y": [1, 0], "p": [0.9, 0.1]}, index=[0, 1])

@@ -1,5 +1,5 @@
 """The first screen (README's <!-- summary --> block, `headline_markdown`), the committed per-image predictions
-(`cxr results --copy-predictions`), the notebook's marked cell, `report.conclusions` and `report.table`."""
+(`cxr results --copy-predictions`), the notebook's marked cell, `reporting.conclusions` and `reporting.table`."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import REPO
-from cxr import report
+from cxr import reporting
 from cxr.__main__ import main
 from cxr.evaluate import document as D
 from cxr.evaluate.predictions import write_predictions
@@ -50,21 +50,21 @@ def _same(printed: tuple[float, ...], m: dict) -> None:
 
 def test_readme_summary_is_what_the_command_writes():
     """The block cannot go stale: it is `headline_markdown` of doc/metrics.json, character for character."""
-    block = _block((REPO / "README.md").read_text(), D.SUMMARY_MARKER)
-    assert block == D.headline_markdown(_doc()).strip()
+    block = _block((REPO / "README.md").read_text(), reporting.SUMMARY_MARKER)
+    assert block == reporting.headline_markdown(_doc()).strip()
 
 
 def test_readme_summary_sits_under_the_title():
     lines = (REPO / "README.md").read_text().splitlines()
     assert lines[0].startswith("# ")
-    assert lines.index(f"<!-- {D.SUMMARY_MARKER} -->") <= 3
+    assert lines.index(f"<!-- {reporting.SUMMARY_MARKER} -->") <= 3
 
 
 def test_readme_summary_numbers_equal_the_metrics():
     """Each number of the block, parsed back out of README, equals doc/metrics.json at the printed precision."""
     doc = _doc()
     t = doc["tasks"]["pneumonia"]
-    block = _block((REPO / "README.md").read_text(), D.SUMMARY_MARKER)
+    block = _block((REPO / "README.md").read_text(), reporting.SUMMARY_MARKER)
     first, second = block.splitlines()[:2]
     assert f"({t['n']} images, {t['n_patients']} children)" in first
     assert f"threshold {t['threshold']:.3f}" in first
@@ -84,7 +84,7 @@ def test_readme_summary_numbers_equal_the_metrics():
 
 
 def test_headline_is_short_and_never_says_scored_once():
-    text = D.headline_markdown(_doc())
+    text = reporting.headline_markdown(_doc())
     assert len(text.splitlines()) <= 12
     assert "development test set" in text and "scored once" not in text.lower()
 
@@ -93,42 +93,42 @@ def test_headline_targets_with_and_without_a_minimum_specificity():
     doc = _doc()
     doc["tasks"]["pneumonia"]["operating_point"].pop("min_specificity", None)  # a document of protocol v1
     doc["protocol"].pop("min_specificity", None)
-    assert "no specificity minimum declared" in D.headline_markdown(doc)
+    assert "no specificity minimum declared" in reporting.headline_markdown(doc)
     spec = doc["tasks"]["pneumonia"]["at_threshold"]["specificity"]
     for minimum in (spec["value"] - 0.05, spec["value"] + 0.05):
         verdict = "met" if spec["value"] >= minimum else "missed"
         d = copy.deepcopy(doc)
         d["tasks"]["pneumonia"]["operating_point"]["min_specificity"] = round(minimum, 2)
-        text = D.headline_markdown(d)
+        text = reporting.headline_markdown(d)
         assert f"specificity minimum {round(minimum, 2):.2f} {verdict} on test ({spec['value']:.3f}" in text
     d = copy.deepcopy(doc)  # the runs since protocol v2 keep the out-of-fold value at the threshold
     d["tasks"]["pneumonia"]["operating_point"]["targets"] = [{"metric": "specificity", "oof": 0.9612}]
-    assert "Specificity out of fold (training children) 0.961, on test" in D.headline_markdown(d)
+    assert "Specificity out of fold (training children) 0.961, on test" in reporting.headline_markdown(d)
 
 
 def test_headline_findings_follow_the_document():
     doc = _doc()
     doc.pop("markers", None)
     doc.pop("explanation", None)
-    text = D.headline_markdown(doc)
+    text = reporting.headline_markdown(doc)
     assert "Burned-in marker" not in text and "Grad-CAM" not in text  # neither block is in this document
     d = copy.deepcopy(doc)
     d["data"]["markers"] = {"summary": "the stamp sits on 176 training pneumonia images and 1 training normal."}
     d["explanation"] = "the heat lies mostly outside the lungs."
-    text = D.headline_markdown(d)
+    text = reporting.headline_markdown(d)
     assert "- Burned-in marker: the stamp sits on 176" in text and "- Grad-CAM: the heat lies" in text
     assert len(text.splitlines()) <= 12
 
 
 def test_calibration_warning_only_when_far_from_ideal():
     cal = copy.deepcopy(_doc()["tasks"]["pneumonia"]["calibration"])
-    assert D.calibration_warning(cal).startswith("Do not read the Platt-calibrated probability as a risk")
+    assert reporting.calibration_warning(cal).startswith("Do not read the Platt-calibrated probability as a risk")
     for when in ("before", "after"):
         cal["test"][when].update(intercept=0.05, slope=0.97)
         cal["test"]["ci"][when] = {"intercept": {"ci_low": -0.2, "ci_high": 0.3},
                                    "slope": {"ci_low": 0.8, "ci_high": 1.1}}
-    assert D.calibration_warning(cal) is None
-    assert D.calibration_warning(None) is None
+    assert reporting.calibration_warning(cal) is None
+    assert reporting.calibration_warning(None) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_cli_copies_predictions_and_updates_a_notebook(tmp_path, monkeypatch, ca
     assert list(written.columns) == list(D.PREDICTION_COLUMNS) and len(written) == 160
     new = json.loads((tmp_path / "notebook.ipynb").read_text())
     source = "".join(new["cells"][0]["source"])
-    headline = D.headline_markdown(_doc())
+    headline = reporting.headline_markdown(_doc())
     assert source == "# Title\n<!-- summary -->\n" + headline + "\n<!-- /summary -->\nafter\n"
     assert new["cells"][1] == nb["cells"][1] and new["metadata"] == nb["metadata"]  # outputs untouched
     assert main(["results", "--copy-predictions", "doc/p.csv"]) == 2  # needs --run
@@ -220,12 +220,12 @@ def test_cli_copies_predictions_and_updates_a_notebook(tmp_path, monkeypatch, ca
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# report.conclusions and report.table
+# reporting.conclusions and reporting.table
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_conclusions_are_few_short_and_from_the_numbers():
     doc = _doc()
-    text = report.conclusions(doc)
+    text = reporting.conclusions(doc)
     bullets = text.splitlines()
     assert 1 <= len(bullets) <= 10 and all(b.startswith("* ") for b in bullets)
     assert sum("calibration" in b for b in bullets) == 1  # the calibration reading once, not per task
@@ -238,7 +238,7 @@ def test_conclusions_are_few_short_and_from_the_numbers():
 def test_table_shows_long_cells_whole(capsys, monkeypatch):
     cell = "x" * 190 + " the end."
     frame = pd.DataFrame({"protocol": [cell], "value": [0.12345]})
-    report.table(frame)  # outside IPython: printed text
+    reporting.table(frame)  # outside IPython: printed text
     assert cell in capsys.readouterr().out
     shown = []
 
@@ -250,5 +250,5 @@ def test_table_shows_long_cells_whole(capsys, monkeypatch):
 
     monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
     monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj._repr_html_()))
-    report.table(frame)
+    reporting.table(frame)
     assert len(shown) == 1 and cell in shown[0] and "0.123" in shown[0]

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from cxr import reporting
 from cxr.evaluate import ledger
 from cxr.config import Config
 
@@ -69,7 +70,7 @@ def test_torn_last_line_is_skipped_counted_and_not_glued_to_the_next(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
         frame = ledger.read_ledger(path)
     assert frame["note"].tolist() == ["", "", "after crash"]
-    assert "1 unreadable ledger line(s)" in ledger.describe_ledger(tmp_path)
+    assert "1 unreadable ledger line(s)" in reporting.describe_ledger(tmp_path)
 
 
 def test_outside_git_the_commit_is_none(tmp_path, monkeypatch):
@@ -113,17 +114,17 @@ def test_counts_filter_by_task_and_config(tmp_path):
 
 
 def test_describe_ledger_from_the_entries(tmp_path):
-    assert ledger.describe_ledger(tmp_path) == ("The test split of this run has not been scored "
+    assert reporting.describe_ledger(tmp_path) == ("The test split of this run has not been scored "
                                                 "(no entry in its test-access ledger).")
     ledger.record_test_access(tmp_path, "pneumonia", {"seed": 1}, SUMMARY, repo=tmp_path)
-    once = ledger.describe_ledger(tmp_path)
+    once = reporting.describe_ledger(tmp_path)
     assert once.startswith("The test split of this run was scored 1 time (pneumonia: 1) on ")
     ledger.record_test_access(tmp_path, "subtype", {"seed": 1}, SUMMARY, repo=tmp_path)
     ledger.record_test_access(tmp_path, "pneumonia", {"seed": 2}, SUMMARY, repo=tmp_path)
-    text = ledger.describe_ledger(tmp_path)
+    text = reporting.describe_ledger(tmp_path)
     assert text.startswith("The test split of this run was scored 3 times (pneumonia: 2, subtype: 1) between ")
     assert "under 2 configuration(s)" in text and "3 outside a git checkout" in text
-    assert "scored 2 times" in ledger.describe_ledger(tmp_path, task="pneumonia")
+    assert "scored 2 times" in reporting.describe_ledger(tmp_path, task="pneumonia")
 
 
 def test_metric_summary_of_a_task_report():

@@ -12,7 +12,8 @@ from PIL import Image
 
 from cxr.config import Config
 from cxr.data import markers
-from cxr.explain.checks import describe_counterfactual, stamp_counterfactual
+from cxr.explain.checks import stamp_counterfactual
+from cxr.reporting import describe_counterfactual, describe_markers
 
 
 def chest(size: int = 224, seed: int = 0) -> np.ndarray:
@@ -75,7 +76,7 @@ def test_the_model_masks_the_zones_itself_in_training_scoring_and_predict(tmp_pa
     assert (stamped != clean).any()
     p = train.predict_proba(net, np.stack([clean, stamped, markers.mask_zones(stamped)])[..., None], 4)
     assert p[1] == pytest.approx(p[2], abs=1e-6)
-    training = cxr_model.training_model(net, config)  # fine-tuning runs through the same first layer
+    training = cxr_model.training_model(net, config.augment)  # fine-tuning runs through the same first layer
     assert training.get_layer("to_float") is net.get_layer("to_float")
     folder = cxr_model.save_model(net, tmp_path / "m", config, 0.5, ("NORMAL", "PNEUMONIA"))
     for name, image in (("a.png", stamped), ("b.png", markers.mask_zones(stamped))):
@@ -120,7 +121,7 @@ def test_the_table_and_the_finding_say_when_the_stamp_is_tied_to_the_label():
     assert finding["train_pneumonia_stamped"] == 3 and finding["test_normal_stamped"] == 1
     assert not finding["tied_to_label"]  # 3 images: too few to call it a finding
     many = markers.marker_finding(table.assign(stamp=table["stamp"] * 10))
-    assert many["tied_to_label"] and "means pneumonia" in markers.describe_markers(many)
+    assert many["tied_to_label"] and "means pneumonia" in describe_markers(many)
 
 
 def test_on_real_images_the_stamp_is_on_viral_training_images_and_on_no_training_normal(shared_data):

@@ -160,7 +160,7 @@ def test_smoke_run_executes_every_cell_shows_every_figure_and_its_run_folder_is_
 def test_figures_go_to_the_run_folder_unless_asked(tmp_path, monkeypatch):
     """Only `make notebook` (CXR_FIGURES_DIR=doc/figures) may refresh the committed figures; `make run` may not."""
     from cxr.config import Config
-    from cxr.report import RunLog
+    from cxr.reporting import RunLog
 
     monkeypatch.delenv("CXR_FIGURES_DIR", raising=False)
     log = RunLog(Config.preset("full", output_dir=str(tmp_path / "run")))
@@ -175,7 +175,7 @@ def test_the_committed_notebook_has_no_injected_parameters_and_make_notebook_dro
     papermill adds."""
     import nbformat
 
-    from cxr.report import _drop_injected_parameters
+    from cxr.reporting.run import _drop_injected_parameters
 
     nb = json.loads(NOTEBOOK.read_text())
     assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from cxr import reporting
 from cxr.evaluate import predictions as pr
 
 # (file name, label, subtype, patient, width, height, probability): threshold 0.5 gives
@@ -186,7 +187,7 @@ def test_size_bins_ordered_numerically_and_single_size_is_one_bin():
     frame = pr.predictions_frame(index, np.arange(2, 10), "test", "pneumonia", [r[-1] for r in TOY], None, 0.5)
     analysis = pr.error_analysis(frame)
     assert analysis["by_size"].index.tolist() == ["all 224"]
-    assert "same stored size" in pr.describe_errors(analysis)
+    assert "same stored size" in reporting.describe_errors(analysis)
 
 
 def test_most_confident_errors_order():
@@ -209,8 +210,8 @@ def test_most_confident_errors_use_the_thresholded_probability():
 
 def test_describe_errors_is_written_from_the_numbers():
     analysis = pr.error_analysis(toy_frame(), q=2)
-    assert "long side" not in pr.describe_errors(analysis)  # bins this small are not compared by default
-    text = pr.describe_errors(analysis, min_n=2)
+    assert "long side" not in reporting.describe_errors(analysis)  # bins this small are not compared by default
+    text = reporting.describe_errors(analysis, min_n=2)
     assert text.startswith("5 of 8 images were misclassified, 62% (95% CI 31-86%, n = 8)")
     assert "3 false positives and 2 false negatives, so false positives drive the errors" in text
     assert "3 of 4 NORMAL images wrong, 75%" in text
@@ -221,13 +222,13 @@ def test_describe_errors_is_written_from_the_numbers():
     assert "aspect" not in text  # every normal has aspect 1.0: nothing to compare
     assert len(text.split(". ")) == 3
     perfect = toy_frame().assign(correct=True)
-    assert pr.describe_errors(pr.error_analysis(perfect)) == "None of the 8 images was misclassified."
+    assert reporting.describe_errors(pr.error_analysis(perfect)) == "None of the 8 images was misclassified."
 
 
 def test_describe_errors_when_false_negatives_dominate():
     p = [0.1, 0.1, 0.1, 0.1, 0.4, 0.3, 0.1, 0.95]  # normals right; bacteria_1, bacteria_2, virus_3 missed
     frame = pr.predictions_frame(toy_index(), np.arange(2, 10), "test", "pneumonia", p, None, 0.5)
-    text = pr.describe_errors(pr.error_analysis(frame, q=2), min_n=4)
+    text = reporting.describe_errors(pr.error_analysis(frame, q=2), min_n=4)
     assert "0 false positives and 3 false negatives, so false negatives drive the errors" in text
     assert ("The error rate by original long side (px) ranged from 25% (95% CI 5-70%, n = 4) for 1500-2000 to 50% "
             "(95% CI 15-85%, n = 4) for 1000-1500, whose errors are 0 false positives and 2 false negatives") in text

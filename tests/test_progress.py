@@ -52,7 +52,7 @@ def test_off_under_pytest_by_default():
 
 def test_headless_runner_turns_progress_off(monkeypatch, tmp_path):
     """`run_notebook` (make run, make notebook) sets the variables the kernel inherits."""
-    import cxr.report as report
+    import cxr.reporting.run as report
 
     seen = {}
 

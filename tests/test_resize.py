@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import augment, data
+from cxr import augment, data, reporting
 from cxr.config import Config
 
 
@@ -90,5 +90,5 @@ def test_raw_sample_agreement_scores_each_original_with_a_model_that_never_saw_i
     np.testing.assert_allclose(table["p_copy"], expected, atol=1e-5)
     np.testing.assert_allclose(table["p_original"], expected, atol=1e-5)
     assert table["agree"].all() and np.allclose(table["delta"], 0, atol=1e-5)
-    assert "24 of 24" in shift.describe_raw_sample(table, 0.5)
+    assert "24 of 24" in reporting.describe_raw_sample(table, 0.5)
     assert shift.raw_sample_agreement(result, prepared, config, 0.5, None).empty

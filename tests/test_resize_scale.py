@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr import reporting
 from cxr.data import sources
 from cxr.evaluate import shift
 from cxr.evaluate.metrics import wilson_bounds
@@ -55,7 +56,7 @@ def test_the_summary_gives_wilson_intervals_and_meets_both_targets():
     assert summary["met"].isna().sum() == 6  # the rows without a target say nothing about one
     wider = shift.resize_summary(_table(flips_neg=2), 0.5, 0.99).set_index("measure")
     assert wider.loc["agreement of the calls", "ci_low"] < agree["ci_low"]
-    text = shift.describe_raw_sample(_table(flips_neg=2), 0.5)
+    text = reporting.describe_raw_sample(_table(flips_neg=2), 0.5)
     assert "agreement at least 98%: met (99.0%)" in text
     assert "within 0.01 of the copies': met (difference +0.000)" in text and "missed" not in text
     assert "200 from originals/" in text
@@ -67,16 +68,16 @@ def test_the_summary_says_when_the_targets_are_missed():
     assert summary.loc["agreement of the calls", "value"] == pytest.approx(0.985)  # 197 of 200: met
     gap = summary.loc["sensitivity difference (originals - copies)"]
     assert gap["value"] == pytest.approx(-0.03) and not gap["met"]
-    text = shift.describe_raw_sample(table, 0.5)
+    text = reporting.describe_raw_sample(table, 0.5)
     assert "agreement at least 98%: met" in text and "within 0.01 of the copies': missed (difference -0.030)" in text
     worse = shift.resize_summary(_table(flips_pos=3, flips_neg=2), 0.5, 0.95).set_index("measure")
     assert worse.loc["agreement of the calls", "value"] == pytest.approx(0.975)
     assert not worse.loc["agreement of the calls", "met"]
-    assert "agreement at least 98%: missed (97.5%)" in shift.describe_raw_sample(_table(flips_pos=3, flips_neg=2), 0.5)
+    assert "agreement at least 98%: missed (97.5%)" in reporting.describe_raw_sample(_table(flips_pos=3, flips_neg=2), 0.5)
     edge = shift.resize_summary(_table(flips_pos=1), 0.5, 0.95).set_index("measure")  # exactly one point: within
     assert edge.loc["sensitivity difference (originals - copies)", "met"]
     assert shift.resize_summary(_table().iloc[:0], 0.5).empty
-    assert "could not run" in shift.describe_raw_sample(_table().iloc[:0], 0.5)
+    assert "could not run" in reporting.describe_raw_sample(_table().iloc[:0], 0.5)
 
 
 def test_the_summary_recomputes_the_calls_at_its_threshold():
@@ -148,7 +149,7 @@ def test_raw_sample_agreement_takes_several_folders_names_each_source_and_counts
     np.testing.assert_allclose(table["p_original"], [60 / 255, 200 / 255 + 0.1], atol=0.02)
     assert table["agree"].tolist() == [True, False]
     assert table.attrs["skipped"] == {"no copy in the data": 1, "unreadable or refused": 1}
-    text = shift.describe_raw_sample(table, 0.5)
+    text = reporting.describe_raw_sample(table, 0.5)
     assert "1 of 2" in text and "1 from raw-sample/, 1 from originals/" in text
     assert "Skipped: 1 (no copy in the data), 1 (unreadable or refused)." in text
     one = shift.raw_sample_agreement(result, prepared, config, 0.5, tmp_path / "raw-sample")  # one folder: as before
@@ -170,7 +171,7 @@ def test_resize_diagnosis_sees_a_blurred_darker_copy():
     assert (diagnosis["high_frequency_ratio"] > diagnosis["sharpness_ratio"]).all()  # blur takes most at the top
     same = shift.resize_diagnosis(originals, originals)
     np.testing.assert_allclose(same.to_numpy(), [[0, 1, 1, 1]] * 3)
-    text = shift.describe_resize_diagnosis(diagnosis)
+    text = reporting.describe_resize_diagnosis(diagnosis)
     assert "mean gradient (Sobel, edge strength) " in text and "times (higher in 100% of the images)" in text
     assert "above 0.25 cycles per pixel" in text
     with pytest.raises(ValueError, match="same shape"):

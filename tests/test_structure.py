@@ -75,6 +75,38 @@ def test_no_import_cycles_in_the_package():
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
+NUMBERS = ("cxr/data", "cxr/evaluate", "cxr/explain", "cxr/train", "cxr/plots", "cxr/model.py")  # return numbers
+REPORTING = PACKAGE / "reporting"
+
+
+def _describe_functions(path: Path) -> list[str]:
+    """The functions named describe_* that a module defines, at any level."""
+    return [n.name for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("describe_")]
+
+
+def test_numbers_modules_hold_no_words_and_never_import_reporting():
+    """Numbers separate from words (issue 24): no module of data/, evaluate/, explain/, train/, plots/ or model.py
+    defines a describe_* function or imports cxr.reporting (at any level); every describe_* of the package lives in
+    cxr/reporting, whose modules stay under 500 lines."""
+    graph = import_graph()
+    numbers = [p for part in NUMBERS for p in ([REPO / part] if part.endswith(".py") else sorted((REPO / part).rglob("*.py")))]
+    assert len(numbers) > 20 and all(p.is_file() for p in numbers)
+    words = {_module_name(p): found for p in numbers if (found := _describe_functions(p))}
+    assert not words, f"describe_* outside cxr.reporting (move them there): {words}"
+    upward = {_module_name(p): sorted(d for d in graph[_module_name(p)] if d.split(".")[:2] == ["cxr", "reporting"])
+              for p in numbers}
+    assert not {k: v for k, v in upward.items() if v}, f"numbers modules importing cxr.reporting: {upward}"
+    elsewhere = {_module_name(p): found for p in PACKAGE.rglob("*.py")
+                 if REPORTING not in p.parents and (found := _describe_functions(p))}
+    assert not elsewhere, f"describe_* outside cxr.reporting: {elsewhere}"
+    ours = sorted(REPORTING.glob("*.py"))
+    assert sum(len(_describe_functions(p)) for p in ours) >= 30  # the package's sentences are all here
+    long = {p.name: n for p in ours if (n := len(p.read_text().splitlines())) >= 500}
+    assert not long, f"cxr.reporting modules of 500 lines or more: {long}"
+    assert not (PACKAGE / "report.py").exists()  # one home: no compatibility module
+
+
 def test_every_module_imports_alone_and_leaves_keras_and_matplotlib_state_alone():
     """Each module imports in a fresh interpreter; importing everything and building a RunLog changes neither
     Keras' dtype policy nor matplotlib's rc parameters."""
@@ -88,7 +120,7 @@ for n in names:
     importlib.import_module(n)
 import keras
 from cxr.config import Config
-from cxr.report import RunLog
+from cxr.reporting import RunLog
 RunLog(Config.preset("smoke", output_dir=tempfile.mkdtemp(), mixed_precision="on"))
 from cxr import plots
 import numpy as np, pandas as pd

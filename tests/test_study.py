@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import ablation
+from cxr import ablation, reporting
 from cxr.config import Config
 from cxr.evaluate import baseline, shift
 
@@ -34,7 +34,7 @@ def test_image_statistics_and_the_trivial_baseline_find_a_sharpness_shortcut():
     assert set(fit["coefficients"]) == set(baseline.STATISTICS)
     alone = baseline.univariate_auroc(stats, y)
     assert alone["gradient"] > 0.95 and (alone >= 0.5).all()
-    assert "out-of-fold AUROC" in baseline.describe_baseline(fit["oof_auroc"], alone, 0.9)
+    assert "out-of-fold AUROC" in reporting.describe_baseline(fit["oof_auroc"], alone, 0.9)
 
 
 def test_id_blocks_count_false_positives_per_third_of_the_numbers():
@@ -116,7 +116,7 @@ def test_the_ablation_view_keeps_folds_and_holds_out_other_training_children():
 
 
 def test_the_protocol_text_follows_the_config():
-    from cxr.report import describe_protocol
+    from cxr.reporting import describe_protocol
 
     text = describe_protocol(Config(n_folds=5, target_sensitivity=0.97, aug_resample=0.5,
                                     finetune_tasks=("pneumonia",)))

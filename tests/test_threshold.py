@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from cxr import evaluate as E
+from cxr import evaluate as E, reporting
 from cxr.evaluate import resample as R
 from cxr.evaluate import threshold as T
 
@@ -31,7 +31,7 @@ def test_plateau_is_markedly_steadier_than_youden_on_a_saturated_validation_set(
     assert iqr["plateau"] < 0.3 * iqr["youden"]
     s = T.stability_summary(table)
     assert (s["sensitivity_low"] > 0.95).all() and (s["specificity_low"] > 0.9).all()
-    text = T.describe_stability(table)
+    text = reporting.describe_stability(table)
     assert "60 bootstrap resamples" in text and f"{s.loc['plateau', 'threshold_median']:.3f}" in text
 
 

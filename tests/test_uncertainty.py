@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from cxr import evaluate as E
+from cxr import evaluate as E, reporting
 from cxr.evaluate import threshold as T
 from cxr.evaluate import uncertainty as U
 
@@ -58,7 +58,7 @@ def test_unstable_threshold_widens_the_specificity_interval_and_a_stable_one_doe
     m = E.metric_values(y_test, p_test, t)
     assert iv.loc["specificity", "value"] == pytest.approx(m["specificity"])
     assert iv.loc["ppv", "value"] == pytest.approx(m["precision"])
-    text = U.describe_threshold_uncertainty(unstable)
+    text = reporting.describe_threshold_uncertainty(unstable)
     assert "300 bootstrap resamples" in text and f"{iv.loc['specificity', 'ci_low']:.3f}" in text
 
 
