@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         xt = rng.integers(0, 256, (bs * args.fit_steps, size, size), dtype=np.uint8)
         yt = rng.integers(0, 2, len(xt)).astype(np.float32)
         stream = train.TrainBatches(xt, yt, bs, seed=0)
-        trainer = cxr_model.training_model(net, cfg)
-        trainer.compile(optimizer=train.finetune_optimizer(trainer, cfg, 2 * len(stream)),
+        trainer = cxr_model.training_model(net, cfg.augment)
+        trainer.compile(optimizer=train.finetune_optimizer(trainer, cfg.optimizer, 2 * len(stream)),
                         loss="binary_crossentropy", jit_compile="auto")
         trainer.fit(train.TrainBatches(xt[:bs], yt[:bs], bs, seed=1), epochs=1, verbose=0)  # warm-up: one step
         fit_rate = len(stream) * bs / best_time(lambda: trainer.fit(stream, epochs=1, verbose=0), args.repeats)

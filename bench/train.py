@@ -72,10 +72,10 @@ def fine_tune_epoch(cfg: Config, start: list, x, y, held_x, held_y, policy: str,
         net = cxr_model.build_model(cfg)
         net.set_weights(start)
         cxr_model.set_trainable(net, cfg.finetune_blocks)
-        trainer = cxr_model.training_model(net, cfg)
+        trainer = cxr_model.training_model(net, cfg.augment)
         augment_fn = functools.partial(augment.resample_batch, probability=resample) if resample else None
         stream = train.TrainBatches(x, y, cfg.batch_size, seed=0, augment=augment_fn)
-        trainer.compile(optimizer=train.finetune_optimizer(trainer, cfg, 2 * len(stream)),
+        trainer.compile(optimizer=train.finetune_optimizer(trainer, cfg.optimizer, 2 * len(stream)),
                         loss="binary_crossentropy", jit_compile="auto")
         trainer.fit(stream, epochs=1, verbose=0)
         seconds, compiles = timed(lambda: trainer.fit(stream, epochs=1, verbose=0))

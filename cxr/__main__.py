@@ -281,7 +281,9 @@ def cmd_notebook(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, run_help: str = "the run folder (default: runs/<mode>)") -> None:
     """The options every command shares: the preset, any Config field, and the run folder."""
-    p.add_argument("--mode", default="full", choices=["full", "smoke"], help="the Config preset (default: full)")
+    from cxr.presets import MODES
+
+    p.add_argument("--mode", default="full", choices=list(MODES), help="the Config preset (default: full)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any Config field, parsed by its type (repeatable), e.g. --set seed=7 --set weights=none")
     p.add_argument("--run", help=run_help)

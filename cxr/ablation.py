@@ -1,8 +1,9 @@
 """The recipe ablation, on the training children only (the official test split is never read).
 
-Each candidate recipe (`CANDIDATES`: today's recipe, the resampling path, wider intensity changes, border masking,
-larger backbones) is trained by the study's own cross-validation (`cxr.train.fit`) on the same seeded subset of
-the training children, keeping their folds, and compared on its pooled out-of-fold (OOF) predictions:
+Each candidate recipe (`CANDIDATES`, the "ablation" sets of `cxr.presets`: today's recipe, the resampling path,
+wider intensity changes, border masking, larger backbones, each on top of the recipe before the ablation) is
+trained by the study's own cross-validation (`cxr.train.fit`) on the same seeded subset of the training children,
+keeping their folds, and compared on its pooled out-of-fold (OOF) predictions:
 
 - log-loss (the selection metric), AUROC, and specificity at the threshold that keeps the protocol's sensitivity
   on the OOF predictions, each with a 95% interval from a bootstrap of children (stratified by label); the
@@ -31,35 +32,20 @@ from scipy import stats
 from sklearn.metrics import log_loss, roc_auc_score
 
 from cxr.config import PRIMARY_TASK, Config
+from cxr.presets import Overrides, overrides_in
 from cxr.data import Prepared, raw_sample_dir
 from cxr.evaluate.shift import raw_sample_agreement
 from cxr.io import write_json
 
-# Today's recipe (before this ablation): no resampling path, no border masking, narrow intensity changes.
-BASE: dict[str, Any] = {"aug_resample": 0.0, "aug_border": 0.0, "aug_contrast": 0.10, "aug_brightness": 0.10,
-                        "aug_gamma": 0.15, "backbone": "efficientnet_lite0"}
-RESAMPLE = {"aug_resample": 0.5}
-INTENSITY = {"aug_contrast": 0.3, "aug_brightness": 0.2, "aug_gamma": 0.5}
-BORDER = {"aug_border": 0.12}
-CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
-    "today": ("today's recipe: EfficientNet-Lite0, affine + intensity (+-10-15%)", {}),
-    "resample": ("+ resampling path (rescale with random filters, blur / sharpen, JPEG), p = 0.5", RESAMPLE),
-    "resample_lr": ("+ resampling path, fine-tuning peak learning rate 1e-4 instead of 3e-4",
-                    {**RESAMPLE, "finetune_lr": 1e-4}),
-    "resample_intensity": ("+ resampling path, wider intensity (contrast +-30%, brightness +-20%, gamma +-50%)",
-                           {**RESAMPLE, **INTENSITY}),
-    "resample_border": ("+ resampling path, border masking (each side up to 12%)", {**RESAMPLE, **BORDER}),
-    "all_augment": ("+ resampling path, wider intensity, border masking", {**RESAMPLE, **INTENSITY, **BORDER}),
-    "lite1": ("EfficientNet-Lite1, with the resampling path", {**RESAMPLE, "backbone": "efficientnet_lite1"}),
-    "lite2": ("EfficientNet-Lite2, with the resampling path", {**RESAMPLE, "backbone": "efficientnet_lite2"}),
-}
+CANDIDATES: dict[str, Overrides] = overrides_in("ablation")  # name -> its description and changes, in run order
 
 
 def candidate_config(config: Config, name: str) -> Config:
-    """The Config of candidate `name`: `config` with today's recipe (`BASE`), then the candidate's changes."""
+    """The Config of candidate `name`: `config` with the recipe before the ablation (the candidate's base set),
+    then the candidate's changes."""
     if name not in CANDIDATES:
         raise ValueError(f"unknown candidate {name!r}; choose from {list(CANDIDATES)}")
-    return config.replace(**{**BASE, **CANDIDATES[name][1]})
+    return config.replace(**CANDIDATES[name].resolved())
 
 
 def subset(prepared: Prepared, fraction: float, dev_images: int, seed: int) -> tuple[Prepared, np.ndarray]:
@@ -182,7 +168,8 @@ def run_candidate(config: Config, name: str, view: Prepared, task: str = PRIMARY
 
     singles = [dev_metrics(q) for q in p_members]
     return {
-        "name": name, "description": CANDIDATES[name][0], "changes": CANDIDATES[name][1], "seconds": seconds,
+        "name": name, "description": CANDIDATES[name].description, "changes": dict(CANDIDATES[name].values),
+        "seconds": seconds,
         "selection": result.selection, "pooled": result.pooled, "class_balance": result.balance,
         "kept_stage": result.kept_stage, "kept_epoch": result.kept_epoch, "oof_threshold": t,
         "oof": {"position": oof["position"].tolist(), "fold": oof["fold"].tolist(), "y": y.tolist(), "p": p.tolist(),
@@ -208,7 +195,7 @@ def run_ablation(config: Config, prepared: Prepared, names: list[str], fraction:
             results[name] = json.loads(path.read_text())
             print(f"{name}: reused {path}")
             continue
-        print(f"{name}: training {CANDIDATES[name][0]} ...", flush=True)
+        print(f"{name}: training {CANDIDATES[name].description} ...", flush=True)
         results[name] = {"key": key, **run_candidate(config, name, view, task)}
         write_json(path, results[name])
         print(f"{name}: {results[name]['seconds'] / 60:.1f} min", flush=True)

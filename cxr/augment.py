@@ -30,6 +30,8 @@ import numpy as np
 from keras import ops
 from PIL import Image, ImageFilter
 
+from cxr.config import AugmentSettings
+
 # Pillow's resampling filters, each a different "pipeline" a user's image may have gone through
 RESAMPLE_FILTERS = (Image.Resampling.NEAREST, Image.Resampling.BOX, Image.Resampling.BILINEAR,
                     Image.Resampling.HAMMING, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
@@ -175,6 +177,15 @@ class XRayAugment(keras.layers.Layer):
             raise ValueError(f"border must lie in [0, 0.5), got {self.border}")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights depend on the input shape (the seed state is created above)
+
+    @classmethod
+    def from_settings(cls, settings: AugmentSettings, **kwargs: Any) -> "XRayAugment":
+        """The layer of a run's augmentation section (`Config.augment`: its warp, intensity, noise and border
+        settings and its seed; the flip and the resampling path are applied elsewhere). `kwargs`: Layer arguments
+        such as `name`."""
+        return cls(rotation=settings.rotation, scale=settings.scale, shift=settings.shift, shear=settings.shear,
+                   brightness=settings.brightness, contrast=settings.contrast, gamma=settings.gamma,
+                   noise=settings.noise, border=settings.border, seed=settings.seed, **kwargs)
 
     @property
     def geometric(self) -> bool:

@@ -1,5 +1,7 @@
-"""Configuration of one study run (a frozen dataclass with `smoke` and `full` presets) and the fixed facts every
-layer shares: the class names, the splits and the task table. The bottom of the package with `cxr.io`."""
+"""Configuration of one study run (a flat frozen dataclass; its named override sets, the `smoke` and `full` modes
+among them, are `cxr.presets`'), its sections (read-only views of its fields that the code reading them takes
+whole) and the fixed facts every layer shares: the class names, the splits and the task table. The bottom of the
+package with `cxr.io` and `cxr.presets`, which import nothing of it."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.io import atomic_write_text
+from cxr.presets import MODES, OVERRIDES, Overrides, overrides_in  # noqa: F401  (re-exported)
 
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
@@ -65,10 +68,160 @@ THRESHOLD_POLICIES = ("plateau", "youden", "sensitivity", "specificity", "calibr
 CALIBRATIONS = ("temperature", "platt", "none")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Sections: read-only views of the flat Config, each taken whole by the code that reads it. The flat fields stay
+# the one record (their names are `--set`'s, config.json's and the config hash's); a section is built from them.
+
+GENERAL_FIELDS = ("mode", "seed", "output_dir")  # the run's name, its training randomness, its folder: owned by no
+# section (a section may carry `seed`)
+S = typing.TypeVar("S", bound="Section")
+
+
+class Section:
+    """Base of the sections: `RENAMED` maps a section field to its Config field where the names differ."""
+
+    RENAMED: typing.ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def config_fields(cls) -> dict[str, str]:
+        """{section field: the Config field it is read from}."""
+        return {f.name: cls.RENAMED.get(f.name, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls: type[S], config: "Config") -> S:
+        """The section of `config`."""
+        return cls(**{name: getattr(config, source) for name, source in cls.config_fields().items()})
+
+
+class _View(typing.Generic[S]):
+    """`Config.<section>`: the section built from the instance's flat fields (not a dataclass field)."""
+
+    def __init__(self, section: type[S]):
+        self.section = section
+
+    @typing.overload
+    def __get__(self, config: None, owner: type) -> "_View[S]": ...
+    @typing.overload
+    def __get__(self, config: "Config", owner: type) -> S: ...
+
+    def __get__(self, config: "Config | None", owner: type) -> "S | _View[S]":
+        return self if config is None else self.section.of(config)
+
+
+@dataclass(frozen=True)
+class DataSettings(Section):
+    """Where the images come from, their size, the folds, the exclusions (`cxr.data`)."""
+
+    source: str | None
+    data_dir: str
+    image_size: int
+    resize_policy: str
+    n_folds: int
+    split_seed: int
+    fold_scheme: str
+    exclude_test_patients: bool
+    dedupe_test: bool
+    near_duplicate_bits: int
+    max_per_class: int | None
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """The network (`cxr.model.build_model`), besides the image size of `DataSettings`."""
+
+    backbone: str
+    weights: str | None
+    dropout: float
+    stochastic_depth: float
+    marker_zones: bool
+
+
+@dataclass(frozen=True)
+class AugmentSettings(Section):
+    """The training augmentation (`cxr.augment`): the `aug_*` fields without their prefix, the flip, the seed."""
+
+    RENAMED: typing.ClassVar[dict[str, str]] = {name: f"aug_{name}" for name in (
+        "rotation", "scale", "shift", "shear", "brightness", "contrast", "gamma", "noise", "border", "resample")}
+    horizontal_flip: bool
+    rotation: float
+    scale: float
+    shift: float
+    shear: float
+    brightness: float
+    contrast: float
+    gamma: float
+    noise: float
+    border: float
+    resample: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainSettings(Section):
+    """The two training stages, the batch and the dtype (`cxr.train`); the optimizer is `OptimizerSettings`."""
+
+    seed: int
+    batch_size: int | None
+    head_epochs: int
+    head_lr: float
+    class_balance: str
+    finetune_epochs: int
+    finetune_tasks: tuple[str, ...]
+    finetune_blocks: int
+    mixed_precision: str
+
+
+@dataclass(frozen=True)
+class OptimizerSettings(Section):
+    """AdamW of the fine-tuning stage with layer-wise decay, warmup then cosine (`cxr.train.finetune_optimizer`)."""
+
+    finetune_lr: float
+    weight_decay: float
+    layer_decay: float
+    warmup_fraction: float
+    final_lr_fraction: float
+
+
+@dataclass(frozen=True)
+class OperatingSettings(Section):
+    """Each task's operating rule and its targets, and the calibration shipped with the model."""
+
+    threshold_policy: str
+    target_sensitivity: float
+    min_specificity: float
+    subtype_threshold_policy: str
+    target_specificity: float
+    subtype_min_sensitivity: float
+    threshold_tolerance: float
+    calibration: str
+
+
+@dataclass(frozen=True)
+class BootstrapSettings(Section):
+    """The settings of every interval: resamples, level, seed."""
+
+    n_bootstrap: int
+    ci_level: float
+    seed: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """{n_bootstrap, ci_level, seed}: the keyword arguments of the reports and intervals."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExplainSettings(Section):
+    """How many cases the explanation shows and checks (`cxr.explain`)."""
+
+    gradcam_examples: int
+    explain_images: int
+
+
 @dataclass(frozen=True)
 class Config:
     """Every choice of a run, and the ONLY place where a default is written: functions below take values.
-    Change it with `dataclasses.replace` or `Config.preset(mode, **overrides)`."""
+    Change it with `replace` or `Config.preset(name, **changes)` (a named set of `cxr.presets`); read a part of it
+    whole through its sections (`config.augment`, `config.training`, ...: `Section`)."""
 
     mode: str = "full"
     # data
@@ -160,21 +313,34 @@ class Config:
     explain_images: int = 32  # test images for the randomisation and deletion/insertion checks
     output_dir: str | None = None  # the run folder; None: runs/<mode> (see `run_dir`)
 
+    # the sections, read-only views of the fields above (not fields: the record, the hash and `--set` stay flat)
+    data = _View(DataSettings)
+    model = _View(ModelSettings)
+    augment = _View(AugmentSettings)
+    training = _View(TrainSettings)
+    optimizer = _View(OptimizerSettings)
+    operating = _View(OperatingSettings)
+    bootstrap = _View(BootstrapSettings)
+    explain = _View(ExplainSettings)
+
     @property
     def run_dir(self) -> Path:
         """THE rule for run folders (train, evaluate, notebook, predict): `output_dir`, else runs/<mode>."""
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.mode
 
     @staticmethod
-    def preset(mode: str, **overrides: Any) -> "Config":
-        """The `smoke` (CI, minutes on a CPU) or `full` (the real study) configuration, with `overrides` on top.
+    def preset(name: str, **changes: Any) -> "Config":
+        """The Config of the named override set `name` (`OVERRIDES`: the modes `smoke`, CI in minutes on a CPU, and
+        `full`, the real study; an ablation candidate; a test configuration), with `changes` on top. Its mode is
+        the mode at the root of its bases ("full" when there is none).
 
-        Every override counts, None included (`preset("full", weights=None)` gives random weights); an unknown
-        mode or field name is an error."""
-        if mode not in PRESETS:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(PRESETS)}")
-        _check_names(overrides)
-        return Config(mode=mode, **{**PRESETS[mode], **overrides})
+        Every change counts, None included (`preset("full", weights=None)` gives random weights); an unknown
+        name or field is an error."""
+        if name not in OVERRIDES:
+            raise ValueError(f"unknown mode {name!r}; choose one of {sorted(MODES)} or a named set of "
+                             f"{sorted(set(OVERRIDES) - set(MODES))}")
+        _check_names(changes)
+        return Config(mode=OVERRIDES[name].mode, **{**OVERRIDES[name].resolved(), **changes})
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -198,8 +364,8 @@ class Config:
         return Config.from_dict(json.loads(Path(path).read_text()))
 
     def __post_init__(self) -> None:
-        if self.mode not in PRESETS:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {sorted(PRESETS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {sorted(MODES)}")
         if self.mixed_precision not in ("auto", "on", "float16", "off"):
             raise ValueError(f"mixed_precision must be 'auto', 'on', 'float16' or 'off', not {self.mixed_precision!r}")
         if self.resize_policy not in RESIZE_POLICIES:
@@ -229,22 +395,6 @@ class Config:
                                  f"{name} must lie in [0, 1]")
         if not 0.0 <= self.aug_resample <= 1.0 or not 0.0 <= self.aug_border < 0.5:
             raise ValueError("aug_resample must lie in [0, 1] and aug_border in [0, 0.5)")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "smoke": dict(
-        max_per_class=24,
-        image_size=96,
-        batch_size=16,
-        head_epochs=3,
-        finetune_epochs=1,
-        n_folds=2,
-        n_bootstrap=200,
-        gradcam_examples=1,
-        explain_images=4,
-    ),
-}
 
 
 def _check_names(values: dict[str, Any]) -> None:
@@ -290,3 +440,7 @@ def parse_settings(items: list[str] | None) -> dict[str, Any]:
         _check_names({name: None})
         out[name] = _parse_value(text, hints[name], name)
     return out
+
+
+for _set in OVERRIDES.values():  # every named set changes Config fields only
+    _check_names(dict(_set.values))

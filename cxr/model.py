@@ -22,6 +22,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
 
 from cxr import backbones
 from cxr.augment import XRayAugment
+from cxr.config import AugmentSettings
 from cxr.io import atomic_folder
 
 LAYER_ORDER = ("image", "to_float", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
@@ -69,17 +70,15 @@ def _to_backbone_layer(backbone: str) -> layers.Conv2D:
                          bias_initializer=keras.initializers.Constant(offset.tolist()))
 
 
-def augmentation(config) -> keras.layers.Layer:
-    """The training augmentation of `config` on float 0..255 grayscale: one `XRayAugment` layer named "augment"
-    (one affine warp per image + intensity changes; identity at inference), followed by a horizontal flip only if
-    `config.horizontal_flip` (off by default: chest anatomy is not left-right symmetric)."""
-    aug = XRayAugment(rotation=config.aug_rotation, scale=config.aug_scale, shift=config.aug_shift,
-                      shear=config.aug_shear, brightness=config.aug_brightness, contrast=config.aug_contrast,
-                      gamma=config.aug_gamma, noise=config.aug_noise, border=config.aug_border, seed=config.seed,
-                      name="augment")
-    if not config.horizontal_flip:
+def augmentation(settings: AugmentSettings) -> keras.layers.Layer:
+    """The training augmentation of a run's augmentation section (`Config.augment`) on float 0..255 grayscale: one
+    `XRayAugment` layer named "augment" (one affine warp per image + intensity changes; identity at inference),
+    followed by a horizontal flip only if `settings.horizontal_flip` (off by default: chest anatomy is not
+    left-right symmetric)."""
+    aug = XRayAugment.from_settings(settings, name="augment")
+    if not settings.horizontal_flip:
         return aug
-    return keras.Sequential([aug, layers.RandomFlip("horizontal", seed=config.seed + 5)], name="augment")
+    return keras.Sequential([aug, layers.RandomFlip("horizontal", seed=settings.seed + 5)], name="augment")
 
 
 @keras.saving.register_keras_serializable(package="cxr")
@@ -136,12 +135,13 @@ def build_model(config, name: str = "pneumonia") -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
-def training_model(model: keras.Model, config) -> keras.Model:
-    """image -> to_float -> augment (`augmentation(config)`) -> to_backbone -> ... -> prob: the model trained in
-    fine-tuning. Every layer but "augment" is the SAME object as in `model`, so training it trains `model`."""
+def training_model(model: keras.Model, settings: AugmentSettings) -> keras.Model:
+    """image -> to_float -> augment (`augmentation(settings)`, a run's `Config.augment`) -> to_backbone -> ... ->
+    prob: the model trained in fine-tuning. Every layer but "augment" is the SAME object as in `model`, so training
+    it trains `model`."""
     inputs = keras.Input(model.input.shape[1:], dtype="uint8", name="image")
     x = model.get_layer("to_float")(inputs)
-    x = augmentation(config)(x)
+    x = augmentation(settings)(x)
     for name in LAYER_ORDER[2:]:
         x = model.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"{model.name}_train")

@@ -229,8 +229,9 @@ def rule_targets(config: Config, task: str, report: dict[str, Any], oof: Scores,
 
 def bootstrap_settings(config: Config) -> dict[str, Any]:
     """The settings of every interval, read from the Config in this one place: n_bootstrap, ci_level and seed (the
-    keyword arguments of the task reports, the baseline's and the notebook's curves)."""
-    return dict(n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
+    keyword arguments of the task reports, the baseline's and the notebook's curves): the Config's bootstrap
+    section."""
+    return config.bootstrap.as_kwargs()
 
 
 def score_test(config: Config, prepared: Prepared, task: str, model: Any, threshold: float,

@@ -202,3 +202,17 @@ def test_bad_arguments_are_refused():
         XRayAugment(scale=(1.2, 0.8))
     with pytest.raises(ValueError):
         XRayAugment(rotation=-1)
+
+
+def test_the_layer_takes_a_runs_augmentation_section_whole():
+    """`XRayAugment.from_settings(config.augment)` is the layer built field by field from the flat Config."""
+    from cxr.config import Config
+
+    cfg = Config.preset("smoke", aug_border=0.1, aug_rotation=7.0, seed=5)
+    layer = XRayAugment.from_settings(cfg.augment, name="augment")
+    by_field = XRayAugment(rotation=cfg.aug_rotation, scale=cfg.aug_scale, shift=cfg.aug_shift, shear=cfg.aug_shear,
+                           brightness=cfg.aug_brightness, contrast=cfg.aug_contrast, gamma=cfg.aug_gamma,
+                           noise=cfg.aug_noise, border=cfg.aug_border, seed=cfg.seed, name="augment")
+    assert layer.get_config() == by_field.get_config()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 1)).astype("float32")
+    np.testing.assert_array_equal(_np(layer(x, training=True)), _np(by_field(x, training=True)))

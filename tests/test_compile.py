@@ -32,7 +32,7 @@ def test_padding_never_changes_an_output_or_a_metric():
 @jax_only
 def test_models_are_jit_compiled_under_jax():
     model = M.build_model(tiny_config())
-    trainer = M.training_model(model, tiny_config(aug_rotation=10.0, aug_noise=3.0))
+    trainer = M.training_model(model, tiny_config(aug_rotation=10.0, aug_noise=3.0).augment)
     trainer.compile(optimizer="adam", loss="binary_crossentropy", jit_compile="auto")
     assert trainer.jit_compile is True and model.jit_compile is True
     assert M.feature_model(model).jit_compile is True and M.head_model(model).jit_compile is True

@@ -70,3 +70,63 @@ def test_task_table_names_the_classes():
     assert TASKS["pneumonia"].class_names == ("NORMAL", "PNEUMONIA")
     assert TASKS["subtype"].class_names == ("bacteria", "virus")
     assert all(t.positive == t.class_names[1] for t in TASKS.values())
+
+
+def test_every_field_belongs_to_exactly_one_section_or_the_general_list():
+    """A new Config field must be placed: in one section (`cxr.config.Section`) or in GENERAL_FIELDS."""
+    import dataclasses
+    import typing
+
+    from cxr import config as C
+
+    views = {name: view.section for name, view in vars(Config).items() if isinstance(view, C._View)}
+    assert set(views) == {"data", "model", "augment", "training", "optimizer", "operating", "bootstrap", "explain"}
+    fields = {f.name: f.type for f in dataclasses.fields(Config)}
+    owners: dict[str, list[str]] = {name: [] for name in fields}
+    for view, section in views.items():
+        for name, source in section.config_fields().items():
+            assert source in fields, (view, name, source)
+            assert {f.name: f.type for f in dataclasses.fields(section)}[name] == fields[source]  # the same type
+            if source not in C.GENERAL_FIELDS:
+                owners[source].append(view)
+    assert not set(C.GENERAL_FIELDS) - set(fields)
+    placed = {name: views for name, views in owners.items() if name not in C.GENERAL_FIELDS}
+    assert all(len(v) == 1 for v in placed.values()), {k: v for k, v in placed.items() if len(v) != 1}
+    assert typing.get_type_hints(C.AugmentSettings)["rotation"] is float
+
+
+def test_sections_are_read_only_views_of_the_flat_fields():
+    import dataclasses
+
+    from cxr.config import AugmentSettings, BootstrapSettings
+
+    c = Config.preset("smoke", aug_rotation=7.0, seed=3)
+    assert c.augment == AugmentSettings.of(c) and c.augment.rotation == 7.0 and c.augment.seed == 3
+    assert c.augment.resample == c.aug_resample and c.augment.horizontal_flip is False
+    assert c.bootstrap == BootstrapSettings(n_bootstrap=200, ci_level=0.95, seed=3)
+    assert c.bootstrap.as_kwargs() == {"n_bootstrap": 200, "ci_level": 0.95, "seed": 3}
+    assert c.training.finetune_tasks == ("pneumonia",) and c.optimizer.finetune_lr == c.finetune_lr
+    assert c.data.image_size == 96 and c.model.backbone == c.backbone and c.explain.explain_images == 4
+    assert c.operating.threshold_policy == "sensitivity" and c.operating.calibration == "platt"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.augment.rotation = 1.0  # type: ignore[misc]
+    assert "augment" not in c.to_dict() and Config.from_dict(c.to_dict()) == c  # not fields: the record stays flat
+
+
+def test_every_named_set_is_registered_once_with_config_fields_only():
+    import dataclasses
+
+    from cxr import presets
+
+    assert presets.MODES == ("full", "smoke")
+    assert list(presets.overrides_in("ablation"))[0] == "today"
+    for name, s in presets.OVERRIDES.items():
+        assert s.name == name and s.description and s.group in presets.GROUPS
+        Config.preset(name)  # every set builds a valid Config
+    with pytest.raises(TypeError):
+        presets.OVERRIDES["smoke"].values["seed"] = 1  # type: ignore[index]
+    assert Config.preset("tiny_model").mode == "smoke" and Config.preset("tiny").mode == "full"
+    fields = {f.name for f in dataclasses.fields(Config)} - {"mode"}
+    assert all(set(s.values) <= fields for s in presets.OVERRIDES.values())  # also checked on import
+    with pytest.raises(ValueError, match="a base not defined before it"):
+        presets._registry(presets.Overrides("bad", "a base that is not there", "test", {}, base="nosuch"))

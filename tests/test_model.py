@@ -10,16 +10,14 @@ import pytest
 keras = pytest.importorskip("keras")
 from cxr import lite as lite_port  # noqa: E402  ("lite" is the fixture below)
 from cxr import model as M  # noqa: E402
-from cxr.config import CLASS_NAMES, Config  # noqa: E402
+from cxr.config import CLASS_NAMES, OVERRIDES, Config  # noqa: E402
 
 SIZE = 32
 
 
 def _config(**kw) -> Config:
     # the chain pinned here is the unmasked one; the marker zones' masking (the default) is tests/test_markers.py's
-    values = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, seed=1, marker_zones=False)
-    values.update(kw)
-    return Config.preset("smoke").replace(**values)
+    return Config.preset("tiny_model", **kw)  # the smoke preset, a tiny CNN on SIZE-px images (`cxr.presets`)
 
 
 def _images(n: int = 4, size: int = SIZE, seed: int = 0) -> np.ndarray:
@@ -71,7 +69,7 @@ def test_training_wrapper_shares_layers_and_augments_only_in_training(tiny):
     a, b = _np(tiny(x, training=False)), _np(tiny(x, training=False))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(_np(tiny.predict(x, verbose=0)), a, rtol=1e-6)
-    trainer = M.training_model(tiny, _config())
+    trainer = M.training_model(tiny, _config().augment)
     assert [layer.name for layer in trainer.layers] == ["image", "to_float", "augment", *M.LAYER_ORDER[2:]]
     for name in M.LAYER_ORDER[1:]:
         assert trainer.get_layer(name) is tiny.get_layer(name)
@@ -81,11 +79,10 @@ def test_training_wrapper_shares_layers_and_augments_only_in_training(tiny):
     xf = x.astype("float32")
     np.testing.assert_array_equal(_np(aug(xf, training=False)), xf)
     assert np.abs(_np(aug(xf, training=True)) - xf).max() > 1.0
-    flip = M.augmentation(_config(horizontal_flip=True))
+    flip = M.augmentation(_config(horizontal_flip=True).augment)
     assert [type(layer).__name__ for layer in flip.layers] == ["XRayAugment", "RandomFlip"]
-    off = dict(aug_rotation=0, aug_scale=0, aug_shift=0, aug_shear=0, aug_brightness=0, aug_contrast=0, aug_gamma=0,
-               aug_noise=0)
-    np.testing.assert_array_equal(_np(M.augmentation(_config(**off))(xf, training=True)), xf)
+    off = _config(**OVERRIDES["no_warp"].values)
+    np.testing.assert_array_equal(_np(M.augmentation(off.augment)(xf, training=True)), xf)
 
 
 def test_augmentation_grid_shows_the_resampling_path_and_the_training_views():

@@ -62,9 +62,9 @@ def test_every_ablation_candidate_gives_the_config_it_gave(name):
         same(ablation.candidate_config(start, name), start.replace(**{**BASE, **changes}))
     assert list(ablation.CANDIDATES) == list(CANDIDATES)  # the order `python -m cxr ablation` runs them in
     candidate = ablation.CANDIDATES[name]
-    got = (candidate.description, dict(candidate.values)) if hasattr(candidate, "values") else candidate
-    assert got == (description, changes)
-    assert list(got[1]) == list(changes)  # the order written into <name>.json
+    assert (candidate.description, dict(candidate.values)) == (description, changes)
+    assert list(candidate.values) == list(changes)  # the order written into <name>.json
+    same(Config.preset(name), Config().replace(**{**BASE, **changes}))
 
 
 def test_the_tests_tiny_configurations_are_the_ones_they_were():

@@ -45,11 +45,9 @@ def toy_data(n: int = 24, seed: int = 0, folds: int = 3) -> Prepared:
 
 
 def tiny_config(**changes) -> Config:
-    base = dict(backbone="tiny_cnn", weights=None, image_size=SIZE, batch_size=8, head_epochs=10, head_lr=1e-2,
-                finetune_epochs=3, finetune_lr=1e-2, n_bootstrap=50, mixed_precision="off", n_folds=3,
-                class_balance="none", aug_rotation=0.0, aug_scale=0.0, aug_shift=0.0, aug_shear=0.0,
-                aug_brightness=0.0, aug_contrast=0.0, aug_gamma=0.0, aug_noise=0.0)
-    return Config(**{**base, **changes})
+    """The "tiny" set of `cxr.presets` (a tiny CNN on SIZE-px images, the augmentation layer an identity), with
+    `changes` on top."""
+    return Config.preset("tiny", **changes)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 from cxr import augment, distribute, model as cxr_model, optim, progress
-from cxr.config import PRIMARY_TASK, Config, task as get_task
+from cxr.config import PRIMARY_TASK, Config, OptimizerSettings, task as get_task
 from cxr.data import Prepared
 from cxr.io import write_json
 from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predict, predict_proba
@@ -125,13 +125,14 @@ def _batches(x, y, batch: int, balance: str, seed: int, augment_fn=None) -> Trai
                         augment=augment_fn)
 
 
-def finetune_optimizer(model: keras.Model, config: Config, steps: int) -> optim.LayerwiseAdamW:
-    """AdamW with layer-wise learning-rate decay on warmup + cosine over `steps` optimizer steps."""
-    warmup = min(int(round(config.warmup_fraction * steps)), steps - 1)
+def finetune_optimizer(model: keras.Model, settings: OptimizerSettings, steps: int) -> optim.LayerwiseAdamW:
+    """AdamW with layer-wise learning-rate decay on warmup + cosine over `steps` optimizer steps, as a run's
+    optimizer section (`Config.optimizer`) says."""
+    warmup = min(int(round(settings.warmup_fraction * steps)), steps - 1)
     opt = optim.LayerwiseAdamW(
-        multipliers=optim.layerwise_multipliers(model, config.layer_decay),
-        learning_rate=optim.warmup_cosine(config.finetune_lr, steps, warmup, config.final_lr_fraction),
-        weight_decay=config.weight_decay)
+        multipliers=optim.layerwise_multipliers(model, settings.layer_decay),
+        learning_rate=optim.warmup_cosine(settings.finetune_lr, steps, warmup, settings.final_lr_fraction),
+        weight_decay=settings.weight_decay)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return opt
 
@@ -264,8 +265,8 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
     snapshots: dict[int, list[list]] = {}  # per fold: [weights with the head (epoch 0), after epoch 1, ...]
     ft_probs: dict[int, list[np.ndarray]] = {}
     finetune = config.finetune_epochs > 0 and config.finetune_blocks != 0 and task in config.finetune_tasks
-    resample = (functools.partial(augment.resample_batch, probability=config.aug_resample)
-                if config.aug_resample > 0 else None)
+    resample = (functools.partial(augment.resample_batch, probability=config.augment.resample)
+                if config.augment.resample > 0 else None)
     t0 = time.perf_counter()
     for f in folds:
         tr, va = fold != f, fold == f
@@ -276,9 +277,10 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
         snapshots[f] = [member.get_weights()]
         if finetune:
             cxr_model.set_trainable(member, config.finetune_blocks)
-            trainer = cxr_model.training_model(member, config)
+            trainer = cxr_model.training_model(member, config.augment)
             stream = _batches(x[tr], y[tr], batch, balance, config.seed + 1000 * (f + 1), resample)
-            trainer.compile(optimizer=finetune_optimizer(trainer, config, len(stream) * config.finetune_epochs),
+            steps = len(stream) * config.finetune_epochs
+            trainer.compile(optimizer=finetune_optimizer(trainer, config.optimizer, steps),
                             loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auroc")],
                             jit_compile="auto")
             held = HeldOut(member, x[va], y[va], batch, snapshot=member.get_weights)
