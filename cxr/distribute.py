@@ -3,7 +3,7 @@
 Usage, around model building AND fit/evaluate/predict (variables are laid out when they are created, batches are
 split when they are fed):
 
-    dist = data_parallel()                       # None on a single device
+    dist = data_parallel()                       # None on a single device; $CXR_DATA_PARALLEL may ask for more
     with distributed(dist):
         model = build_model(config)
         model.fit(...)            # batches of the run's batch size, a multiple of device_count(dist)
@@ -14,20 +14,28 @@ is used, and `data_parallel` returns None.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Iterator, Sequence
 
 import keras
 
+ENV = "CXR_DATA_PARALLEL"  # a device type ("cpu", "gpu"): every device of it, where no devices are given
+
 
 def data_parallel(devices: str | Sequence[str] | None = None) -> keras.distribution.Distribution | None:
-    """A `keras.distribution.DataParallel` over several devices under JAX, else None (train on one device).
+    """A `keras.distribution.DataParallel` over several devices under JAX, else None (train on one device). The one
+    place a run's data parallelism is decided (`cxr.train.fit`, `cxr.train.resolve`, the run record).
 
-    devices: None: the accelerators (GPU/TPU) JAX sees, used when there are two or more; CPU devices are never
-    picked automatically. A device type ("cpu", "gpu", "tpu"): every device of that type. A list of device names
-    such as ["cpu:0", "cpu:1"]: those. With fewer than two devices the result is None. Under TensorFlow and
-    PyTorch their standard strategies are not wired in: always None (with a warning if devices were asked for).
+    devices: None: the device type in the environment variable CXR_DATA_PARALLEL (`ENV`) when it is set, e.g.
+    simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2`) in tests; otherwise the
+    accelerators (GPU/TPU) JAX sees, used when there are two or more; CPU devices are never picked automatically.
+    A device type ("cpu", "gpu", "tpu"): every device of that type. A list of device names such as ["cpu:0",
+    "cpu:1"]: those. With fewer than two devices the result is None. Under TensorFlow and PyTorch their standard
+    strategies are not wired in: always None (with a warning if devices were asked for).
     """
+    if devices is None:
+        devices = os.environ.get(ENV) or None
     if keras.backend.backend() != "jax":
         if devices is not None:
             warnings.warn(f"data parallelism is wired for JAX only; the {keras.backend.backend()} backend trains "

@@ -40,8 +40,13 @@ dist = data_parallel("cpu")
 batch_size = 4 * device_count(dist)  # the same global batch of 8 on one device and on two
 single = train(None, batch_size)
 parallel = train(dist, batch_size)
-print("RESULT " + json.dumps({"auto": repr(data_parallel()), "n": device_count(dist), "single": single,
-                              "parallel": parallel, "after": repr(keras.distribution.distribution())}))
+auto = repr(data_parallel())
+import os
+os.environ["CXR_DATA_PARALLEL"] = "cpu"  # a run asks for every CPU device through the environment
+from_env, explicit = device_count(data_parallel()), repr(data_parallel(["cpu:0"]))  # an explicit list wins
+print("RESULT " + json.dumps({"auto": auto, "n": device_count(dist), "single": single, "env": from_env,
+                              "explicit": explicit, "parallel": parallel,
+                              "after": repr(keras.distribution.distribution())}))
 """
 
 
@@ -49,7 +54,7 @@ print("RESULT " + json.dumps({"auto": repr(data_parallel()), "n": device_count(d
 def test_data_parallel_matches_one_device_on_two_cpu_devices():
     import numpy as np
 
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+    env = {**{k: v for k, v in os.environ.items() if k != "CXR_DATA_PARALLEL"}, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(REPO),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
@@ -58,6 +63,7 @@ def test_data_parallel_matches_one_device_on_two_cpu_devices():
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     assert result["auto"] == "None"  # CPU devices are used only when asked for
+    assert result["env"] == 2 and result["explicit"] == "None"  # CXR_DATA_PARALLEL asks; explicit devices win
     assert result["n"] == 2 and result["after"] == "None"  # the scope is left as it was found
     (single_losses, single_weights, single_devices) = result["single"]
     (parallel_losses, parallel_weights, parallel_devices) = result["parallel"]
@@ -71,3 +77,23 @@ def test_data_parallel_matches_one_device_on_two_cpu_devices():
 
 def test_device_count():
     assert device_count(None) == 1
+
+
+def test_the_environment_asks_for_data_parallelism_where_no_devices_are_given(monkeypatch):
+    """`data_parallel()` reads CXR_DATA_PARALLEL (the one function of that name; `cxr.train` calls it); outside
+    JAX it trains on one device and says so only when devices were asked for."""
+    import warnings
+
+    from cxr import train
+
+    assert not hasattr(train, "data_parallel") and not hasattr(train.device, "data_parallel")
+    monkeypatch.delenv("CXR_DATA_PARALLEL", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = data_parallel()
+    if keras.backend.backend() == "jax":
+        pytest.skip("the JAX case runs in the subprocess above")
+    assert none is None
+    monkeypatch.setenv("CXR_DATA_PARALLEL", "cpu")
+    with pytest.warns(UserWarning, match="JAX only"):
+        assert data_parallel() is None

@@ -113,7 +113,7 @@ def resolve(config: Config) -> Config:
     """`config` with every machine-dependent setting made explicit, ONCE per run: the batch size of every step
     (training, scoring, Grad-CAM, predict; `batch_size`) and the dtype policy (`mixed_precision` "on" or "off").
     The run folder's config.json and each model.json record the resolved values."""
-    dist = data_parallel()
+    dist = distribute.data_parallel()
     precision = {"mixed_bfloat16": "on", "mixed_float16": "float16"}.get(precision_policy(config), "off")
     return config.replace(batch_size=batch_size(config, distribute.device_count(dist)), mixed_precision=precision)
 
@@ -131,14 +131,6 @@ def batch_size(config: Config, n_devices: int = 1) -> int:
     if size % n_devices:
         raise ValueError(f"batch_size {size} is not a multiple of the {n_devices} devices")
     return size
-
-
-def data_parallel() -> keras.distribution.Distribution | None:
-    """`keras.distribution.DataParallel` over the visible accelerators when there are several (JAX), else None.
-
-    The environment variable CXR_DATA_PARALLEL set to a device type ("cpu", "gpu") uses every device of that type
-    instead, e.g. simulated CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2`) in tests."""
-    return distribute.data_parallel(os.environ.get("CXR_DATA_PARALLEL") or None)
 
 
 def environment() -> dict[str, Any]:
@@ -159,7 +151,7 @@ def environment() -> dict[str, Any]:
         versions[name] = __import__(name).__version__
     return {
         "backend": backend, "accelerator": accelerator(), "gpu": _gpu_name(),
-        "devices": distribute.device_count(data_parallel()),
+        "devices": distribute.device_count(distribute.data_parallel()),
         "platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
         "versions": versions,
     }

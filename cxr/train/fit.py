@@ -46,7 +46,7 @@ from cxr.config import PRIMARY_TASK, Config, OptimizerSettings, task as get_task
 from cxr.data import Prepared
 from cxr.io import write_json
 from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predict, predict_proba
-from cxr.train.device import data_parallel, environment, precision_policy, precision_scope
+from cxr.train.device import environment, precision_policy, precision_scope
 
 BALANCE_OPTIONS = ("weights", "sampling", "none")
 STAGES = ("head", "finetune")
@@ -204,7 +204,7 @@ def fit(config: Config, prepared: Prepared, task: str = PRIMARY_TASK, verbose: i
     if len(folds) < 2:
         raise ValueError(f"task {task!r} needs at least 2 folds of training rows; got {folds}")
     balanced_class_weight(y)  # a clear error for single-class training labels
-    dist = data_parallel()
+    dist = distribute.data_parallel()
     with precision_scope(precision_policy(config)) as policy, distribute.distributed(dist):
         keras.utils.set_random_seed(config.seed)
         result = _fit(config, prepared, task, rows, y, fold, folds, verbose)
