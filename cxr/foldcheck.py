@@ -69,22 +69,18 @@ def oof_heads(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarra
     return p, heads
 
 
-def cross_fitted(y: np.ndarray, p: np.ndarray, fold: np.ndarray, target: float) -> pd.DataFrame:
-    """Per held-out fold: the threshold chosen (keeping `target` sensitivity) on the OTHER folds' OOF predictions,
-    and the sensitivity and specificity it gives on this fold. Rows per fold, then "pooled"."""
+def operating_table(y: np.ndarray, p: np.ndarray, fold: np.ndarray, target: float) -> pd.DataFrame:
+    """The study's cross-fitted rule (`cxr.evaluate.threshold.cross_fitted`) with the "sensitivity" policy: per
+    held-out fold, the threshold keeping `target` sensitivity on the OTHER folds' OOF predictions, and the
+    sensitivity and specificity it gives on this fold; rows per fold, then "pooled". In the fold check's columns
+    (fold, threshold, images, sensitivity, specificity) and its counted specificity, as doc/fold_check.json holds."""
     from cxr.evaluate import threshold as thresholds
 
-    rows, called = [], np.zeros(len(y), bool)
-    for f in np.unique(fold):
-        held = fold == f
-        t = thresholds.choose(y[~held], p[~held], "sensitivity", target_sensitivity=target)
-        called[held] = p[held] >= t
-        rows.append({"fold": str(int(f)), "threshold": t, "images": int(held.sum()),
-                     "sensitivity": float(called[held][y[held] == 1].mean()),
-                     "specificity": float((~called[held])[y[held] == 0].mean())})
-    rows.append({"fold": "pooled", "threshold": float("nan"), "images": len(y),
-                 "sensitivity": float(called[y == 1].mean()), "specificity": float((~called)[y == 0].mean())})
-    return pd.DataFrame(rows)
+    def rule(y_other: np.ndarray, p_other: np.ndarray) -> float:
+        return thresholds.choose(y_other, p_other, "sensitivity", target_sensitivity=target)
+
+    table = thresholds.cross_fitted(y, p, fold, rule, count_kept=True).rename(columns={"n": "images"})
+    return table[["fold", "threshold", "images", "sensitivity", "specificity"]]
 
 
 def fold_check(config: Config, prepared: Prepared, schemes: tuple[str, ...] = FOLD_SCHEMES,
@@ -111,7 +107,7 @@ def fold_check(config: Config, prepared: Prepared, schemes: tuple[str, ...] = FO
         for scheme in schemes:
             fold = folds_for(prepared, rows, scheme, config.n_folds, config.split_seed)
             p, heads = oof_heads(x, y, fold)
-            op = cross_fitted(y, p, fold, target)
+            op = operating_table(y, p, fold, target)
             per_fold = op[op["fold"] != "pooled"]
             design = {"fold_scheme": scheme, "marker_zones": masked, "images": len(y),
                       "oof_auroc": float(roc_auc_score(y, p)), "oof_log_loss": float(log_loss(y, p)),

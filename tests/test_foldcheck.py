@@ -36,7 +36,7 @@ def test_cross_fitting_never_chooses_on_the_fold_it_judges():
     fold = np.tile([0, 1], 20)
     p = np.where(y == 1, 0.8, 0.2)
     p[(fold == 0) & (y == 1)] = 0.6  # fold 0's positives score lower than fold 1's
-    table = foldcheck.cross_fitted(y, p, fold, target=1.0)
+    table = foldcheck.operating_table(y, p, fold, target=1.0)
     # fold 0's threshold comes from fold 1 (0.8): all of fold 0's positives are missed, which choosing on fold 0
     # itself would have hidden
     assert table.loc[table["fold"] == "0", "threshold"].iloc[0] == pytest.approx(0.8)
@@ -84,10 +84,6 @@ def _retired_cross_fitted(y: np.ndarray, p: np.ndarray, fold: np.ndarray, target
     return pd.DataFrame(rows)
 
 
-def _operating_table():
-    return getattr(foldcheck, "operating_table", None) or foldcheck.cross_fitted
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_the_shared_cross_fitted_rule_gives_the_retired_tables_number_for_number(seed):
     rng = np.random.default_rng(seed)
@@ -97,7 +93,7 @@ def test_the_shared_cross_fitted_rule_gives_the_retired_tables_number_for_number
     p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.0, 1.0)
     p[rng.random(n) < 0.1] = 0.5  # ties
     target = float(rng.choice([0.8, 0.9, 0.95, 1.0]))
-    got, want = _operating_table()(y, p, fold, target), _retired_cross_fitted(y, p, fold, target)
+    got, want = foldcheck.operating_table(y, p, fold, target), _retired_cross_fitted(y, p, fold, target)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
@@ -123,7 +119,7 @@ def test_the_committed_fold_check_tables_follow_from_their_thresholds_and_counts
             folds += [f] * (n_neg + n_pos)
         chosen = iter(row["threshold"] for row in rows[:-1])
         monkeypatch.setattr(thresholds, "choose", lambda *args, **kwargs: next(chosen))
-        table = _operating_table()(np.array(ys), np.array(ps), np.array(folds), design.get("target", 0.95))
+        table = foldcheck.operating_table(np.array(ys), np.array(ps), np.array(folds), 0.95)  # choose: replaced
         assert to_json(table) == rows
         assert design["sensitivity"] == rows[-1]["sensitivity"] and design["specificity"] == rows[-1]["specificity"]
         assert design["worst_fold_specificity"] == min(r["specificity"] for r in rows[:-1])

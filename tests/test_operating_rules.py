@@ -1,5 +1,7 @@
 """Protocol v2's operating rules: the bacterial polarity of the second task, the co-primary targets of the first,
 the rule cross-fitted over the folds, and test copies counted once."""
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,3 +89,50 @@ def test_byte_identical_test_images_are_counted_once():
     assert dropped["excluded_reason"].tolist() == [TEST_DUPLICATE]
     assert (split_by_patient(index, 2, 0)["split"] == "test").sum() == 3  # v1 counted both
     assert Config().dedupe_test
+
+
+def test_the_committed_cross_fitted_tables_follow_from_their_thresholds_and_counts():
+    """doc/metrics.json's cross-fitted tables, rebuilt: the counts behind each fold's sensitivity and specificity
+    recovered from the committed numbers, a dataset with those counts around the committed thresholds, and the
+    shared `cross_fitted` of it (specificity as 1 - the share of class 0 called) gives the committed table, value
+    for value; `count_kept` (the fold check's counted share) is the other rounding of the same share."""
+    import json
+
+    from conftest import REPO
+    from cxr.io import to_json
+
+    doc = json.loads((REPO / "doc" / "metrics.json").read_text())
+    for task in ("pneumonia", "subtype"):
+        rows = doc["tasks"][task]["operating_point"]["cross_fitted"]
+        splits = [_splits(row) for row in rows[:-1]]  # a fold's shares may allow more than one split of its images
+        tables = []
+        for choice in itertools.product(*splits):
+            ys, ps, folds = [], [], []
+            for f, (((n_neg, kept), (n_pos, found)), row) in enumerate(zip(choice, rows)):
+                t = row["threshold"]
+                ys += [0] * n_neg + [1] * n_pos
+                ps += [t / 2] * kept + [(1 + t) / 2] * (n_neg + found - kept) + [t / 2] * (n_pos - found)
+                folds += [f] * (n_neg + n_pos)
+            chosen = iter([row["threshold"] for row in rows[:-1]])
+            table = thresholds.cross_fitted(np.array(ys), np.array(ps), np.array(folds), lambda y, p: next(chosen))
+            tables.append(to_json(table))
+        assert rows in tables, task  # the split whose pooled row is the committed one gives every row exactly
+    called = np.array([True, False, False])  # 1 of 3 normals called: 2/3 counted, 1 - 1/3 otherwise
+    y, p, folds = np.r_[0, 0, 0, 1, 0, 0, 0, 1], np.tile([0.9, 0.1, 0.1, 0.9], 2), np.r_[0, 0, 0, 0, 1, 1, 1, 1]
+    counted = thresholds.cross_fitted(y, p, folds, lambda y_, p_: 0.5, count_kept=True)
+    plain = thresholds.cross_fitted(y, p, folds, lambda y_, p_: 0.5)
+    assert counted["specificity"].iloc[0] == (~called).mean() and plain["specificity"].iloc[0] == 1 - called.mean()
+    assert counted["specificity"].iloc[0] != plain["specificity"].iloc[0]  # the last bit
+
+
+def _splits(row: dict) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Every ((class 0, of them not called), (class 1, of them called)) split of a fold's `n` images whose
+    shares, as `cross_fitted` computes them by default, are the row's sensitivity and specificity."""
+    out = []
+    for n_neg in range(1, row["n"]):
+        n_pos = row["n"] - n_neg
+        called_neg, found = round((1 - row["specificity"]) * n_neg), round(row["sensitivity"] * n_pos)
+        if 1 - called_neg / n_neg == row["specificity"] and found / n_pos == row["sensitivity"]:
+            out.append(((n_neg, n_neg - called_neg), (n_pos, found)))
+    assert out, row
+    return out

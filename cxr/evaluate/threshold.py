@@ -166,11 +166,15 @@ def stability_summary(table: pd.DataFrame) -> pd.DataFrame:
                          "specificity_high": q("full_specificity", 0.975)})
 
 
-def cross_fitted(y: Any, p: Any, folds: Any, rule: Any) -> pd.DataFrame:
+def cross_fitted(y: Any, p: Any, folds: Any, rule: Any, *, count_kept: bool = False) -> pd.DataFrame:
     """The operating rule cross-fitted: for each fold f, the threshold `rule(y, p)` chosen on the out-of-fold
     predictions of the OTHER folds, applied to fold f's. One row per fold (fold, n, threshold, sensitivity,
     specificity on the held-out fold) and a last row "pooled" (every held-out call together), so a reader sees how
-    the rule transfers to children it was not chosen on, as it must transfer to the test."""
+    the rule transfers to children it was not chosen on, as it must transfer to the test.
+
+    count_kept: the specificity as the share of class 0 not called (`cxr.foldcheck`'s, doc/fold_check.json)
+    instead of 1 - the share called (the study's, metrics.json); equal but for the rounding of the last bit, each
+    kept so that its committed numbers are reproduced exactly."""
     y, p = check_inputs(y, p)
     folds = np.asarray(folds)
     if folds.shape != y.shape:
@@ -183,8 +187,13 @@ def cross_fitted(y: Any, p: Any, folds: Any, rule: Any) -> pd.DataFrame:
         t = float(rule(y[~held], p[~held]))
         called[held] = p[held] >= t
         sens = float(called[held][y[held] == 1].mean()) if (y[held] == 1).any() else float("nan")
-        spec = float(1 - called[held][y[held] == 0].mean()) if (y[held] == 0).any() else float("nan")
+        spec = _specificity(called[held][y[held] == 0], count_kept) if (y[held] == 0).any() else float("nan")
         rows.append({"fold": str(f), "n": int(held.sum()), "threshold": t, "sensitivity": sens, "specificity": spec})
     rows.append({"fold": "pooled", "n": int(y.size), "threshold": float("nan"),
-                 "sensitivity": float(called[y == 1].mean()), "specificity": float(1 - called[y == 0].mean())})
+                 "sensitivity": float(called[y == 1].mean()), "specificity": _specificity(called[y == 0], count_kept)})
     return pd.DataFrame(rows)
+
+
+def _specificity(called: np.ndarray, count_kept: bool) -> float:
+    """The share of class-0 cases not called positive: counted, or as 1 - the share called (`cross_fitted`)."""
+    return float((~called).mean()) if count_kept else float(1 - called.mean())
