@@ -302,41 +302,41 @@ def run_notebook(mode: str = "full", in_place: bool = False, settings: dict[str,
 
 
 def describe_protocol(config: Config) -> str:
-    """The protocol's fixed choices, read off the run's Config (so the text cannot drift from what ran)."""
-    c = config
-    aug = [f"affine (rotation +-{c.aug_rotation:g} deg, scale +-{c.aug_scale:.0%}, shift +-{c.aug_shift:.0%}, "
-           f"shear +-{c.aug_shear:g} deg)",
-           f"intensity (contrast +-{c.aug_contrast:.0%}, brightness +-{c.aug_brightness:.0%}, gamma "
-           f"+-{c.aug_gamma:.0%}, noise {c.aug_noise:g} grey levels)"]
-    if c.aug_resample:
-        aug.append(f"the resampling path with probability {c.aug_resample:g}")
-    if c.aug_border:
-        aug.append(f"border masking up to {c.aug_border:.0%} per side")
-    tuned = ", ".join(c.finetune_tasks) or "no task"
-    rules = {"sensitivity": f"the highest threshold whose out-of-fold sensitivity reaches {c.target_sensitivity:.2f}",
-             "specificity": f"the lowest threshold whose out-of-fold specificity reaches {c.target_specificity:.2f}",
-             "plateau": f"the middle of the thresholds whose Youden J is within {c.threshold_tolerance} of the best",
+    """The protocol's fixed choices, read off the run's Config sections (so the text cannot drift from what ran)."""
+    d, m, a, t = config.data, config.model, config.augment, config.training
+    o, op, b = config.optimizer, config.operating, config.bootstrap
+    aug = [f"affine (rotation +-{a.rotation:g} deg, scale +-{a.scale:.0%}, shift +-{a.shift:.0%}, "
+           f"shear +-{a.shear:g} deg)",
+           f"intensity (contrast +-{a.contrast:.0%}, brightness +-{a.brightness:.0%}, gamma "
+           f"+-{a.gamma:.0%}, noise {a.noise:g} grey levels)"]
+    if a.resample:
+        aug.append(f"the resampling path with probability {a.resample:g}")
+    if a.border:
+        aug.append(f"border masking up to {a.border:.0%} per side")
+    rules = {"sensitivity": f"the highest threshold whose out-of-fold sensitivity reaches {op.target_sensitivity:.2f}",
+             "specificity": f"the lowest threshold whose out-of-fold specificity reaches {op.target_specificity:.2f}",
+             "plateau": f"the middle of the thresholds whose Youden J is within {op.threshold_tolerance} of the best",
              "youden": "the maximum of Youden's J", "calibrated": "0.5 after calibration"}
-    folds = ("contiguous ID blocks of every file-name family, as the official test is cut" if c.fold_scheme == "blocks"
-             else f"folds seeded by split_seed {c.split_seed}")
+    folds = ("contiguous ID blocks of every file-name family, as the official test is cut" if d.fold_scheme == "blocks"
+             else f"folds seeded by split_seed {d.split_seed}")
     markers = ("the two corner zones of the burned-in stamp masked in the model's first layer (training, scoring, "
-               "Grad-CAM and predict alike); " if c.marker_zones else "")
-    copies = "test images byte-identical to another test image counted once; " if c.dedupe_test else ""
-    return (f"**Recipe**: {c.backbone} ({c.weights or 'random'} weights) at {c.image_size} px; {markers}{c.n_folds}-fold "
-            f"cross-validation of the training children ({folds}); per fold a head "
-            f"on frozen features (at most {c.head_epochs} epochs) then the whole backbone fine-tuned (at most "
-            f"{c.finetune_epochs} epochs, lr {c.finetune_lr:g}, layer decay {c.layer_decay:g}, weight decay "
-            f"{c.weight_decay:g}) for {', '.join(c.finetune_tasks) or 'no task'}; augmentation: {'; '.join(aug)}. "
-            f"**Choices on the pooled out-of-fold predictions**: class balance ({c.class_balance}), each stage's "
-            f"epoch and the kept stage by log-loss; {c.calibration} calibration. **Operating points**: pneumonia vs "
-            f"normal, {rules[c.threshold_policy]} (a screening aid must not miss pneumonia), with a minimum "
-            f"specificity of {c.min_specificity:.2f} reported as met or missed, never tuned; bacterial vs viral, "
-            f"{rules[c.subtype_threshold_policy]} (it keeps the bacterial sensitivity: a missed bacterial pneumonia "
+               "Grad-CAM and predict alike); " if m.marker_zones else "")
+    copies = "test images byte-identical to another test image counted once; " if d.dedupe_test else ""
+    return (f"**Recipe**: {m.backbone} ({m.weights or 'random'} weights) at {d.image_size} px; {markers}"
+            f"{d.n_folds}-fold cross-validation of the training children ({folds}); per fold a head "
+            f"on frozen features (at most {t.head_epochs} epochs) then the whole backbone fine-tuned (at most "
+            f"{t.finetune_epochs} epochs, lr {o.finetune_lr:g}, layer decay {o.layer_decay:g}, weight decay "
+            f"{o.weight_decay:g}) for {', '.join(t.finetune_tasks) or 'no task'}; augmentation: {'; '.join(aug)}. "
+            f"**Choices on the pooled out-of-fold predictions**: class balance ({t.class_balance}), each stage's "
+            f"epoch and the kept stage by log-loss; {op.calibration} calibration. **Operating points**: pneumonia vs "
+            f"normal, {rules[op.threshold_policy]} (a screening aid must not miss pneumonia), with a minimum "
+            f"specificity of {op.min_specificity:.2f} reported as met or missed, never tuned; bacterial vs viral, "
+            f"{rules[op.subtype_threshold_policy]} (it keeps the bacterial sensitivity: a missed bacterial pneumonia "
             f"withholds antibiotics), and no operating point when the viral sensitivity then falls below "
-            f"{c.subtype_min_sensitivity:.2f}. **Final model**: the ensemble of the {c.n_folds} fold models (mean "
+            f"{op.subtype_min_sensitivity:.2f}. **Final model**: the ensemble of the {d.n_folds} fold models (mean "
             f"probability). **Test** (a development test set, reused before; `doc/test_access.json`): {copies}scored "
-            f"once per task in this run and once for the trivial baseline; {c.ci_level:.0%} patient-level "
-            f"intervals from {c.n_bootstrap} bootstrap resamples, and the interval that re-chooses the threshold.")
+            f"once per task in this run and once for the trivial baseline; {b.ci_level:.0%} patient-level "
+            f"intervals from {b.n_bootstrap} bootstrap resamples, and the interval that re-chooses the threshold.")
 
 
 def describe_folds(result: Any) -> str:
