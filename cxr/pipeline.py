@@ -152,14 +152,14 @@ def fit_calibration(config: Config, y: np.ndarray, p: np.ndarray) -> dict[str, A
 def task_rule(config: Config, task: str = PRIMARY_TASK) -> dict[str, Any]:
     """The declared operating rule of `task` (protocol v2, items 3 and 4): its policy, the class whose sensitivity
     it keeps (`Task.kept_class`, the clinical polarity) and its targets, read from the Config."""
-    t = get_task(task)
+    t, op = get_task(task), config.operating
     if t.primary:
-        return {"policy": config.threshold_policy, "kept_class": t.class_names[t.kept_class],
-                "target_sensitivity": config.target_sensitivity, "min_specificity": config.min_specificity,
-                "tolerance": config.threshold_tolerance}
-    return {"policy": config.subtype_threshold_policy, "kept_class": t.class_names[t.kept_class],
-            "target_specificity": config.target_specificity, "min_sensitivity": config.subtype_min_sensitivity,
-            "tolerance": config.threshold_tolerance}
+        return {"policy": op.threshold_policy, "kept_class": t.class_names[t.kept_class],
+                "target_sensitivity": op.target_sensitivity, "min_specificity": op.min_specificity,
+                "tolerance": op.threshold_tolerance}
+    return {"policy": op.subtype_threshold_policy, "kept_class": t.class_names[t.kept_class],
+            "target_specificity": op.target_specificity, "min_sensitivity": op.subtype_min_sensitivity,
+            "tolerance": op.threshold_tolerance}
 
 
 def rule_threshold(config: Config, y: np.ndarray, p: np.ndarray, calibrator: dict[str, Any] | None = None,
@@ -168,14 +168,13 @@ def rule_threshold(config: Config, y: np.ndarray, p: np.ndarray, calibrator: dic
     fits. A secondary task whose rule keeps class 0 (bacterial vs viral) fits only when class 1's sensitivity at
     that threshold reaches `config.subtype_min_sensitivity`; when it does not, no threshold serves both classes and
     the task has no operating point: (0.5, False)."""
-    t = get_task(task)
-    policy = config.threshold_policy if t.primary else config.subtype_threshold_policy
-    cut = thresholds.choose(y, p, policy, tolerance=config.threshold_tolerance,
-                            target_sensitivity=config.target_sensitivity,
-                            target_specificity=config.target_specificity, calibrator=calibrator)
+    t, op = get_task(task), config.operating
+    policy = op.threshold_policy if t.primary else op.subtype_threshold_policy
+    cut = thresholds.choose(y, p, policy, tolerance=op.threshold_tolerance, target_sensitivity=op.target_sensitivity,
+                            target_specificity=op.target_specificity, calibrator=calibrator)
     if not t.primary and t.kept_class == 0:
         y, p = np.asarray(y), np.asarray(p)
-        if float(np.mean(p[y == 1] >= cut)) < config.subtype_min_sensitivity:
+        if float(np.mean(p[y == 1] >= cut)) < op.subtype_min_sensitivity:
             return 0.5, False
     return cut, True
 
@@ -193,15 +192,16 @@ def operating_point(config: Config, y: np.ndarray, p: np.ndarray,
 def stability(config: Config, selection: Scores, calibrator: dict[str, Any] | None,
               task: str = PRIMARY_TASK) -> pd.DataFrame:
     """How each policy's threshold moves under patient-level bootstrap resamples of the out-of-fold predictions."""
-    own = config.threshold_policy if get_task(task).primary else config.subtype_threshold_policy
+    op, boot = config.operating, config.bootstrap
+    own = op.threshold_policy if get_task(task).primary else op.subtype_threshold_policy
     policies = list(dict.fromkeys([own, *STABILITY_POLICIES]))
     if calibrator is None:
         policies = [p for p in policies if p != "calibrated"]
-    n_boot = max(50, min(200, config.n_bootstrap // 10))
-    return thresholds.stability(selection.y, selection.p, policy=policies, n_boot=n_boot, seed=config.seed,
-                                groups=selection.groups, tolerance=config.threshold_tolerance,
-                                target_sensitivity=config.target_sensitivity,
-                                target_specificity=config.target_specificity, calibrator=calibrator)
+    n_boot = max(50, min(200, boot.n_bootstrap // 10))
+    return thresholds.stability(selection.y, selection.p, policy=policies, n_boot=n_boot, seed=boot.seed,
+                                groups=selection.groups, tolerance=op.threshold_tolerance,
+                                target_sensitivity=op.target_sensitivity, target_specificity=op.target_specificity,
+                                calibrator=calibrator)
 
 
 def rule_targets(config: Config, task: str, report: dict[str, Any], oof: Scores, threshold: float,
@@ -515,7 +515,7 @@ def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = N
 
 @dataclass
 class GradCam:
-    """The Grad-CAM maps of a task's test split (notebook section 10): every test image explained by the fold
+    """The Grad-CAM maps of a task's test split (notebook section 7): every test image explained by the fold
     ensemble for the class it was called at the task's threshold, raw maps on one colour scale, and the cases
     shown, chosen by rule (`explain.confident_cases`, `explain.near_threshold_cases`)."""
 
@@ -633,7 +633,7 @@ class Study:
         evaluate.write_metrics(self.run_dir / "metrics.json", self.doc)
         return self.doc
 
-    # protocol v2's checks of the marker shortcut (notebook sections 1 and 7; nothing scored on test)
+    # protocol v2's checks of the marker shortcut (notebook sections 1 and 5; nothing scored on test)
 
     def markers(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The marker audit (`cxr.data.markers`): the detector's result for every image of the study (`detect`:
@@ -672,7 +672,7 @@ class Study:
         self.counterfactual = {"task": task, "marker_zones": bool(c.marker_zones), **result}
         return self.counterfactual
 
-    # the explanation of the main task (notebook section 10, after the study: figures only)
+    # the explanation of the main task (notebook section 7, after the study: figures only)
 
     def grad_cam(self, task: str = PRIMARY_TASK) -> GradCam:
         """Grad-CAM of every test image of `task` for the class the ensemble called, raw, on one colour scale, and
