@@ -22,7 +22,7 @@ with quiet_stderr():  # TensorFlow's C++ start-up lines
 
 from cxr import backbones
 from cxr.augment import XRayAugment
-from cxr.config import AugmentSettings
+from cxr.config import PRIMARY_TASK, AugmentSettings
 from cxr.io import atomic_folder
 
 LAYER_ORDER = ("image", "to_float", "to_backbone", "backbone", "pool", "dropout", "logit", "prob")
@@ -117,7 +117,7 @@ def _to_float(config) -> keras.layers.Layer:
     return layers.Rescaling(1.0, name="to_float")
 
 
-def build_model(config, name: str = "pneumonia") -> keras.Model:
+def build_model(config, name: str = PRIMARY_TASK) -> keras.Model:
     """Image (S, S, 1) uint8 -> probability of the positive class (PNEUMONIA, or virus for the subtype task).
 
     A linear chain of named layers (`LAYER_ORDER`): image, to_float, to_backbone, backbone, pool, dropout, logit
@@ -219,7 +219,7 @@ def head_model(model: keras.Model) -> keras.Model:
 ENSEMBLE = "average"  # the layer that averages the members' probabilities in `ensemble_model`
 
 
-def ensemble_model(members: list[keras.Model], name: str = "pneumonia") -> keras.Model:
+def ensemble_model(members: list[keras.Model], name: str = PRIMARY_TASK) -> keras.Model:
     """image -> [each member's probability] -> their mean: the fold ensemble as ONE model (saved, loaded,
     predicted and explained as such). The members are the chains of `build_model`, nested whole; one member gives
     a model whose output is that member's."""
