@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from cxr.config import RESIZE_POLICIES
 from cxr.data.parallel import parallel_map
@@ -345,6 +346,28 @@ def resize(img: Image.Image, size: int, policy: str = "squash") -> np.ndarray:
     canvas.paste(img.resize(new, Image.Resampling.BILINEAR) if new != img.size else img,
                  ((size - new[0]) // 2, (size - new[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def canonical(image: np.ndarray, quality: int = 75, smooth: float = 0.0) -> np.ndarray:
+    """One canonical re-encode of a uint8 (S, S) grayscale image (after `resize`): an optional Gaussian blur of
+    radius `smooth` px (Pillow's `GaussianBlur`; 0: none), then an in-memory JPEG encode (8-bit grayscale, Pillow,
+    `quality`, no optimisation) and decode. The shared 224-px copies are JPEGs at quality 75 (their luminance table
+    is the standard one scaled to 75), so quality 75 changes a copy little and quantises a sharper image (an
+    original resized here) the same way. The same shape and dtype; pure (a new array, the input untouched).
+    An experiment (`bench/resize_gap.py`), not part of `load_image`, the cache or `predict`."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 2:
+        raise ValueError(f"canonical takes a uint8 (S, S) image, not {a.dtype} {a.shape}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in 1..100, not {quality!r}")
+    img = Image.fromarray(a, "L")
+    if smooth > 0:
+        img = img.filter(ImageFilter.GaussianBlur(float(smooth)))
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("L"), dtype=np.uint8).copy()
 
 
 def load_image(path_or_file: str | Path | BinaryIO, size: int, policy: str = "squash") -> np.ndarray:

@@ -17,7 +17,7 @@ And the shift a user brings: `raw_sample_agreement` scores full-resolution origi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -133,7 +133,8 @@ def _original_files(raw_dirs: Path | list[Path | None] | None) -> list[tuple[str
 
 
 def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: float,
-                         raw_dirs: Path | list[Path | None] | None) -> pd.DataFrame:
+                         raw_dirs: Path | list[Path | None] | None,
+                         preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """Each full-resolution original of the folders `raw_dirs` (each with NORMAL/, PNEUMONIA/;
     `cxr.data.raw_sample_dir()`, `cxr.data.sources.originals_dir()`; one folder is accepted too, Nones are dropped)
     beside its 224-px copy in the data, the original decoded and resized by the package (`cxr.data.load_image`, as
@@ -141,7 +142,10 @@ def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: flo
     (`result.members`), or the whole ensemble when its child is not among the training rows. Columns: source (the
     folder's name), path, label, fold, p_copy, p_original, delta (original - copy), agree (the same call at
     `threshold`). Originals without a copy in the data, and those that cannot be read or that the input checks
-    refuse (`cxr.data.ImageRejected`), are skipped and counted in `table.attrs["skipped"]`. Empty without any folder."""
+    refuse (`cxr.data.ImageRejected`), are skipped and counted in `table.attrs["skipped"]`. Empty without any folder.
+    `preprocess` (uint8 (S, S) -> uint8 (S, S), e.g. `cxr.data.images.canonical`), when given, is applied to every
+    copy and every original alike before scoring (the models should have been trained on images that went through
+    it too)."""
     from cxr import model as cxr_model, train
     from cxr.data import ImageRejected, load_image
 
@@ -169,6 +173,8 @@ def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: flo
     folds = np.array([int(index["fold"].iloc[i]) if index["split"].iloc[i] == "train" else -1 for *_, i in found])
     copies = np.stack([prepared.images[i] for *_, i in found])
     originals = np.stack(originals)
+    if preprocess is not None:
+        copies, originals = (np.stack([preprocess(a) for a in x]) for x in (copies, originals))
     p_copy, p_orig = np.empty(len(found)), np.empty(len(found))
     for fold in np.unique(folds):
         models = [result.members[fold]] if fold >= 0 else cxr_model.members(result.model)
