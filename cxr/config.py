@@ -20,6 +20,8 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 OFFICIAL_SPLITS = ("train", "val", "test")  # the folders of the Kaggle archive
 SPLITS = ("train", "test")  # the study's: the training children (cross-validated in folds) and the official test
 RESIZE_POLICIES = ("squash", "letterbox")
+HASH_OMITTED_WHEN_NONE = ("reencode_quality",)  # fields added after config hashes were recorded: left out of
+# `cxr.evaluate.ledger.config_hash` while None (off), so that a Config that predates them keeps its hash
 CLASS_BALANCE = ("auto", "weights", "sampling", "none")
 
 
@@ -123,6 +125,7 @@ class DataSettings(Section):
     dedupe_test: bool
     near_duplicate_bits: int
     max_per_class: int | None
+    reencode_quality: int | None
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,7 @@ class Config:
     near_duplicate_bits: int = 30  # images whose perceptual hashes differ in at most this many of 255 bits are
     # treated as copies (one group, one split; a training image near a test image is excluded)
     max_per_class: int | None = None  # cap images per (split, class); smoke mode only
+    reencode_quality: int | None = None  # None: off (protocol v2); 1..95: JPEG re-encode every image after the resize
     # model
     backbone: str = "efficientnet_lite0"  # or efficientnet_lite1/2, any keras.applications name ("EfficientNetB0")
     weights: str | None = "imagenet"  # "imagenet", a local weights file, or None (random, explicit)
@@ -393,6 +397,9 @@ class Config:
             if not 0.0 <= getattr(self, name) <= 1.0 or (name.startswith("target") and getattr(self, name) == 0.0):
                 raise ValueError(f"{name} must lie in (0, 1]" if name.startswith("target") else
                                  f"{name} must lie in [0, 1]")
+        q = self.reencode_quality
+        if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 95):
+            raise ValueError(f"reencode_quality must be None (off) or an integer JPEG quality 1..95, not {q!r}")
         if not 0.0 <= self.aug_resample <= 1.0 or not 0.0 <= self.aug_border < 0.5:
             raise ValueError("aug_resample must lie in [0, 1] and aug_border in [0, 0.5)")
 

@@ -130,3 +130,19 @@ def test_every_named_set_is_registered_once_with_config_fields_only():
     assert all(set(s.values) <= fields for s in presets.OVERRIDES.values())  # also checked on import
     with pytest.raises(ValueError, match="a base not defined before it"):
         presets._registry(presets.Overrides("bad", "a base that is not there", "test", {}, base="nosuch"))
+
+
+def test_reencode_quality_is_off_by_default_checked_parsed_and_kept_out_of_older_hashes():
+    from cxr.evaluate import ledger
+
+    assert Config().reencode_quality is None and Config().data.reencode_quality is None
+    assert Config(reencode_quality=75).data.reencode_quality == 75
+    assert parse_settings(["reencode_quality=75"]) == {"reencode_quality": 75}
+    assert parse_settings(["reencode_quality=none"]) == {"reencode_quality": None}
+    for bad in (0, 96, 100, True, 75.0, "75"):
+        with pytest.raises(ValueError, match="reencode_quality"):
+            Config(reencode_quality=bad)
+    older = {k: v for k, v in Config().to_dict().items() if k != "reencode_quality"}  # a config.json before it
+    assert Config.from_dict(older) == Config()
+    assert ledger.config_hash(older) == ledger.config_hash(Config()) == ledger.config_hash(Config().to_dict())
+    assert ledger.config_hash(Config(reencode_quality=75)) != ledger.config_hash(Config())  # on, it counts

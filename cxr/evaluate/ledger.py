@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr.config import HASH_OMITTED_WHEN_NONE
 from cxr.io import to_json
 
 LEDGER_NAME = "test_ledger.jsonl"
@@ -30,9 +31,14 @@ SUMMARY_METRICS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_
 def config_hash(config: Any) -> str:
     """The first 12 hex digits of the sha256 of the configuration's canonical JSON (sorted keys, no spaces).
 
-    Key order does not matter, every value does. A `Config` dataclass is hashed as its fields.
+    Key order does not matter, every value does. A `Config` dataclass is hashed as its fields, less those of
+    `HASH_OMITTED_WHEN_NONE` while they are None (fields added later, off by default: a Config that predates them
+    keeps its recorded hash; set, they count).
     """
-    canonical = json.dumps(to_json(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    data = to_json(config)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if not (k in HASH_OMITTED_WHEN_NONE and v is None)}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
