@@ -495,6 +495,41 @@ def test_cache_is_built_reused_and_invalidated(indexed, tree, tmp_path, monkeypa
     assert not data.cache_is_valid(kept(index.iloc[:-3]), 32, "squash", cache)
 
 
+def test_the_cache_is_keyed_by_the_reencode_quality(indexed, tree, tmp_path, monkeypatch):
+    """None (today), then 75: rebuilt, each row `canonical(load_image(...), 75)`; 75 again: reused. A manifest
+    written before the setting existed (no key) is still valid for None, not for 75."""
+    from cxr.data.images import canonical
+
+    index, _ = indexed
+    root, cache = tree / "chest_xray", tmp_path / "cache"
+    manifest = cache / "images-32-squash.json"
+    plain = np.array(data.build_cache(index, root, 32, "squash", cache, workers=1))
+    assert json.loads(manifest.read_text())["reencode_quality"] is None
+    assert not data.cache_is_valid(index, 32, "squash", cache, reencode_quality=75)
+    coded = np.array(data.build_cache(index, root, 32, "squash", cache, workers=1, reencode_quality=75))
+    assert json.loads(manifest.read_text())["reencode_quality"] == 75
+    assert (coded != plain).any()
+    for row in (0, len(index) - 1):
+        np.testing.assert_array_equal(coded[row], canonical(data.load_image(root / index["path"][row], 32), 75))
+        np.testing.assert_array_equal(coded[row], data.load_image(root / index["path"][row], 32, "squash", 75))
+    assert not data.cache_is_valid(index, 32, "squash", cache)  # off again: stale
+    stamp = manifest.stat().st_mtime_ns
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(data.images, "_decode_paths", no_decoding)
+    np.testing.assert_array_equal(data.build_cache(index, root, 32, "squash", cache, workers=1,
+                                                   reencode_quality=75), coded)
+    assert manifest.stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    data.build_cache(index, root, 32, "squash", cache, workers=1)
+    older = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "reencode_quality"}
+    manifest.write_text(json.dumps(older))  # as written before the setting existed
+    assert data.cache_is_valid(index, 32, "squash", cache)
+    assert not data.cache_is_valid(index, 32, "squash", cache, reencode_quality=75)
+
+
 def test_interrupted_cache_build_leaves_no_trusted_cache(indexed, tree, tmp_path, monkeypatch):
     index, _ = indexed
     root, cache = tree / "chest_xray", tmp_path / "cache"
@@ -503,11 +538,11 @@ def test_interrupted_cache_build_leaves_no_trusted_cache(indexed, tree, tmp_path
     calls = {"n": 0}
     real = data.images._decode_paths
 
-    def interrupted(paths, size, policy):
+    def interrupted(paths, size, policy, *quality):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(paths, size, policy)
+        return real(paths, size, policy, *quality)
 
     monkeypatch.setattr(data.images, "_decode_paths", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -425,9 +425,9 @@ def test_a_killed_cache_build_leaves_no_workers_and_its_temporary_file_is_swept(
         rows, _ = index.build_index(root, workers=1)
         real = images._decode_paths
 
-        def slow(paths, size, policy):  # the workers inherit it (fork): a build that takes a while
+        def slow(paths, size, policy, *quality):  # the workers inherit it (fork): a build that takes a while
             time.sleep(30)
-            return real(paths, size, policy)
+            return real(paths, size, policy, *quality)
 
         images._decode_paths = slow
         print("building", flush=True)

@@ -10,8 +10,8 @@ The pipeline, as `prepare(config)` runs it, one module per step:
    `split_by_patient` assigns the training children (official train + val) to cross-validation folds, grouped by
    child, identical bytes and near duplicates, stratified by subtype; the official test is never changed; copies
    of test images are excluded; `check_no_leakage`.
-4. `images`: `build_cache` decodes every image once (`load_image`, THE resize policy `resize`) into a uint8
-   (N, S, S) memory map with a manifest; reused while valid, rebuilt when stale, written atomically.
+4. `images`: `build_cache` decodes every image once (`load_image`, THE resize policy `resize`, then the JPEG
+   re-encode of `config.reencode_quality` when set) into a uint8 (N, S, S) memory map with a manifest; reused while valid, rebuilt when stale, written atomically.
 
 `prepare` returns a `Prepared`, the one object the training, evaluation and explanation code reads.
 """
@@ -184,7 +184,8 @@ def prepare(config: Config, workers: int | None = None, verbose: bool = True,
     if verbose:
         print(describe(inventory, skipped, max_skipped=20))
     # the cache holds the study's rows only, in path order
-    images = build_cache(kept, root, config.image_size, config.resize_policy, data_dir / "cache", workers=workers)
+    images = build_cache(kept, root, config.image_size, config.resize_policy, data_dir / "cache", workers=workers,
+                         reencode_quality=config.reencode_quality)
     write_checked_csv(data_dir / "skipped.csv", skipped)  # each with its record (rows, sha256): read_checked_csv
     write_checked_csv(data_dir / "index.csv", inventory)
     return Prepared(index=kept, skipped=skipped, images=images, root=root, source=source,

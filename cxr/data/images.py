@@ -354,7 +354,7 @@ def canonical(image: np.ndarray, quality: int = 75, smooth: float = 0.0) -> np.n
     `quality`, no optimisation) and decode. The shared 224-px copies are JPEGs at quality 75 (their luminance table
     is the standard one scaled to 75), so quality 75 changes a copy little and quantises a sharper image (an
     original resized here) the same way. The same shape and dtype; pure (a new array, the input untouched).
-    An experiment (`bench/resize_gap.py`), not part of `load_image`, the cache or `predict`."""
+    `load_image` applies it (no blur) with `reencode_quality` (`Config.reencode_quality`; `bench/resize_gap.py`)."""
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 2:
         raise ValueError(f"canonical takes a uint8 (S, S) image, not {a.dtype} {a.shape}")
@@ -370,12 +370,15 @@ def canonical(image: np.ndarray, quality: int = 75, smooth: float = 0.0) -> np.n
         return np.asarray(decoded.convert("L"), dtype=np.uint8).copy()
 
 
-def load_image(path_or_file: str | Path | BinaryIO, size: int, policy: str = "squash") -> np.ndarray:
+def load_image(path_or_file: str | Path | BinaryIO, size: int, policy: str = "squash",
+               reencode_quality: int | None = None) -> np.ndarray:
     """Decode an image file (any Pillow format, or DICOM) to uint8 (size, size) grayscale: `read_image` (EXIF
     orientation applied, JPEGs in draft mode, checked: `ImageRejected` names the file and says why, e.g. shorter
-    side below `min_side(size)`, blank, NaN pixels), then `resize`."""
+    side below `min_side(size)`, blank, NaN pixels), then `resize`, then, with `reencode_quality`, `canonical` (a
+    JPEG re-encode at that quality; None: none). The one path of training (the cache), scoring and predict."""
     gray, _ = read_image(path_or_file, draft=size, minimum=min_side(size), model=f" for a {size}-px model")
-    return resize(gray, size, policy)
+    image = resize(gray, size, policy)
+    return image if reencode_quality is None else canonical(image, reencode_quality)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -383,20 +386,21 @@ def load_image(path_or_file: str | Path | BinaryIO, size: int, policy: str = "sq
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _decode_paths(paths: list[str], size: int, policy: str) -> np.ndarray:
+def _decode_paths(paths: list[str], size: int, policy: str, quality: int | None = None) -> np.ndarray:
     out = np.empty((len(paths), size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            out[i] = load_image(path, size, policy)
+            out[i] = load_image(path, size, policy, quality)
         except Exception as error:  # noqa: BLE001  (say which file; the index said it was fine)
             raise DataUnavailable(f"cannot decode {path} ({type(error).__name__}: {error}); "
                                   "the file changed since it was indexed? Rebuild the index.") from None
     return out
 
 
-def _decode_into(rows: list[tuple[int, str]], array_path: str, size: int, policy: str) -> int:
+def _decode_into(rows: list[tuple[int, str]], array_path: str, size: int, policy: str,
+                 quality: int | None = None) -> int:
     """Decode consecutive rows [(position, path), ...] into the .npy memory map at `array_path`."""
-    block = _decode_paths([path for _, path in rows], size, policy)
+    block = _decode_paths([path for _, path in rows], size, policy, quality)
     array = np.load(array_path, mmap_mode="r+")
     array[rows[0][0]:rows[0][0] + len(rows)] = block
     array.flush()
@@ -414,9 +418,10 @@ def _index_key(index: pd.DataFrame) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _manifest(index: pd.DataFrame, size: int, policy: str) -> dict[str, Any]:
+def _manifest(index: pd.DataFrame, size: int, policy: str, quality: int | None = None) -> dict[str, Any]:
+    # reencode_quality None also matches a manifest written before it existed (`manifest.get`): still valid
     return {"version": CACHE_VERSION, "size": int(size), "policy": policy, "count": int(len(index)),
-            "index_key": _index_key(index)}
+            "index_key": _index_key(index), "reencode_quality": quality}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -429,16 +434,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_problem(index: pd.DataFrame, size: int, policy: str, cache_dir: Path, verify: bool) -> str | None:
-    """None when the cache of (index, size, policy) can be reused; else why not: "missing", "stale" (made for
-    another index, size, policy or version) or a sentence saying how the array is damaged."""
+def _cache_problem(index: pd.DataFrame, size: int, policy: str, cache_dir: Path, verify: bool,
+                   quality: int | None = None) -> str | None:
+    """None when the cache of (index, size, policy, re-encode quality) can be reused; else why not: "missing",
+    "stale" (made for another index, size, policy, quality or version) or a sentence saying how the array is damaged."""
     array_path, manifest_path = _cache_paths(cache_dir, size, policy)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         return "missing"
-    if not isinstance(manifest, dict) or {k: manifest.get(k) for k in _manifest(index, size, policy)} != _manifest(
-            index, size, policy) or "sha256" not in manifest:
+    expected = _manifest(index, size, policy, quality)
+    if not isinstance(manifest, dict) or {k: manifest.get(k) for k in expected} != expected or "sha256" not in manifest:
         return "stale"
     try:
         if array_path.stat().st_size != manifest.get("bytes"):
@@ -454,11 +460,12 @@ def _cache_problem(index: pd.DataFrame, size: int, policy: str, cache_dir: Path,
     return None
 
 
-def cache_is_valid(index: pd.DataFrame, size: int, policy: str, cache_dir: str | Path, verify: bool = True) -> bool:
-    """True when the cache for (index, size, policy) exists, its manifest matches (version, size, policy, the rows
-    and their file hashes, the row count, the byte size) and the array is complete and, with `verify`, matches the
-    sha256 recorded in its manifest."""
-    return _cache_problem(index, size, policy, Path(cache_dir), verify) is None
+def cache_is_valid(index: pd.DataFrame, size: int, policy: str, cache_dir: str | Path, verify: bool = True,
+                   reencode_quality: int | None = None) -> bool:
+    """True when the cache for (index, size, policy, reencode_quality) exists, its manifest matches (version, size,
+    policy, re-encode quality, the rows and their file hashes, the row count, the byte size) and the array is
+    complete and, with `verify`, matches the sha256 recorded in its manifest."""
+    return _cache_problem(index, size, policy, Path(cache_dir), verify, reencode_quality) is None
 
 
 def _lock(fd: int) -> None:
@@ -505,10 +512,12 @@ def sweep_stale_temporaries(cache_dir: str | Path) -> list[Path]:
 
 
 def build_cache(index: pd.DataFrame, root: str | Path, size: int, policy: str, cache_dir: str | Path,
-                workers: int | None = None, force: bool = False) -> np.ndarray:
-    """Decode every image of `index` (rows in order) once into a read-only uint8 (N, size, size) memory map.
+                workers: int | None = None, force: bool = False, reencode_quality: int | None = None) -> np.ndarray:
+    """Decode every image of `index` (rows in order, `load_image` with `reencode_quality`) once into a read-only
+    uint8 (N, size, size) memory map.
 
-    The cache (images-{size}-{policy}.npy + .json manifest: version, size, policy, row count, a hash of the
+    The cache (images-{size}-{policy}.npy + .json manifest: version, size, policy, re-encode quality (a change of it
+    makes the cache stale), row count, a hash of the
     (path, sha1) list, the array's byte size and its sha256) is reused while valid (the checksum is verified on
     every reuse: about 0.2 s for the full dataset at 224 px) and rebuilt when stale or damaged (a damaged cache is
     announced in one line). Atomic: the old manifest is removed first, the array is written to a locked temporary
@@ -525,7 +534,7 @@ def build_cache(index: pd.DataFrame, root: str | Path, size: int, policy: str, c
         if swept:
             print(f"Data: removed {len(swept)} temporary file(s) of an interrupted image-cache build in {cache_dir}")
     if not force:
-        problem = _cache_problem(index, size, policy, cache_dir, verify=True)
+        problem = _cache_problem(index, size, policy, cache_dir, True, reencode_quality)
         if problem is None:
             return np.load(array_path, mmap_mode="r")
         if problem not in ("missing", "stale"):
@@ -541,13 +550,14 @@ def build_cache(index: pd.DataFrame, root: str | Path, size: int, policy: str, c
             del array
             # each worker decodes a run of rows and writes them into the memory map itself: no pixels through pipes
             rows = list(enumerate(str(Path(root) / p) for p in index["path"]))
-            decode = functools.partial(_decode_into, array_path=str(tmp), size=size, policy=policy)
+            decode = functools.partial(_decode_into, array_path=str(tmp), size=size, policy=policy,
+                                       quality=reencode_quality)
             for _ in parallel_map(decode, rows, workers, f"decode {size}px"):
                 pass
             checksum = file_sha256(tmp)
     finally:
         if lock is not None:
             os.close(lock)  # after the rename: a sweep never sees the finished file unlocked under its temporary name
-    atomic_write_text(manifest_path, json.dumps({**_manifest(index, size, policy), "bytes": array_path.stat().st_size,
-                                                 "sha256": checksum}, indent=1))
+    atomic_write_text(manifest_path, json.dumps({**_manifest(index, size, policy, reencode_quality),
+                                                 "bytes": array_path.stat().st_size, "sha256": checksum}, indent=1))
     return np.load(array_path, mmap_mode="r")
