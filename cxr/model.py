@@ -278,9 +278,9 @@ MAX_IMAGE_SIZE = 2048  # a model.json asking for larger inputs is damaged or for
 
 def check_model_meta(meta: Any, where: Path) -> dict[str, Any]:
     """`meta` (a parsed model.json) checked field by field: a dict with config.image_size (int, 32..MAX_IMAGE_SIZE),
-    config.resize_policy (one of RESIZE_POLICIES), config.batch_size (None or int >= 1), threshold (a number in
-    [0, 1]), class_names (two strings) and calibration (None or a dict). Returns it; raises `ValueError` with one line
-    naming the file and the field otherwise."""
+    config.resize_policy (one of RESIZE_POLICIES), config.batch_size (None or int >= 1), config.reencode_quality
+    (None or absent, or int 1..95), threshold (a number in [0, 1]), class_names (two strings) and calibration (None
+    or a dict). Returns it; raises `ValueError` with one line naming the file and the field otherwise."""
     import math
 
     from cxr.config import RESIZE_POLICIES
@@ -302,6 +302,9 @@ def check_model_meta(meta: Any, where: Path) -> dict[str, Any]:
     batch = config.get("batch_size")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096):
         raise bad("config.batch_size", "must be null or an integer from 1 to 4096", batch)
+    quality = config.get("reencode_quality")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 95):
+        raise bad("config.reencode_quality", "must be null or an integer from 1 to 95", quality)
     threshold = meta.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
             or not 0.0 <= threshold <= 1.0:

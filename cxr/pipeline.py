@@ -465,7 +465,7 @@ def shift_checks(config: Config, outcome: TaskOutcome, prepared: Prepared, fitte
     label): false positives by position in the id blocks, the effect of blurring / downscaling a seeded sample of
     `n_degrade` normal images (each scored by its fold's model), and the network's reliance on sharpness within
     each class. Also every full-resolution original available (`raw-sample/` and `originals/`) against its copy
-    (`raw_sample_agreement`, under "raw_sample") and its summary with the protocol's targets (`resize_summary`,
+    through the run's preprocessing (its `reencode_quality` too: `raw_sample_agreement`, under "raw_sample") and its summary with the protocol's targets (`resize_summary`,
     under "resize")."""
     from cxr.data import raw_sample_dir
     from cxr.data.sources import originals_dir

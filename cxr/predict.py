@@ -27,7 +27,8 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
     `probability` is the model's own output, the one the threshold chosen on the out-of-fold predictions applies to (`label`);
     `calibrated_probability` applies the calibration fitted on the out-of-fold predictions and saved with the model
     (`model.json`: temperature or Platt scaling; absent for models saved without one). Images go through the same
-    decoding and resize policy as training (`cxr.data.load_image`), in batches of the size the model was trained
+    decoding, resize policy and JPEG re-encode (`reencode_quality`, if the model was trained with one) as training
+    (`cxr.data.load_image`, the settings of `model.json`), in batches of the size the model was trained
     with (`model.json`). A fold ensemble predicts the mean of its members' probabilities. With `gradcam_dir`, a
     Grad-CAM overlay PNG per image (the map of the predicted class) is written there and its path added.
     """
@@ -36,6 +37,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
 
     model, meta = cxr_model.load_model(model_folder(model_dir))  # model.json checked against the model
     size, policy = meta["config"]["image_size"], meta["config"]["resize_policy"]
+    quality = meta["config"].get("reencode_quality")  # None: off, and for models saved before the setting
     # the batch size the model was trained with; a record without one (auto) is resolved from its own Config
     batch_size = meta["config"].get("batch_size") or train.resolve(Config.from_dict(meta["config"])).batch_size
     threshold, names = float(meta["threshold"]), list(meta["class_names"])
@@ -43,7 +45,7 @@ def predict_files(model_dir: str | Path, paths: list[str | Path],
     images, ok = [], []
     for path in paths:
         try:
-            images.append(data.load_image(path, size, policy))
+            images.append(data.load_image(path, size, policy, quality))
             ok.append(len(results))
             results.append({"path": str(path)})
         except Exception as exc:  # reported per file; the others are still scored

@@ -138,14 +138,15 @@ def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: flo
     """Each full-resolution original of the folders `raw_dirs` (each with NORMAL/, PNEUMONIA/;
     `cxr.data.raw_sample_dir()`, `cxr.data.sources.originals_dir()`; one folder is accepted too, Nones are dropped)
     beside its 224-px copy in the data, the original decoded and resized by the package (`cxr.data.load_image`, as
-    `predict` does), both scored by models that never saw its child: the fold model of its fold
+    `predict` does, JPEG re-encoded when `config.reencode_quality` is set: the copy, from the cache, already is), both
+    scored by models that never saw its child: the fold model of its fold
     (`result.members`), or the whole ensemble when its child is not among the training rows. Columns: source (the
     folder's name), path, label, fold, p_copy, p_original, delta (original - copy), agree (the same call at
     `threshold`). Originals without a copy in the data, and those that cannot be read or that the input checks
     refuse (`cxr.data.ImageRejected`), are skipped and counted in `table.attrs["skipped"]`. Empty without any folder.
     `preprocess` (uint8 (S, S) -> uint8 (S, S), e.g. `cxr.data.images.canonical`), when given, is applied to every
     copy and every original alike before scoring (the models should have been trained on images that went through
-    it too)."""
+    it too): an experiment's variant on top of the run's own preprocessing (`bench/resize_gap.py`, with it off)."""
     from cxr import model as cxr_model, train
     from cxr.data import ImageRejected, load_image
 
@@ -153,6 +154,7 @@ def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: flo
     files = _original_files(raw_dirs)
     names = prepared.index["path"].str.rsplit("/", n=1).str[-1].to_numpy()
     skipped = {"no copy in the data": 0, "unreadable or refused": 0}
+    quality = getattr(config, "reencode_quality", None)  # the run's re-encode, as training, scoring and predict
     found, originals = [], []
     for source, f in files:
         where = np.flatnonzero(names == f.name)
@@ -160,7 +162,7 @@ def raw_sample_agreement(result: Any, prepared: Any, config: Any, threshold: flo
             skipped["no copy in the data"] += 1
             continue
         try:
-            originals.append(load_image(f, config.image_size, config.resize_policy))
+            originals.append(load_image(f, config.image_size, config.resize_policy, quality))
         except (ImageRejected, OSError):  # refused by the input checks, or not a JPEG Pillow can read
             skipped["unreadable or refused"] += 1
             continue
