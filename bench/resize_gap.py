@@ -346,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Caveat: the originals are training children (the copies of the same children trained the other folds' "
         "heads and set the threshold), so the agreement and the sensitivity gap are the measures, not the accuracy "
-        "on the originals; one seed, one split of folds; the fine-tuned stage is not covered, and nothing here is "
-        "wired into `load_image`, the cache or `predict`.",
+        "on the originals; one seed, one split of folds; the fine-tuned stage is not covered. The study applies "
+        "the re-encode only when `reencode_quality` is set (in `load_image`, the image cache and `predict`); "
+        "protocol version 2 leaves it off.",
     ]
     text = "\n".join(lines)
     print("\n" + text)
