@@ -51,6 +51,20 @@ TASK = "pneumonia"
 ZOOMS = (1.05, 1.10)  # the TTA views besides the image itself, fixed before any score was seen
 
 
+def training_only(prep: data.Prepared) -> data.Prepared:
+    """`prep` with the test rows of its image array set to zeros, so that nothing here can read a test image."""
+    images = np.zeros(prep.images.shape, np.uint8)
+    train_rows = np.flatnonzero(prep.index["split"].eq("train").to_numpy())
+    images[train_rows] = prep.images[train_rows]
+    return dataclasses.replace(prep, images=images)
+
+
+def md(frame: pd.DataFrame) -> str:
+    """A results table as Markdown (plain text when tabulate is missing)."""
+    return (frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate()
+            else "```\n" + frame.to_string(index=False) + "\n```")
+
+
 def zoom(images: np.ndarray, factor: float) -> np.ndarray:
     """A central zoom of each uint8 (n, S, S) image: the central S/factor square, resized back to S x S with the
     project's resize (`cxr.data.images.resize`, squash)."""
@@ -111,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = train.resolve(Config.preset("full", source=str(zip_path), finetune_epochs=0))
     prep = data.prepare(cfg, verbose=False)
-    images = np.zeros(prep.images.shape, np.uint8)  # the test rows stay zeros: never read
-    train_rows = np.flatnonzero(prep.index["split"].eq("train").to_numpy())
-    images[train_rows] = prep.images[train_rows]
-    prep = dataclasses.replace(prep, images=images)
+    prep = training_only(prep)
     result = train.fit(cfg, prep, TASK)
     y, fold = result.oof["y"].to_numpy(int), result.oof["fold"].to_numpy()
     groups = prep.groups(result.oof["position"].to_numpy())
@@ -130,10 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     diff = paired.paired_auroc(y, tta, views["image"], groups, n_bootstrap=2000, ci_level=cfg.ci_level,
                                seed=cfg.seed)
     seconds = time.perf_counter() - t0
-
-    def md(frame: pd.DataFrame) -> str:
-        return (frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate()
-                else "```\n" + frame.to_string(index=False) + "\n```")
 
     lines = [
         "## Test-time augmentation for the kept recipe (`bench/tta.py`, issue 25)",

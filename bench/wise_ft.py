@@ -25,7 +25,6 @@ doc/performance.md unless `--no-write`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import sys
 import time
@@ -42,8 +41,7 @@ from cxr import data, train  # noqa: E402  (before keras: hides TF's start-up li
 from cxr.config import Config  # noqa: E402
 from cxr.evaluate import paired  # noqa: E402
 from cxr.io import update_markdown  # noqa: E402
-from prepare import _has_tabulate  # noqa: E402
-from tta import TASK, criteria  # noqa: E402
+from tta import TASK, criteria, md, training_only  # noqa: E402
 
 fit_module = importlib.import_module("cxr.train.fit")  # the module (cxr.train.fit is also a function)
 HELD: list = []  # every HeldOut callback the fit creates, in order
@@ -80,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = train.resolve(Config.preset("full", source=str(zip_path)))
     prep = data.prepare(cfg, verbose=False)
-    images = np.zeros(prep.images.shape, np.uint8)  # the test rows stay zeros: never read
-    train_rows = np.flatnonzero(prep.index["split"].eq("train").to_numpy())
-    images[train_rows] = prep.images[train_rows]
-    prep = dataclasses.replace(prep, images=images)
+    prep = training_only(prep)
     fit_module.HeldOut = Recording
     try:
         result = train.fit(cfg, prep, TASK)
@@ -120,10 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     diff = paired.paired_auroc(y, wise, kinds["head stage (kept by the study)"], groups, n_bootstrap=2000,
                                ci_level=cfg.ci_level, seed=cfg.seed)
     seconds = time.perf_counter() - t0
-
-    def md(frame: pd.DataFrame) -> str:
-        return (frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate()
-                else "```\n" + frame.to_string(index=False) + "\n```")
 
     lines = [
         "## WiSE-FT for the recipe (`bench/wise_ft.py`, issue 25)",
