@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 CMAP = "inferno"  # perceptually uniform (brightness rises steadily with the value, readable in grey), not "jet"
 MAP_WORDS = "clear = none, then purple, orange, yellow = strongest"  # the colour bar's scale in words
+PANEL = 1.5  # inches per X-ray panel in the grids of maps: about 140 px at `plots.DPI`, under the images' 224 px
 PER_IMAGE = f"Grad-CAM, per-image max = 1\n({MAP_WORDS})"
 
 
@@ -82,7 +83,7 @@ def map_scale(cams, q: float = 99.0) -> float:
 @figure_style
 def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_names=("NORMAL", "PNEUMONIA"),
                   cells=None, per_row: int = 2, title: str = "", scale_note: str = "", alpha: float = 0.6,
-                  cmap: str = CMAP, where: bool = True):
+                  cmap: str = CMAP, where: bool = True, panel: float = PANEL):
     """Each example as a pair: the X-ray as the model saw it, and the Grad-CAM of its PREDICTED class over it.
 
     `cams`: raw maps (`grad_cam(..., target_class=predicted, normalize="none")`), all drawn on ONE colour scale
@@ -90,7 +91,8 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
     colour). Titles give the true class, the call at `threshold` and P(positive), and which class the map
     explains; `cells` (e.g. "TP") label the kind of case; with `where`, each map's title says where its heat lies
     (share on the lungs, the marker corners and the border band: `cxr.explain.case_regions`). One colour bar, its
-    scale stated (`scale_note`)."""
+    scale stated (`scale_note`). `panel`: the width of each X-ray panel in inches (`PANEL`, 1.5 in: about 140 px
+    at the notebook's 100 dpi, below the images' 224 px: the figure's PNG stays small, still lossless)."""
     import matplotlib.pyplot as plt
 
     y = np.asarray(y).astype(int).reshape(-1)
@@ -105,7 +107,8 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
         return fig
     per_row = max(1, min(per_row, k))
     nrows = -(-k // per_row)
-    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(5.0 * per_row + 1.0, 2.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(2 * panel * per_row + 1.0, (panel + 0.7) * nrows + 0.3),
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     called = (p >= threshold).astype(int)
@@ -118,15 +121,15 @@ def gradcam_pairs(images, cams, y, p, threshold: float, scale: float, class_name
         ax_i, ax_c = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
         kind = f"{cells[i]}: " if cells is not None else ""
         ax_i.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
-        ax_i.set_title(f"{kind}true {class_names[y[i]]}, called {class_names[called[i]]}\n"
-                       f"P({class_names[1].lower()}) = {p[i]:.3f}", fontsize=8)
+        ax_i.set_title(f"{kind}true {class_names[y[i]]},\ncalled {class_names[called[i]]}\n"
+                       f"P({class_names[1].lower()}) = {p[i]:.3f}", fontsize=7)
         ax_c.imshow(overlay(images[i], cams[i], alpha, cmap, scale))
         heat = ""
         if regions is not None:
             r = regions.iloc[i]
-            heat = ("\nno heat" if r["empty"] else f"\nheat: lungs {_pct(r['lungs_share'])}, markers "
+            heat = ("\nno heat" if r["empty"] else f"\nheat: lungs {_pct(r['lungs_share'])},\nmarkers "
                     f"{_pct(r['markers_share'])}, border {_pct(r['border_share'])}")
-        ax_c.set_title(f"evidence for {class_names[called[i]]}{heat}", fontsize=8)
+        ax_c.set_title(f"evidence for {class_names[called[i]]}{heat}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

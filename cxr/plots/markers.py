@@ -36,10 +36,11 @@ def _title(index: pd.DataFrame, row: int, found: pd.DataFrame) -> str:
 
 @figure_style
 def marker_grid(images: np.ndarray, found: pd.DataFrame, index: pd.DataFrame, n: int = 8, n_unstamped: int = 4,
-                ncols: int = 4, seed: int = 0, size: float = 2.4) -> Figure:
+                ncols: int = 4, seed: int = 0, size: float = 1.6) -> Figure:
     """A grid of up to `n` images where the stamp was detected, each corner zone that fired outlined (orange: the
     "KV" text bottom right, `ZONES[0]`; blue: a bold "R" top left, `ZONES[1]`), then up to `n_unstamped` images
-    with no detection, each titled with its split, class and subtype and its KV score. `images` (N x S x S uint8,
+    with no detection, each titled with its split, class and subtype and its KV score; `size` inches per panel (1.6:
+    about 130 px of X-ray at the notebook's 100 dpi, so the lossless PNG stays small). `images` (N x S x S uint8,
     or N x S x S x 1), `found` (`cxr.data.markers.detect`) and `index` (split, label, subtype) row for row."""
     images = np.asarray(images)
     if images.ndim == 4:
@@ -65,8 +66,8 @@ def marker_grid(images: np.ndarray, found: pd.DataFrame, index: pd.DataFrame, n:
             ax.add_patch(Rectangle((left * w - 0.5, top * h - 0.5), (right - left) * w, (bottom - top) * h,
                                    fill=False, edgecolor=ZONE_COLORS[kind], linewidth=1.5))
         label = "stamp detected" if row in set(stamped) else "no marker detected"
-        ax.set_title(f"{label}\n{_title(index, row, found)}", fontsize=8)
+        ax.set_title(f"{label}\n{_title(index, row, found)}", fontsize=7)
     fig.suptitle(f"Acquisition stamp: {len(stamped)} of {int(found['stamp'].sum())} detected images shown "
-                 f"(orange: \"KV\" zone, blue: bold \"R\" zone), and {len(clean)} without a detection", fontsize=9)
+                 f"(orange: \"KV\" zone, blue: bold \"R\" zone),\nand {len(clean)} without a detection", fontsize=8)
     fig.tight_layout()
     return fig
