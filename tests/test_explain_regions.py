@@ -74,12 +74,13 @@ def test_shortcut_audit_per_cell_and_describe_where_names_the_numbers():
     assert by.loc["FN", "n"] == 0 and by.loc["all", "n"] == 5
     assert by.loc["TN", "markers_share_mean"] == pytest.approx(by.loc["TN", "markers_area"])
     text = reporting.describe_where(audit)
-    assert "On the 2 true positives, on average 100% of a map's heat lies on the lungs (which is " \
-           f"{_pct(by.loc['TP', 'lungs_area'])} of the image), 0.0% on the marker corners (which are " \
-           f"{_pct(by.loc['TP', 'markers_area'])} of the image)" in text
-    assert "On the 2 false positives, on average 0.0% of a map's heat lies on the lungs, 100% on the marker " \
-           f"corners and {_pct(by.loc['FP', 'border_share_mean'])} on the outer border band." in text
-    assert "There are no false negatives." in text and "On all 5 maps" in text
+    assert ("Mean share of a map's heat on the lungs/marker corners/outer border band (of the image's area: "
+            f"{_pct(by.loc['TP', 'lungs_area'])}/{_pct(by.loc['TP', 'markers_area'])}/"
+            f"{_pct(by.loc['TP', 'border_area'])})") in text  # each region's share of the image, stated once
+    assert "true positives (2) 100%/0.0%/" in text  # on the lungs, none on the marker corners
+    assert f"false positives (2) 0.0%/100%/{_pct(by.loc['FP', 'border_share_mean'])}" in text
+    assert "no false negatives" in text and "all 5 maps" in text
+    assert "On the false positives, more heat lies on the border band than on the lungs." in text
     assert f"holds {_pct(by.loc['all', 'markers_in_border'])} of the marker corners" in text
     assert "border" in reporting.describe_audit(audit)  # the older sentence still reads the table
     fig = plots.shortcut_figure(audit)
@@ -92,9 +93,11 @@ def test_case_regions_caption_per_image_shown():
     assert regions.index.tolist() == [7, 3, 5] and regions["cell"].tolist() == ["FP", "TP", "TN"]
     assert regions["markers_share"].iloc[0] == 1.0 and regions["lungs_share"].iloc[1] == 1.0
     text = reporting.describe_case_regions(regions)
-    assert "1. FP (P = 0.900): 0.0% on the lungs, 100% on the marker corners" in text
-    assert "2. TP (P = 0.800): 100% on the lungs, 0.0% on the marker corners, 0.0% on the outer border band" in text
-    assert "3. TN (P = 0.100): no heat" in text
+    assert text.startswith("Heat of each map (left to right, top to bottom) on the lungs/marker corners/outer "
+                           "border band (an even spread: ")
+    assert "1. FP (P=0.900) 0.0%/100%/" in text  # none on the lungs, all on the marker corners
+    assert "2. TP (P=0.800) 100%/0.0%/0.0%" in text
+    assert "3. TN (P=0.100) no heat" in text
 
 
 def test_near_threshold_cases_pick_the_closest_on_each_side():
@@ -157,8 +160,9 @@ def test_the_gradcam_step_gives_the_near_threshold_cases_and_their_caption():
     pairs = cam.pairs(cam.near)
     assert pairs["cells"] == ["TN", "TP"] and len(pairs["images"]) == 2
     assert "99th percentile" in pairs["scale_note"]
-    assert cam.where(cam.near).startswith("Where the heat of each map lies (left to right, top to bottom): "
-                                          "1. TN (P = 0.450): 0.0% on the lungs, 100% on the marker corners")
+    assert cam.where(cam.near).startswith("Heat of each map (left to right, top to bottom) on the lungs/marker "
+                                          "corners/outer border band")
+    assert "1. TN (P=0.450) 0.0%/100%/" in cam.where(cam.near)
 
 
 def test_where_summary_names_the_false_positives_and_all_maps_with_the_areas():
@@ -169,6 +173,11 @@ def test_where_summary_names_the_false_positives_and_all_maps_with_the_areas():
     cams[:, 30:34, 30:34] = 1.0  # heat in the centre: on the lungs
     audit = shortcut_audit(cams, np.array([0, 0, 1, 1]), np.array([1, 0, 1, 1]))
     block = where_summary(audit)
-    assert block["summary"].startswith("On the false positives (1) a map's heat lies 100% on the lungs")
-    assert "over all test maps (4)" in block["summary"] and "of the image's area: the lungs" in block["summary"]
+    assert block["summary"].startswith("Mean heat on the lungs/marker corners/outer border band (image area ")
+    assert "false positives (1) 100%/0.0%/0.0%" in block["summary"]  # all on the lungs
+    assert "all test maps (4)" in block["summary"] and "a shortcut is measured, not ruled out" in block["summary"]
+    assert reporting.headline_findings({}, {"at_threshold": {"specificity": {"value": 0.9}}}) == []
+    doc = {"explanation": {"summary": "old words", "groups": block["groups"]}}
+    assert reporting.headline_findings(doc, {"at_threshold": {"specificity": {"value": 0.9}}}) == [
+        "- Grad-CAM: " + block["summary"][:1].lower() + block["summary"][1:]]  # written from the numbers
     assert len(block["groups"]) == len(audit)

@@ -103,7 +103,7 @@ def test_headline_targets_with_and_without_a_minimum_specificity():
         assert f"specificity minimum {round(minimum, 2):.2f} {verdict} on test ({spec['value']:.3f}" in text
     d = copy.deepcopy(doc)  # the runs since protocol v2 keep the out-of-fold value at the threshold
     d["tasks"]["pneumonia"]["operating_point"]["targets"] = [{"metric": "specificity", "oof": 0.9612}]
-    assert "Specificity out of fold (training children) 0.961, on test" in reporting.headline_markdown(d)
+    assert "Specificity 0.961 out of fold (training children), " in reporting.headline_markdown(d)
 
 
 def test_headline_findings_follow_the_document():

@@ -266,22 +266,21 @@ def calibration_warning(cal: dict[str, Any] | None) -> str | None:
     if len(bad) == 2:
         raw = test["before"]
         also = f" (nor the raw one: intercept {raw['intercept']:.2f}, slope {raw['slope']:.2f})"
-    return (f"Do not read {name} as a risk{also}: on test its calibration intercept is {cell('intercept')} (ideal "
-            f"0) and its slope {cell('slope')} (ideal 1).")
+    return (f"Do not read {name} as a risk{also}: on test, calibration intercept {cell('intercept')} (ideal 0), "
+            f"slope {cell('slope')} (ideal 1).")
 
 
 def _marker_sentence(f: dict[str, Any], counterfactual: dict[str, Any] | None, masked: bool | None) -> str:
     """The marker finding in one short sentence (the `markers` block of a metrics document)."""
-    text = (f"a burned-in stamp is on {f['train_pneumonia_stamped']} of {f['train_pneumonia']} training pneumonia "
-            f"images and {f['train_normal_stamped']} of {f['train_normal']} training normals"
+    text = (f"a stamp on {f['train_pneumonia_stamped']} of {f['train_pneumonia']} training pneumonia images vs "
+            f"{f['train_normal_stamped']} of {f['train_normal']} training normals"
             + (" (tied to the label)" if f.get("tied_to_label") else "")
-            + f", and on {f['test_normal_stamped']} of {f['test_normal']} test normals")
+            + f", {f['test_normal_stamped']} of {f['test_normal']} test normals")
     if masked:
-        text += "; its corners are masked in every image"
+        text += "; its corners are masked"
     if counterfactual and counterfactual.get("n"):
         c = counterfactual
-        text += (f"; pasting it onto {c['n']} out-of-fold normals changed {c['changed']} calls (mean rise "
-                 f"{c['mean_rise']:+.3f})")
+        text += f"; pasted onto {c['n']} out-of-fold normals it changed {c['changed']} calls"
     return text + "."
 
 
@@ -293,9 +292,9 @@ def headline_findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
     cm = t.get("confusion_matrix")
     spec = t["at_threshold"]["specificity"]["value"]
     if oof is not None:
-        errors = (f"; {cm[0][1]} of the {cm[0][1] + cm[1][0]} test errors are normals called pneumonia"
+        errors = (f"; {cm[0][1]} of the {cm[0][1] + cm[1][0]} test errors are false positives"
                   if cm else "")
-        out.append(f"- Specificity out of fold (training children) {oof}, on test {spec:.3f}{errors}: the "
+        out.append(f"- Specificity {oof} out of fold (training children), {spec:.3f} on test{errors}: the "
                    "out-of-fold numbers did not foresee the test.")
     markers = doc.get("markers") or (doc.get("data") or {}).get("markers")
     if markers:
@@ -307,8 +306,13 @@ def headline_findings(doc: dict[str, Any], t: dict[str, Any]) -> list[str]:
             out.append(f"- Burned-in marker: {text}")
     explanation = doc.get("explanation")
     if explanation:
-        text = (explanation if isinstance(explanation, str)
-                else explanation.get("summary") or explanation.get("description"))
+        text = None
+        if isinstance(explanation, dict) and explanation.get("groups"):
+            from cxr.reporting.explanation import heat_summary
+
+            text = heat_summary(explanation["groups"])  # written from the numbers, in today's words
+        text = text or (explanation if isinstance(explanation, str)
+                        else explanation.get("summary") or explanation.get("description"))
         if text:
             out.append(f"- Grad-CAM: {text}")
     return out

@@ -17,7 +17,6 @@ import pandas as pd
 from cxr.config import PRIMARY_TASK, TASKS, Config
 from cxr.io import write_json
 from cxr.reporting.document import TASK_TITLES, calibration_warning, headline_findings
-from cxr.reporting.explanation import describe_audit, describe_faithfulness, describe_randomization
 
 REPO = Path(__file__).resolve().parents[2]  # the repository (cxr/reporting/run.py)
 HEADER_ID = "cxr-run-header"
@@ -375,43 +374,45 @@ def describe_training(outcome: Any) -> str:
 
 def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: Any = None,
                 audit: pd.DataFrame | None = None) -> str:
-    """At most ten short bullets written from the results (never typed by hand): each task's test numbers, the
-    out-of-fold vs test gap, what not to rely on (calibration, once), the trivial baseline, how often the test
-    split was scored, and what the Grad-CAM checks showed."""
+    """At most ten short bullets written from the results (never typed by hand), one number-bearing fact each:
+    each task's test numbers, the out-of-fold vs test gap, the marker, where the Grad-CAM heat lies, what not to
+    rely on (calibration, once), the trivial baseline, how often the test split was scored, and the verdicts of
+    the Grad-CAM checks (`describe_randomization`, `describe_faithfulness` and `describe_where` give the detail)."""
     from cxr import evaluate
     from cxr.evaluate import document
+    from cxr.reporting.explanation import checks_summary, heat_summary
 
     lines = []
-    for task, t in doc["tasks"].items():
+    for i, (task, t) in enumerate(doc["tasks"].items()):
         m = t["at_threshold"]
-        lines.append(f"* **{TASK_TITLES.get(task, task)}** (test, {t['n']} images"
+        lines.append(f"* **{TASK_TITLES.get(task, task)}** (test: {t['n']} images"
                      + (f", {t['n_patients']} children" if t.get("n_patients") else "")
                      + f"; threshold {t['threshold']:.3f}): "
                      + ", ".join(f"{evaluate.METRIC_LABELS[k]} {evaluate.fmt(m[k])}"
                                  for k in ("auroc", "sensitivity", "specificity"))
-                     + " (95% patient-level intervals).")
+                     + (" (95% patient-level intervals)." if i == 0 else "."))
     main = doc["tasks"].get(PRIMARY_TASK)
     if main is not None:
-        lines += ["* " + f[2:] for f in headline_findings(doc, main)]
+        findings = headline_findings(doc, main)
+        if audit is not None and len(audit):  # this run's maps, whatever the document holds
+            findings = [f for f in findings if not f.startswith("- Grad-CAM:")]
+            findings.append("- Grad-CAM: " + heat_summary(audit.to_dict(orient="records")))
+        lines += ["* " + f[2:] for f in findings]
         warning = calibration_warning(main.get("calibration"))
         if warning:
             lines.append("* " + warning)
     base = doc.get("baseline")
     if base and base.get("test"):
-        lines.append(f"* **Trivial baseline** (six image statistics): out-of-fold AUROC {base['oof_auroc']:.3f}, test "
-                     f"AUROC {evaluate.fmt(base['test']['at_threshold']['auroc'])}.")
+        lines.append(f"* **Trivial baseline** (six image statistics): AUROC {base['oof_auroc']:.3f} out of fold, "
+                     f"{evaluate.fmt(base['test']['at_threshold']['auroc'])} on test.")
     run = doc.get("test_ledger", {}).get("scorings")
     history = document.development_access()
     if run is not None or history:
         lines.append("* The test split is a reused development test set"
-                     + (f" ({history['development_scorings']} scorings before this run, `doc/test_access.json`)"
+                     + (f": {history['development_scorings']} scorings before this run (`doc/test_access.json`)"
                         if history else "")
-                     + (f"; this run scored it {run} time{'s' if run != 1 else ''} (its ledger)" if run is not None
-                        else "") + ".")
-    if sanity is not None and len(sanity):
-        lines.append("* Grad-CAM sanity check: " + describe_randomization(sanity))
-    if faith is not None:
-        lines.append("* Grad-CAM faithfulness: " + describe_faithfulness(faith).replace("\n", " "))
-    if audit is not None and len(audit):
-        lines.append("* Grad-CAM shortcut audit: " + describe_audit(audit))
+                     + (f"{',' if history else ':'} {run} by this run (its ledger)" if run is not None else "") + ".")
+    checks = checks_summary(sanity, faith)
+    if checks:
+        lines.append(f"* Grad-CAM checks: {checks}.")
     return "\n".join(lines[:10])
