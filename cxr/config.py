@@ -20,7 +20,7 @@ CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 OFFICIAL_SPLITS = ("train", "val", "test")  # the folders of the Kaggle archive
 SPLITS = ("train", "test")  # the study's: the training children (cross-validated in folds) and the official test
 RESIZE_POLICIES = ("squash", "letterbox")
-HASH_OMITTED_WHEN_NONE = ("reencode_quality",)  # fields added after config hashes were recorded: left out of
+HASH_OMITTED_WHEN_NONE = ("reencode_quality", "wise_ft_alpha")  # fields added after config hashes were recorded: left out of
 # `cxr.evaluate.ledger.config_hash` while None (off), so that a Config that predates them keeps its hash
 CLASS_BALANCE = ("auto", "weights", "sampling", "none")
 
@@ -171,6 +171,7 @@ class TrainSettings(Section):
     finetune_epochs: int
     finetune_tasks: tuple[str, ...]
     finetune_blocks: int
+    wise_ft_alpha: float | None
     mixed_precision: str
 
 
@@ -285,6 +286,9 @@ class Config:
     # head on frozen ImageNet features. The full preset fits a 2-core CPU in about an hour this way; on a GPU,
     # `--set finetune_tasks=pneumonia,subtype` fine-tunes the bacterial-vs-viral task too (doc/protocol.md)
     finetune_blocks: int = -1  # top backbone blocks unfrozen in stage 2; -1: the whole backbone (BatchNorm frozen)
+    wise_ft_alpha: float | None = None  # None: off (protocol v2); in [0, 1]: the WiSE-FT stage of `cxr.train.fit`,
+    # each fold's head-stage and last fine-tuning weights mixed (1 - alpha) * head + alpha * fine-tuned, kept when its
+    # pooled OOF selection loss is the lowest of the three stages (protocol v3: 0.5, fixed before it was measured)
     finetune_lr: float = 3e-4  # peak learning rate (AdamW) of the top block and the head
     weight_decay: float = 0.02  # AdamW decoupled weight decay (kernels only)
     layer_decay: float = 0.8  # learning rate x layer_decay**k for the k-th block below the top
@@ -400,6 +404,9 @@ class Config:
         q = self.reencode_quality
         if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 95):
             raise ValueError(f"reencode_quality must be None (off) or an integer JPEG quality 1..95, not {q!r}")
+        a = self.wise_ft_alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
+            raise ValueError(f"wise_ft_alpha must be None (off) or a number in [0, 1], not {a!r}")
         if not 0.0 <= self.aug_resample <= 1.0 or not 0.0 <= self.aug_border < 0.5:
             raise ValueError("aug_resample must lie in [0, 1] and aug_border in [0, 0.5)")
 

@@ -21,8 +21,8 @@ Every module here returns numbers, tables or dicts; the sentences and the Markdo
 `cxr.reporting`, which nothing here imports. The names used most are re-exported here (`evaluate.task_report`,
 `evaluate.choose`, ...).
 """
-from cxr.evaluate import (baseline, calibration, clinical, curves, ledger, predictions, resample, shift,  # modules
-                          threshold, uncertainty)
+from cxr.evaluate import (baseline, calibration, clinical, curves, ledger, paired, predictions, resample,  # modules
+                          shift, threshold, uncertainty)
 from cxr.evaluate.calibration import (apply_calibrator, apply_temperature, calibrate_and_report,
                                       calibration_intercept_slope, calibration_intervals, fit_calibrator,
                                       fit_temperature, invert_calibrator, reliability_table, smoothed_reliability)
@@ -32,6 +32,7 @@ from cxr.evaluate.document import (PREVIOUS_RUN, REFERENCES, SCHEMA_VERSION, chi
 from cxr.evaluate.metrics import (CI_METHOD, CI_METHODS, METRIC_LABELS, METRICS, PATIENT_CI_METHOD, REGISTRY, Metric,
                                   bootstrap_draws, check_inputs, child_report, child_table, confusion,
                                   expected_calibration_error, metric_values, task_report)
+from cxr.evaluate.paired import stage_comparison
 from cxr.evaluate.resample import patient_strata
 from cxr.evaluate.threshold import choose, stability, stability_summary
 from cxr.evaluate.uncertainty import threshold_uncertainty

@@ -73,3 +73,31 @@ def compare_predictions(now: pd.DataFrame, before: pd.DataFrame, task: str, thre
             "positives": mcnemar(called_a[y == 1], called_b[y == 1]),
             "auroc": paired_auroc(y, a["probability"], b["probability"], a["child"].to_numpy(), n_bootstrap,
                                   ci_level, seed)}
+
+
+def stage_comparison(selection: pd.DataFrame, stage_oof: dict[str, np.ndarray], y: Any, groups: Any,
+                     n_bootstrap: int = 2000, ci_level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The recipe's stages side by side on the same out-of-fold images (a paired ablation of `cxr.train.fit`'s
+    candidates): per stage of `selection` (its rows: stage, best_epoch, selection_loss, oof_loss, oof_auroc, kept),
+    the criterion that chose (selection loss), the raw OOF log-loss and AUROC, and the AUROC difference from the
+    kept stage with its patient-clustered paired bootstrap interval (`paired_auroc`; 0 for the kept stage itself).
+    `stage_oof` holds each stage's OOF probabilities in the order of `y` and `groups`."""
+    sel = selection.set_index("stage")
+    kept = sel.index[sel["kept"].astype(bool)]
+    if len(kept) != 1:
+        raise ValueError(f"selection must mark exactly one stage kept, not {list(kept)}")
+    kept = kept[0]
+    rows = []
+    for stage, r in sel.iterrows():
+        row = {"stage": stage, "epoch": int(r["best_epoch"]), "selection loss": float(r["selection_loss"]),
+               "OOF log-loss (raw)": float(r["oof_loss"]), "OOF AUROC": float(r["oof_auroc"]),
+               "AUROC - kept": 0.0, "95% CI": "", "kept": bool(r["kept"])}
+        p = stage_oof.get(stage)
+        if stage != kept and p is not None and np.isfinite(p).all():
+            d = paired_auroc(y, p, stage_oof[kept], groups, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+            row["AUROC - kept"], row["95% CI"] = d["difference"], f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+        elif stage != kept:
+            row["AUROC - kept"] = float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("stage")
+    return table.rename(columns={"95% CI": f"{ci_level:.0%} CI"})

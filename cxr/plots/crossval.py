@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 from cxr.plots.style import figure_style
 
 RED = "#C44E52"  # an explicit colour: "C3" would resolve at draw time, outside the figure's style
+BLUE = "#4C72B0"  # the WiSE-FT point
 
 
 @figure_style
@@ -22,8 +23,9 @@ def selection_figure(result: Any, title: str = "") -> Figure:
     Left: stage 1, the head per epoch, one line per class-imbalance option (the kept option thick, with its raw
     pooled log-loss dashed). Right: stage 2, fine-tuning per epoch, the selection loss (thick) and the raw pooled
     log-loss (dashed), with the head's best selection loss as a dotted line (the fine-tuned stage is kept only
-    below it). A filled star marks the stage and epoch kept; a hollow one each stage's best when that stage was
-    not kept. Each panel's title gives the stage's pooled OOF AUROC at its best epoch (not used to choose)."""
+    below it) and, when the WiSE-FT stage ran (`Config.wise_ft_alpha`), a diamond at the last epoch for the mix of
+    the head and that epoch (filled when kept). A filled star marks the stage and epoch kept; a hollow one each
+    stage's best when that stage was not kept. Each panel's title gives the stage's pooled OOF AUROC at its best epoch (not used to choose)."""
     import matplotlib.pyplot as plt
 
     pooled, selection = result.pooled, result.selection.set_index("stage")
@@ -60,6 +62,12 @@ def selection_figure(result: Any, title: str = "") -> Figure:
         ax_f.plot(ft["epoch"], ft["selection_loss"], marker="o", lw=2.2, color=RED, label="pooled, recalibrated")
         ax_f.axhline(best["selection_loss"], ls=":", color="k", lw=1.2, label="head's best (recalibrated)")
         mark(ax_f, "finetune", RED)
+        if "wise-ft" in selection.index:  # stage 3: one point, at the fine-tuning epoch it mixes with the head
+            w = selection.loc["wise-ft"]
+            kept = result.kept_stage == "wise-ft"
+            ax_f.scatter([w["best_epoch"]], [w["selection_loss"]], marker="D", s=70, zorder=4,
+                         color=BLUE if kept else "white", edgecolor=BLUE, lw=1.5,
+                         label=f"WiSE-FT (head + last epoch){', kept' if kept else ''}: {w['selection_loss']:.4f}")
         ax_f.set_title(f"Stage 2: fine-tuning (OOF AUROC {selection.loc['finetune', 'oof_auroc']:.3f})")
         ax_f.legend(fontsize=7.5)
     else:

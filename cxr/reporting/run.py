@@ -321,11 +321,15 @@ def describe_protocol(config: Config) -> str:
     markers = ("the two corner zones of the burned-in stamp masked in the model's first layer (training, scoring, "
                "Grad-CAM and predict alike); " if m.marker_zones else "")
     copies = "test images byte-identical to another test image counted once; " if d.dedupe_test else ""
-    return (f"**Recipe**: {m.backbone} ({m.weights or 'random'} weights) at {d.image_size} px; {markers}"
+    canonical = (f", every image re-encoded as JPEG quality {d.reencode_quality} after the resize (copies and "
+                 "originals alike)" if d.reencode_quality is not None else "")
+    wise = (f"; then WiSE-FT, the fold's head-stage and last fine-tuned weights mixed at alpha {t.wise_ft_alpha:g}"
+            if t.wise_ft_alpha is not None else "")
+    return (f"**Recipe**: {m.backbone} ({m.weights or 'random'} weights) at {d.image_size} px{canonical}; {markers}"
             f"{d.n_folds}-fold cross-validation of the training children ({folds}); per fold a head "
             f"on frozen features (at most {t.head_epochs} epochs) then the whole backbone fine-tuned (at most "
             f"{t.finetune_epochs} epochs, lr {o.finetune_lr:g}, layer decay {o.layer_decay:g}, weight decay "
-            f"{o.weight_decay:g}) for {', '.join(t.finetune_tasks) or 'no task'}; augmentation: {'; '.join(aug)}. "
+            f"{o.weight_decay:g}) for {', '.join(t.finetune_tasks) or 'no task'}{wise}; augmentation: {'; '.join(aug)}. "
             f"**Choices on the pooled out-of-fold predictions**: class balance ({t.class_balance}), each stage's "
             f"epoch and the kept stage by log-loss; {op.calibration} calibration. **Operating points**: pneumonia vs "
             f"normal, {rules[op.threshold_policy]} (a screening aid must not miss pneumonia), with a minimum "
@@ -364,7 +368,12 @@ def describe_training(outcome: Any) -> str:
                  f"{ft['selection_loss']:.4f} recalibrated, {ft['oof_loss']:.4f} raw; AUROC {ft['oof_auroc']:.4f}). ")
     else:
         text += "The backbone was not fine-tuned for this task (finetune_tasks). "
-    kept = {"finetune": "the fine-tuned backbone", "head": "the head on frozen features"}[r.kept_stage]
+    if "wise-ft" in sel.index:
+        w = sel.loc["wise-ft"]
+        text += (f"WiSE-FT (head and last fine-tuning epoch mixed): OOF log-loss {w['selection_loss']:.4f} "
+                 f"recalibrated, {w['oof_loss']:.4f} raw; AUROC {w['oof_auroc']:.4f}. ")
+    kept = {"finetune": "the fine-tuned backbone", "head": "the head on frozen features",
+            "wise-ft": "the WiSE-FT mix of head and fine-tuned weights"}[r.kept_stage]
     sens = float((outcome.oof.p[outcome.oof.y == 1] >= outcome.threshold).mean())
     spec = float((outcome.oof.p[outcome.oof.y == 0] < outcome.threshold).mean())
     seconds = ", ".join(f"{k} {v / 60:.1f} min" for k, v in r.seconds.items())

@@ -16,8 +16,14 @@ weights, balanced sampling, none). The option and the epoch with the lowest pool
 Stage 2 (fine-tune): in each fold, the model with that fold's head is fine-tuned, the whole backbone (or the top
 `finetune_blocks` blocks) with BatchNorm frozen (for the tasks of `finetune_tasks`; the others keep the head), behind the augmentation (`cxr.model.training_model`, and the
 resampling path of `cxr.augment.resample_batch` where batches are drawn), with `cxr.optim.LayerwiseAdamW` on
-warmup + cosine over `finetune_epochs` epochs. The epoch with the lowest pooled OOF log-loss is kept, and the
-fine-tuned stage only if that loss beats the head's; otherwise every fold model rolls back to its head.
+warmup + cosine over `finetune_epochs` epochs. The epoch with the lowest pooled OOF log-loss is the stage's best.
+
+Stage 3 (WiSE-FT, when `wise_ft_alpha` is set; protocol version 3): in each fold, the weights with the head (the
+start of stage 2) and those after the last fine-tuning epoch are mixed weight by weight, (1 - alpha) * start +
+alpha * end (`interpolate_weights`; Wortsman et al., CVPR 2022: robust fine-tuning of zero-shot models), alpha fixed
+in advance, and the mixed model scores its held-out fold. Of the three stages (head, fine-tuned at its best epoch,
+WiSE-FT), the one with the lowest pooled OOF selection loss is kept (a tie keeps the earlier stage), and every fold
+model is set to that stage's weights.
 
 The final model is the ENSEMBLE of the k fold models at the kept stage and epoch: the mean of their probabilities
 (`cxr.model.ensemble_model`), saved and loaded as one model. Its OOF predictions are those of its members, each on
@@ -49,7 +55,7 @@ from cxr.train.batches import TrainBatches, balanced_class_weight, padded_predic
 from cxr.train.device import environment, precision_policy, precision_scope
 
 BALANCE_OPTIONS = ("weights", "sampling", "none")
-STAGES = ("head", "finetune")
+STAGES = ("head", "finetune", "wise-ft")  # in the order a tie is broken: the earlier stage kept
 
 
 @dataclass
@@ -63,6 +69,8 @@ class TrainResult:
     (what the choices read). selection: one row per stage: epochs, best_epoch, selection_loss, oof_loss,
     oof_auroc, kept. class_balance: one row per imbalance option tried on the head stage. stage_oof: each stage's
     OOF probabilities at its best epoch (in the order of `oof`). seconds: wall time of features, head, finetune.
+    kept_stage: one of `STAGES`; kept_epoch: the head's or fine-tuning's epoch (for WiSE-FT, the fine-tuning epoch
+    mixed with the head: the last).
     """
 
     model: keras.Model
@@ -135,6 +143,22 @@ def finetune_optimizer(model: keras.Model, settings: OptimizerSettings, steps: i
         weight_decay=settings.weight_decay)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return opt
+
+
+def interpolate_weights(start: list, end: list, alpha: float) -> list:
+    """WiSE-FT: every floating-point weight array (1 - alpha) * start + alpha * end, in its dtype; any other state
+    (seed generators, counters) from `end`. `start` and `end` are `model.get_weights()` lists of one model."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], not {alpha!r}")
+    if len(start) != len(end):
+        raise ValueError(f"the two weight lists differ in length ({len(start)} vs {len(end)})")
+    out = []
+    for a, b in zip(start, end):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise ValueError(f"weight shapes differ: {a.shape} vs {b.shape}")
+        out.append(((1.0 - alpha) * a + alpha * b).astype(b.dtype) if np.issubdtype(b.dtype, np.floating) else b)
+    return out
 
 
 def _fit_stage(trainer: keras.Model, data: TrainBatches, held_out: HeldOut, epochs: int, verbose: int,
@@ -264,6 +288,8 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
     members: list[keras.Model] = []
     snapshots: dict[int, list[list]] = {}  # per fold: [weights with the head (epoch 0), after epoch 1, ...]
     ft_probs: dict[int, list[np.ndarray]] = {}
+    wise_probs: dict[int, list[np.ndarray]] = {}
+    wise_weights: dict[int, list] = {}
     finetune = config.finetune_epochs > 0 and config.finetune_blocks != 0 and task in config.finetune_tasks
     resample = (functools.partial(augment.resample_batch, probability=config.augment.resample)
                 if config.augment.resample > 0 else None)
@@ -290,6 +316,11 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
             ft_probs[f] = held.probs
             snapshots[f] += held.weights
             cxr_model.set_trainable(member, 0)
+            if config.wise_ft_alpha is not None:  # stage 3: the fold's start and last epoch mixed
+                wise_weights[f] = interpolate_weights(snapshots[f][0], snapshots[f][-1], config.wise_ft_alpha)
+                member.set_weights(wise_weights[f])
+                wise_probs[f] = [np.asarray(padded_predict(member, x[va], batch, desc=f"{task} / fold {f} / WiSE-FT"),
+                                            "float64").reshape(-1)]
             del trainer, stream, held
             gc.collect()
         members.append(member)
@@ -306,14 +337,24 @@ def _fit(config: Config, prepared: Prepared, task: str, rows: np.ndarray, y: np.
         if e:
             selection.append(_row("finetune", config.finetune_epochs, e, ft_curve))
             stage_oof["finetune"] = ft[e - 1]
-            if selection[1]["selection_loss"] < selection[0]["selection_loss"]:
+            if selection[-1]["selection_loss"] < selection[0]["selection_loss"]:
                 kept, kept_epoch, oof = "finetune", e, ft[e - 1]
         else:  # every epoch diverged somewhere: never selected
             selection.append({"stage": "finetune", "epochs": config.finetune_epochs, "best_epoch": 0,
                               "selection_loss": float("inf"), "oof_loss": float("inf"), "oof_auroc": float("nan")})
+        if wise_probs:
+            last = config.finetune_epochs
+            wise_curve = _curve(y, fold, _pooled(y, fold, wise_probs), "wise-ft", balance,
+                                config.calibration).assign(epoch=last)
+            pooled.append(wise_curve)
+            selection.append(_row("wise-ft", last, last, wise_curve))
+            stage_oof["wise-ft"] = _pooled(y, fold, wise_probs)[0]
+            if selection[-1]["selection_loss"] < min(r["selection_loss"] for r in selection[:-1]):
+                kept, kept_epoch, oof = "wise-ft", last, stage_oof["wise-ft"]
     for f, member in zip(folds, members):
-        member.set_weights(snapshots[f][kept_epoch if kept == "finetune" else 0])
-    del snapshots
+        member.set_weights(wise_weights[f] if kept == "wise-ft" else
+                           snapshots[f][kept_epoch if kept == "finetune" else 0])
+    del snapshots, wise_weights
     gc.collect()
     selection = pd.DataFrame(selection)
     selection["kept"] = selection["stage"].eq(kept)
