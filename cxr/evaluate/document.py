@@ -19,8 +19,22 @@ from cxr.io import to_json, write_json
 SCHEMA_VERSION = 2  # 2: cross-validation (out-of-fold selection), per-metric interval methods, threshold
 # uncertainty, per-child results, calibration intercept and slope, the data audit, baseline and shift blocks
 
-PREVIOUS_RUN = {  # the committed run of protocol v1 (doc/metrics.json at commit 9fcce8a), as a row
-    "name": "Previous run of this study (2026-11-30, protocol v1)",
+PREVIOUS_RUN = {  # the committed run of protocol v2 (doc/metrics.json at commit caa413f), as a row; its test
+    # predictions, byte for byte those of doc/predictions.csv at that commit, are doc/previous_predictions.csv
+    "name": "Previous run of this study (2026-12-02, protocol v2)",
+    "metrics": {"auroc": {"value": 0.965, "ci_low": 0.949, "ci_high": 0.976},
+                "accuracy": {"value": 0.875, "ci_low": 0.847, "ci_high": 0.899},
+                "sensitivity": {"value": 0.982, "ci_low": 0.963, "ci_high": 0.991},
+                "specificity": {"value": 0.697, "ci_low": 0.635, "ci_high": 0.753}},
+    "protocol": "4 block folds, the stamp zones masked, byte-identical test images counted once (618 images); the "
+                "head on frozen features kept; fold ensemble; threshold keeping 0.95 out-of-fold sensitivity; "
+                "patient-level intervals; that run scored the test once per task",
+    "operating_point": "threshold 0.819 chosen on out-of-fold predictions",
+    "thresholds": {"pneumonia": 0.8186805844306946, "subtype": 0.5},  # subtype: no operating point, 0.5
+    "predictions": Path(__file__).resolve().parents[2] / "doc" / "previous_predictions.csv",
+}
+FIRST_RUN = {  # the committed run of protocol v1 (doc/metrics.json at commit 9fcce8a), as a row (no predictions kept)
+    "name": "First run of this study (2026-11-30, protocol v1)",
     "metrics": {"auroc": {"value": 0.974, "ci_low": 0.960, "ci_high": 0.983},
                 "accuracy": {"value": 0.910, "ci_low": 0.885, "ci_high": 0.930},
                 "sensitivity": {"value": 0.982, "ci_low": 0.962, "ci_high": 0.992},
@@ -64,12 +78,21 @@ REFERENCES: dict[str, dict[str, Any]] = {
 # metrics.json
 # ---------------------------------------------------------------------------------------------------------------
 
+def protocol_version(config: Any) -> int:
+    """The evaluation protocol a Config follows (`doc/protocol.md`): 1, random folds; 2, block folds; 3, block folds
+    with the canonical JPEG re-encode and the WiSE-FT stage."""
+    if getattr(config, "fold_scheme", "random") != "blocks":
+        return 1
+    v3 = getattr(config, "reencode_quality", None) is not None and getattr(config, "wise_ft_alpha", None) is not None
+    return 3 if v3 else 2
+
+
 def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
     """The evaluation protocol of a run, from its `Config` (and the split counts from the index)."""
     out: dict[str, Any] = {
         "split": "official test split (a development test set: scored during development, doc/test_access.json), "
                  "scored once per task by this run; the training children in patient-grouped cross-validation folds",
-        "protocol_version": 2 if getattr(config, "fold_scheme", "random") == "blocks" else 1,
+        "protocol_version": protocol_version(config),
         "n_folds": config.n_folds,
         "fold_scheme": getattr(config, "fold_scheme", "random"),
         "marker_zones": bool(getattr(config, "marker_zones", False)),
@@ -102,6 +125,9 @@ def protocol(config: Any, index: pd.DataFrame | None = None) -> dict[str, Any]:
         "finetune_epochs": config.finetune_epochs,
         "mode": config.mode,
     }
+    for name in ("reencode_quality", "wise_ft_alpha"):  # protocol version 3's, recorded only where set
+        if getattr(config, name, None) is not None:
+            out[name] = getattr(config, name)
     if index is not None and "split" in index:
         out["images_per_split"] = {str(k): int(v) for k, v in index["split"].value_counts().sort_index().items()}
         if "patient_id" in index:
@@ -259,8 +285,9 @@ def comparison_table(doc: dict[str, Any], task: str = PRIMARY_TASK) -> pd.DataFr
             rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "operating point": point,
                          "protocol": note})
     if task == PRIMARY_TASK:
-        rows.append({"model": PREVIOUS_RUN["name"], **{c: fmt(PREVIOUS_RUN["metrics"][c]) for c in cols},
-                     "operating point": PREVIOUS_RUN["operating_point"], "protocol": PREVIOUS_RUN["protocol"]})
+        for run in (PREVIOUS_RUN, FIRST_RUN):
+            rows.append({"model": run["name"], **{c: fmt(run["metrics"][c]) for c in cols},
+                         "operating point": run["operating_point"], "protocol": run["protocol"]})
     for name, ref in REFERENCES.items():
         rows.append({"model": name, **{c: (f"{ref['metrics'][c]:.3f}" if c in ref["metrics"] else "n/a") for c in cols},
                      "operating point": ref["operating_point"], "protocol": ref["protocol"]})

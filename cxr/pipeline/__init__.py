@@ -38,7 +38,8 @@ from cxr.pipeline.rules import (bootstrap_settings, cross_fitted_table, fit_cali
                                 rule_threshold, stability, STABILITY_POLICIES, targets_table, task_rule)
 from cxr.pipeline.tasks import (Baseline, claimed_run, clinical_curves, data_audit, error_examples, evaluate_saved,
                                 finish_run, fit_baseline, lock_run, oof_scores, rescore_run, run_task, score_baseline,
-                                score_test, scores, SELECTION, shift_checks, start_run, study_blocks,
+                                previous_run_comparison, score_test, scores, SELECTION, shift_checks, start_run,
+                                study_blocks,
                                 train_oof_summary)
 from cxr.pipeline.study import (GradCam, run_study, STEPS, Study)
 

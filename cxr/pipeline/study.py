@@ -15,8 +15,8 @@ from cxr.config import PRIMARY_TASK, TASKS, Config, task as get_task
 from cxr.data import Prepared
 from cxr.pipeline.outcomes import TaskOutcome
 from cxr.pipeline.rules import bootstrap_settings
-from cxr.pipeline.tasks import (Baseline, finish_run, fit_baseline, run_task, score_baseline, shift_checks,
-                                start_run, study_blocks)
+from cxr.pipeline.tasks import (Baseline, finish_run, fit_baseline, previous_run_comparison, run_task,
+                                score_baseline, shift_checks, start_run, study_blocks)
 
 
 @dataclass
@@ -123,9 +123,14 @@ class Study:
 
     def finish(self) -> dict[str, Any]:
         """metrics.json and index.csv (`finish_run`, with `study_blocks`): the metrics document."""
+        extra = study_blocks(self.config, self.prepared, self.baseline, self.shift, self.marker_counts,
+                             self.counterfactual)
+        previous = previous_run_comparison(self.config, self.run_dir,
+                                           {t: o.threshold for t, o in self.outcomes.items()})
+        if previous is not None:
+            extra["previous_run"] = previous
         self.doc = finish_run(self.config, self.prepared, {t: o.report for t, o in self.outcomes.items()},
-                              self.run_dir, extra=study_blocks(self.config, self.prepared, self.baseline, self.shift,
-                                                               self.marker_counts, self.counterfactual))
+                              self.run_dir, extra=extra)
         return self.doc
 
     def record(self, name: str, block: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pandas as pd
 from cxr import evaluate, model as cxr_model, reporting, train
 from cxr.config import PRIMARY_TASK, Config, task as get_task
 from cxr.data import Prepared
-from cxr.evaluate import calibration, clinical, ledger, predictions, threshold as thresholds, uncertainty
+from cxr.evaluate import calibration, clinical, document, ledger, predictions, threshold as thresholds, uncertainty
 from cxr.io import atomic_write_csv
 from cxr.pipeline.outcomes import Scores, TaskOutcome
 from cxr.pipeline.rules import (bootstrap_settings, fit_calibration, operating_point, rule_targets, rule_threshold,
@@ -349,6 +349,33 @@ def study_blocks(config: Config, prepared: Prepared, fitted: Baseline | None = N
     if shift is not None:
         blocks["shift"] = {name: frame.to_dict(orient="records") for name, frame in shift.items()}
     return blocks
+
+
+def previous_run_comparison(config: Config, run_dir: str | Path, thresholds: dict[str, float],
+                            previous: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """This run against the previous committed run on the test images both scored (`evaluate.PREVIOUS_RUN`: its
+    test predictions, `doc/previous_predictions.csv`), per task in `thresholds` (each at its own run's threshold):
+    `evaluate.paired.compare_predictions` (McNemar on the normals' and the positives' calls, the paired
+    patient-clustered AUROC difference). None when the previous predictions are not there; a task the two runs
+    share no test image of (a smoke run's subset may) is skipped with its reason under "skipped"."""
+    from cxr.evaluate.document import PREVIOUS_RUN
+    from cxr.evaluate.paired import compare_predictions
+
+    previous = PREVIOUS_RUN if previous is None else previous
+    path = Path(previous["predictions"])
+    if not path.is_file():
+        return None
+    before = pd.read_csv(path)
+    now = document.committed_predictions(run_dir, tasks=list(thresholds))
+    out: dict[str, Any] = {"name": previous["name"], "predictions": path.name, "tasks": {}, "skipped": {}}
+    for task, threshold in thresholds.items():
+        try:
+            out["tasks"][task] = {"threshold": threshold, "threshold_before": previous["thresholds"][task],
+                                  **compare_predictions(now, before, task, threshold, previous["thresholds"][task],
+                                                        **bootstrap_settings(config))}
+        except (KeyError, ValueError) as error:
+            out["skipped"][task] = str(error)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

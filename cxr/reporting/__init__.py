@@ -17,7 +17,8 @@ that a result holds. The numbers modules do not import this package; the orchest
 
 The names used are re-exported here (`reporting.describe_balance`, `reporting.read_out`, ...).
 """
-from cxr.reporting import data, document, evaluation, explanation, run, shift  # noqa: F401  (the modules)
+from cxr.reporting import comparison, data, document, evaluation, explanation, run, shift  # noqa: F401  (the modules)
+from cxr.reporting.comparison import describe_previous_run  # noqa: F401
 from cxr.reporting.data import (describe_balance, describe_children, describe_markers,  # noqa: F401
                                 describe_near_duplicates, describe_patient_ids, describe_sizes)
 from cxr.reporting.document import (SUMMARY_MARKER, TASK_TITLES, calibration_warning,  # noqa: F401

@@ -372,8 +372,8 @@ def describe_comparison(doc: dict[str, Any], task: str = PRIMARY_TASK) -> str:
     return ("Against the previous committed run of this study, point estimates on the same test images: "
             + ", ".join(parts) + ". These are not a test of a difference: the two runs scored the same images, so "
             "the comparison that counts is paired (McNemar's test on the normals' calls, a patient-clustered "
-            "paired AUROC test), and it needs both runs' per-image predictions, which the previous run did not "
-            "keep; overlapping or separate intervals decide nothing either way. The protocols differ (see the "
+            "paired AUROC test: the next paragraph, from both runs' per-image predictions); overlapping or "
+            "separate intervals decide nothing either way. The protocols differ (see the "
             "last columns), so the rows are not a leaderboard: the operating points differ (this study's threshold "
             "comes from its out-of-fold predictions, most papers use 0.5), Kermany et al. describe no validation "
             "set apart from the test partition, and the MedMNIST rows are benchmark bests (one of many models).")
