@@ -77,7 +77,7 @@ def test_readme_summary_numbers_equal_the_metrics():
     cm = t["confusion_matrix"]
     assert f"{cm[0][1]} of the {cm[0][1] + cm[1][0]} test errors" in block
     after = t["calibration"]["test"]["ci"]["after"]["intercept"]
-    assert f"intercept is {after['value']:.2f} [{after['ci_low']:.2f}, {after['ci_high']:.2f}]" in block
+    assert f"calibration intercept {after['value']:.2f} [{after['ci_low']:.2f}, {after['ci_high']:.2f}]" in block
     history = json.loads((REPO / "doc" / "test_access.json").read_text())
     assert f"scored {history['development_scorings']} times during development" in block
     assert f"{doc['test_ledger']['scorings']} times by this run" in block

@@ -39,6 +39,7 @@ TINY = dict(backbone="tiny_cnn", weights=None, image_size=32, batch_size=8, head
             finetune_epochs=3, finetune_lr=1e-2, n_bootstrap=50, mixed_precision="off", n_folds=3,
             class_balance="none", aug_rotation=0.0, aug_scale=0.0, aug_shift=0.0, aug_shear=0.0,
             aug_brightness=0.0, aug_contrast=0.0, aug_gamma=0.0, aug_noise=0.0)
+V3 = dict(reencode_quality=75, wise_ft_alpha=0.5)  # protocol version 3 (cxr/presets.py, doc/protocol.md)
 TINY_MODEL = dict(backbone="tiny_cnn", weights=None, image_size=32, seed=1, marker_zones=False)
 
 
@@ -49,10 +50,11 @@ def same(a: Config, b: Config) -> None:
 
 
 def test_presets_give_the_configs_they_gave():
-    same(Config.preset("full"), Config())
-    same(Config.preset("smoke"), Config(mode="smoke", **SMOKE))
-    same(Config.preset("smoke", seed=7, weights=None), Config(mode="smoke", **{**SMOKE, "seed": 7, "weights": None}))
-    same(Config.preset("full", batch_size=16), Config(batch_size=16))
+    same(Config.preset("full"), Config(**V3))
+    same(Config.preset("smoke"), Config(mode="smoke", **SMOKE, **V3))
+    same(Config.preset("smoke", seed=7, weights=None),
+         Config(mode="smoke", **{**SMOKE, **V3, "seed": 7, "weights": None}))
+    same(Config.preset("full", batch_size=16), Config(batch_size=16, **V3))
 
 
 @pytest.mark.parametrize("name", list(CANDIDATES))
@@ -81,8 +83,11 @@ def test_the_tests_tiny_configurations_are_the_ones_they_were():
 
 def test_the_config_hash_of_saved_runs_and_the_ledger_is_unchanged():
     assert ledger.config_hash(Config()) == "3c22cd2e6e48"
-    assert ledger.config_hash(Config.preset("full")) == "3c22cd2e6e48"
-    assert ledger.config_hash(Config.preset("smoke")) == "cc85b9b2c59a"
+    assert ledger.config_hash(Config.preset("full").replace(reencode_quality=None, wise_ft_alpha=None)) == "3c22cd2e6e48"
+    assert ledger.config_hash(Config.preset("smoke").replace(reencode_quality=None, wise_ft_alpha=None)) == "cc85b9b2c59a"
+    # protocol version 3's presets (doc/protocol.md): new hashes, and the v2 run's config keeps its own
+    assert ledger.config_hash(Config.preset("full")) == "7c47c7a8f6ef"
+    assert ledger.config_hash(Config.preset("smoke")) == "8e40ca69456a"
     assert ledger.config_hash(Config().to_dict()) == "3c22cd2e6e48"
 
 
