@@ -105,3 +105,13 @@ def test_the_committed_previous_predictions_are_the_previous_run_s_test_rows():
     assert (called.astype(int) == p["called"]).all()
     spec = 1 - called[p["y"] == 0].mean()
     assert round(spec, 3) == PREVIOUS_RUN["metrics"]["specificity"]["value"]
+
+
+def test_the_comparison_lists_only_runs_before_the_documents_own_protocol():
+    """The v2 run's document must not show itself as its own previous run; a v3 document shows both earlier runs."""
+    from cxr.evaluate.document import FIRST_RUN, PREVIOUS_RUN, earlier_runs
+
+    assert earlier_runs({"protocol": {"protocol_version": 3}}) == [PREVIOUS_RUN, FIRST_RUN]
+    assert earlier_runs({"protocol": {"protocol_version": 2}}) == [FIRST_RUN]
+    assert earlier_runs({"protocol": {"protocol_version": 1}}) == []
+    assert earlier_runs({}) == [PREVIOUS_RUN, FIRST_RUN]

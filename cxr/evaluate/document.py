@@ -22,6 +22,7 @@ SCHEMA_VERSION = 2  # 2: cross-validation (out-of-fold selection), per-metric in
 PREVIOUS_RUN = {  # the committed run of protocol v2 (doc/metrics.json at commit caa413f), as a row; its test
     # predictions, byte for byte those of doc/predictions.csv at that commit, are doc/previous_predictions.csv
     "name": "Previous run of this study (2026-12-02, protocol v2)",
+    "protocol_version": 2,
     "metrics": {"auroc": {"value": 0.965, "ci_low": 0.949, "ci_high": 0.976},
                 "accuracy": {"value": 0.875, "ci_low": 0.847, "ci_high": 0.899},
                 "sensitivity": {"value": 0.982, "ci_low": 0.963, "ci_high": 0.991},
@@ -35,6 +36,7 @@ PREVIOUS_RUN = {  # the committed run of protocol v2 (doc/metrics.json at commit
 }
 FIRST_RUN = {  # the committed run of protocol v1 (doc/metrics.json at commit 9fcce8a), as a row (no predictions kept)
     "name": "First run of this study (2026-11-30, protocol v1)",
+    "protocol_version": 1,
     "metrics": {"auroc": {"value": 0.974, "ci_low": 0.960, "ci_high": 0.983},
                 "accuracy": {"value": 0.910, "ci_low": 0.885, "ci_high": 0.930},
                 "sensitivity": {"value": 0.982, "ci_low": 0.962, "ci_high": 0.992},
@@ -266,6 +268,13 @@ def results_table(doc: dict[str, Any]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).set_index(["task", "metric"])
 
 
+def earlier_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The committed runs of this study before `doc`'s (`PREVIOUS_RUN`, `FIRST_RUN`: those of a lower protocol
+    version), latest first; a document without a version (a smoke or older run) gets both."""
+    version = doc.get("protocol", {}).get("protocol_version")
+    return [r for r in (PREVIOUS_RUN, FIRST_RUN) if version is None or r["protocol_version"] < int(version)]
+
+
 def comparison_table(doc: dict[str, Any], task: str = PRIMARY_TASK) -> pd.DataFrame:
     """Our pneumonia-vs-normal test metrics beside Kermany et al. 2018 and MedMNIST+, each with its protocol."""
     cols = ("auroc", "accuracy", "sensitivity", "specificity")
@@ -285,7 +294,7 @@ def comparison_table(doc: dict[str, Any], task: str = PRIMARY_TASK) -> pd.DataFr
             rows.append({"model": label, **{c: fmt(t[key][c]) for c in cols}, "operating point": point,
                          "protocol": note})
     if task == PRIMARY_TASK:
-        for run in (PREVIOUS_RUN, FIRST_RUN):
+        for run in earlier_runs(doc):
             rows.append({"model": run["name"], **{c: fmt(run["metrics"][c]) for c in cols},
                          "operating point": run["operating_point"], "protocol": run["protocol"]})
     for name, ref in REFERENCES.items():

@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxr.config import PRIMARY_TASK, primary_task, task as get_task
 from cxr.evaluate.baseline import STATISTIC_LABELS
-from cxr.evaluate.document import PREVIOUS_RUN, fmt
+from cxr.evaluate.document import earlier_runs, fmt
 from cxr.evaluate.ledger import _select, read_ledger
 from cxr.evaluate.metrics import METRIC_LABELS
 from cxr.evaluate.threshold import stability_summary
@@ -366,14 +366,20 @@ def describe_comparison(doc: dict[str, Any], task: str = PRIMARY_TASK) -> str:
     t = doc["tasks"].get(task)
     if t is None:
         return ""
-    now, before = t["at_threshold"], PREVIOUS_RUN["metrics"]
+    runs = earlier_runs(doc)
+    if not runs:
+        return ""
+    now, run = t["at_threshold"], runs[0]
+    before = run["metrics"]
     parts = [f"{METRIC_LABELS[m]} {fmt(now[m])} (previous run {fmt(before[m])})"
              for m in ("auroc", "accuracy", "sensitivity", "specificity")]
-    return ("Against the previous committed run of this study, point estimates on the same test images: "
-            + ", ".join(parts) + ". These are not a test of a difference: the two runs scored the same images, so "
-            "the comparison that counts is paired (McNemar's test on the normals' calls, a patient-clustered "
-            "paired AUROC test: the next paragraph, from both runs' per-image predictions); overlapping or "
-            "separate intervals decide nothing either way. The protocols differ (see the "
+    paired = ("the next paragraph, from both runs' per-image predictions" if doc.get("previous_run") else
+              "it needs both runs' per-image predictions, and only runs from protocol v2 on keep them")
+    return (f"Against the previous committed run of this study (protocol v{run['protocol_version']}), point estimates "
+            "on the same test images: " + ", ".join(parts) + ". These are not a test of a difference: the two runs "
+            "scored the same images, so the comparison that counts is paired (McNemar's test on the normals' calls, "
+            f"a patient-clustered paired AUROC test: {paired}); overlapping or separate intervals decide nothing "
+            "either way. The protocols differ (see the "
             "last columns), so the rows are not a leaderboard: the operating points differ (this study's threshold "
             "comes from its out-of-fold predictions, most papers use 0.5), Kermany et al. describe no validation "
             "set apart from the test partition, and the MedMNIST rows are benchmark bests (one of many models).")
