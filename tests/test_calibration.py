@@ -183,9 +183,9 @@ def test_describe_calibration_reads_blocks_from_metrics_json_old_and_new():
                                    seed=0)
     text = reporting.describe_calibration(block)
     assert text.startswith("Platt scaling fitted on the out-of-fold predictions (a = ") and "calibration slope" in text
-    assert "After calibration: slope " in text
+    assert "After calibration, slope: " in text
     block["test"]["after"]["slope"] = None  # NaN is written to metrics.json as null
-    assert "-> n/a (ideal 1)" in reporting.describe_calibration(block) and "slope undefined" in reporting.describe_calibration(block)
+    assert "-> n/a (ideal 1)" in reporting.describe_calibration(block) and "slope: undefined" in reporting.describe_calibration(block)
     old = {**block, "test": {k: {m: v for m, v in block["test"][k].items() if m not in ("slope", "intercept")}
                              for k in ("before", "after")}}
     text = reporting.describe_calibration(old)  # a block from before slope and intercept were reported

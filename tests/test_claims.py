@@ -194,3 +194,103 @@ def test_the_output_check_skips_only_for_outputs_older_than_protocol_v2():
     earlier = {"metadata": {"papermill": {"end_time": "2000-01-01T00:00:00+00:00"}}}
     assert _run_date(later) >= declared and _run_date(earlier) < declared
     assert _run_date({"metadata": {}}) is None  # no date recorded: the outputs are checked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The folds the sentences name are the folds the run used: a block-fold run does not say "the random folds mix".
+
+RANDOM_FOLD_CLAIMS = ("the random folds mix", "(random folds)")
+
+
+def _report_with_gap():
+    import numpy as np
+
+    from cxr import evaluate as E
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    p = np.clip(0.35 * y + rng.uniform(0, 0.65, y.size), 0, 1)
+    report = E.task_report(y, p, 0.5, n_bootstrap=50, ci_level=0.95, seed=0, groups=np.arange(80) // 2)
+    report["selection"] = {"oof": {"auroc": 0.999}}  # far above the test's: the gap sentence is written
+    return report
+
+
+def test_the_gap_sentence_names_the_folds_the_run_used():
+    from cxr import reporting
+
+    report = _report_with_gap()
+    blocks = reporting.describe_report(report, "blocks")
+    random = reporting.describe_report(report, "random")
+    unsaid = reporting.describe_report(report)
+    assert "block folds hold out periods" in blocks and not any(c in blocks for c in RANDOM_FOLD_CLAIMS)
+    assert "the random folds mix" in random
+    assert "did not foresee" in unsaid and "folds" not in unsaid.split("AUROC was")[1]
+
+
+def test_the_id_block_check_names_the_folds_the_run_used():
+    import pandas as pd
+
+    from cxr import reporting
+
+    blocks = pd.DataFrame({"family": ["IM-", "IM-"], "part": ["1 of 2", "2 of 2"], "normals": [10, 10],
+                           "called pneumonia": [2, 0]})
+    changes = pd.DataFrame({"change": ["blur"], "mean delta p": [-0.01], "ci_low": [-0.02], "ci_high": [0.0],
+                            "to positive": [0], "images": [20]})
+    reliance = pd.DataFrame({"class": [0, 1], "statistic": ["gradient"] * 2, "spearman": [-0.1, -0.4],
+                             "ci_low": [-0.2, -0.5], "ci_high": [0.0, -0.3]})
+    text = {s: reporting.describe_shift(blocks, changes, reliance, ("NORMAL", "PNEUMONIA"), fold_scheme=s)
+            for s in ("blocks", "random", None)}
+    assert "never saw its block of ids" in text["blocks"] and "(random folds)" not in text["blocks"]
+    assert "(random folds)" in text["random"]
+    assert "2 of 10" in text[None] and "folds" not in text[None]
+
+
+def test_notebook_outputs_name_the_folds_the_committed_run_used():
+    metrics = json.loads((REPO / "doc" / "metrics.json").read_text())
+    if metrics["protocol"].get("fold_scheme") != "blocks":
+        pytest.skip("the committed run used random folds")
+    found = []
+    for i, cell in enumerate(_notebook()["cells"]):
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("data", {}).get("text/markdown", "")) + "".join(output.get("text", ""))
+            found += [f"cell {i}: {c!r}" for c in RANDOM_FOLD_CLAIMS if c in text]
+    assert not found, "a block-fold run's outputs describe random folds:\n" + "\n".join(found)
+
+
+def test_training_reading_says_when_a_task_has_no_operating_point():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from cxr.reporting import describe_training
+
+    selection = pd.DataFrame({"stage": ["head"], "best_epoch": [1], "selection_loss": [0.57], "oof_loss": [0.59],
+                              "oof_auroc": [0.74], "kept": [True]})
+    y = np.array([0, 0, 1, 1])
+    result = SimpleNamespace(selection=selection, n_folds=4, oof=y, balance="sampling", kept_stage="head",
+                             seconds={"head": 60.0})
+
+    def outcome(fits: bool):
+        report = {"operating_point": {"policy": "specificity", "fits": fits}}
+        return SimpleNamespace(task="subtype", result=result, oof=SimpleNamespace(p=np.array([.2, .6, .4, .9]), y=y),
+                               threshold=0.5, report=report)
+
+    unfit, fit = describe_training(outcome(False)), describe_training(outcome(True))
+    assert "No operating point: the specificity rule does not fit out of fold" in unfit
+    assert "Threshold 0.500 (specificity)" not in unfit and "sensitivity is 0.500 and specificity 0.500" in unfit
+    assert "Threshold 0.500 (specificity), where the OOF sensitivity is 0.500" in fit
+
+
+def test_comparison_reading_is_short_and_asks_for_a_paired_test():
+    from cxr import reporting
+
+    doc = json.loads((REPO / "doc" / "metrics.json").read_text())
+    text = reporting.describe_comparison(doc)
+    assert "not a leaderboard" in text and "224 px" in text and "28 px" in text
+    assert "paired" in text and "the next paragraph" in text and len(text) < 800
+    assert "benchmark bests" not in text  # each MedMNIST row is one model's figures, not the best of each column
+    doc.pop("previous_run")
+    assert "only runs from protocol v2 on keep them" in reporting.describe_comparison(doc)
+    doc["protocol"]["protocol_version"] = 1  # the first run: no earlier run to compare with, only the literature
+    assert "previous run" not in reporting.describe_comparison(doc)

@@ -416,7 +416,7 @@ def test_describe_calibration_says_what_happened_on_test():
     assert f"Brier score {before['brier']:.3f} -> {after['brier']:.3f}" in text
     slope = ci["before"]["slope"]
     assert f"calibration slope {before['slope']:.2f} [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}] ->" in text
-    assert "calibration intercept" in text and "After calibration: slope " in text
+    assert "calibration intercept" in text and "After calibration, slope: " in text
     assert f"{before['ece']:.3f} -> {after['ece']:.3f}" in text
 
 

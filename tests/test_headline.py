@@ -252,3 +252,21 @@ def test_table_shows_long_cells_whole(capsys, monkeypatch):
     monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj._repr_html_()))
     reporting.table(frame)
     assert len(shown) == 1 and cell in shown[0] and "0.123" in shown[0]
+
+
+def test_table_shows_no_negative_zero(monkeypatch):
+    frame = pd.DataFrame({"AUROC - kept": [-0.0004, 0.0, -0.002], "epoch": [50, 3, 3]})
+    shown = []
+
+    class Shell:
+        pass
+
+    import IPython
+    import IPython.display
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    reporting.table(frame)
+    cells = shown[0]
+    assert [str(v) for v in cells["AUROC - kept"]] == ["0.0", "0.0", "-0.002"]  # the tiny difference is not "-0.0"
+    assert [str(v) for v in cells["epoch"]] == ["50", "3", "3"]  # integers stay integers

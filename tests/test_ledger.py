@@ -77,6 +77,7 @@ def test_outside_git_the_commit_is_none(tmp_path, monkeypatch):
     entry = ledger.record_test_access(tmp_path / "run", "pneumonia", {}, SUMMARY, repo=tmp_path)
     assert entry["commit"] is None
     assert ledger.read_ledger(tmp_path / "run")["commit"].isna().all()
+    assert entry["dirty_paths"] is None
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
     assert ledger.git_commit() is None
     assert ledger.record_test_access(tmp_path / "run", "pneumonia", {}, SUMMARY)["commit"] is None
@@ -96,10 +97,23 @@ def test_commit_is_short_hash_and_dirty_when_tracked_files_change(tmp_path):
     head = git("rev-parse", "--short", "HEAD")
     (tmp_path / "untracked.txt").write_text("x\n")  # untracked files do not make the tree dirty
     assert ledger.git_commit(tmp_path) == head
+    assert ledger.dirty_paths(tmp_path) == []
     (tmp_path / "a.txt").write_text("two\n")
     assert ledger.git_commit(tmp_path) == head + "-dirty"
-    assert ledger.record_test_access(tmp_path / "runs" / "r1", "pneumonia", {}, SUMMARY,
-                                     repo=tmp_path)["commit"] == head + "-dirty"
+    assert ledger.dirty_paths(tmp_path) == ["a.txt"]
+    entry = ledger.record_test_access(tmp_path / "runs" / "r1", "pneumonia", {}, SUMMARY, repo=tmp_path)
+    assert entry["commit"] == head + "-dirty" and entry["dirty_paths"] == ["a.txt"]
+    assert "uncommitted changes to a.txt." in reporting.describe_ledger(tmp_path / "runs" / "r1")
+    # a notebook executed in place is said as such
+    (tmp_path / "a.txt").write_text("one\n")
+    (tmp_path / "notebook.ipynb").write_text("{}\n")
+    git("add", "notebook.ipynb")
+    git("commit", "-q", "-m", "nb")
+    (tmp_path / "notebook.ipynb").write_text('{"cells": []}\n')
+    ledger.record_test_access(tmp_path / "runs" / "r2", "pneumonia", {}, SUMMARY, repo=tmp_path)
+    assert ("1 of the scorings ran on a work tree with uncommitted changes to notebook.ipynb only (the notebook "
+            "being executed in place)") in reporting.describe_ledger(tmp_path / "runs" / "r2")
+    assert ledger.dirty_paths(tmp_path / "runs") is not None  # inside the work tree
 
 
 def test_counts_filter_by_task_and_config(tmp_path):

@@ -34,7 +34,11 @@ def test_image_statistics_and_the_trivial_baseline_find_a_sharpness_shortcut():
     assert set(fit["coefficients"]) == set(baseline.STATISTICS)
     alone = baseline.univariate_auroc(stats, y)
     assert alone["gradient"] > 0.95 and (alone >= 0.5).all()
-    assert "out-of-fold AUROC" in reporting.describe_baseline(fit["oof_auroc"], alone, 0.9)
+    fitted = reporting.describe_baseline(fit["oof_auroc"], alone)
+    assert "out-of-fold AUROC" in fitted and "alone, " in fitted and " reaches " in fitted
+    on_test = reporting.describe_baseline(fit["oof_auroc"], alone, 0.9)  # the test reading: one sentence, no repeat
+    assert on_test.startswith("The trivial baseline reaches AUROC 0.900 on the official test split")
+    assert f"against {fit['oof_auroc']:.3f} out of fold" in on_test and "alone, " not in on_test
 
 
 def test_id_blocks_count_false_positives_per_third_of_the_numbers():

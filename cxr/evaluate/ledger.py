@@ -1,6 +1,6 @@
 """A test-access ledger: one JSON line each time test labels are scored, so that a reader can count them.
 
-`record_test_access` appends {time, commit, config_hash, task, split, summary, note} to
+`record_test_access` appends {time, commit, dirty_paths, config_hash, task, split, summary, note} to
 `<run_dir>/test_ledger.jsonl`; `read_ledger` and `count_test_accesses` read it back (`cxr.reporting.describe_ledger`
 says it in words). An append is one write of one whole line, flushed and fsynced; a line torn by a crash is skipped
 on reading, with a warning that counts it.
@@ -23,7 +23,7 @@ from cxr.config import HASH_OMITTED_WHEN_NONE
 from cxr.io import to_json
 
 LEDGER_NAME = "test_ledger.jsonl"
-LEDGER_COLUMNS = ["time", "commit", "config_hash", "task", "split", "summary", "note"]
+LEDGER_COLUMNS = ["time", "commit", "dirty_paths", "config_hash", "task", "split", "summary", "note"]
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository (cxr/evaluate/ledger.py)
 SUMMARY_METRICS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "brier", "ece")
 
@@ -64,6 +64,19 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     return commit + ("-dirty" if status else "")
 
 
+def dirty_paths(repo: str | Path | None = None) -> list[str] | None:
+    """The tracked files of `repo` that differ from its commit (`git diff --name-only HEAD`, untracked files
+    left out), sorted, relative to the repository's top; [] for a clean work tree, None outside a git work tree or without git. A notebook executed in
+    place (`make notebook`) makes its own file one of them while it runs."""
+    repo = Path(repo) if repo is not None else REPO_ROOT
+    if not repo.is_dir() or _git(repo, "rev-parse", "--is-inside-work-tree") != "true":
+        return None
+    changed = _git(repo, "diff", "--name-only", "HEAD")  # staged or not, against the commit
+    if changed is None:
+        return None
+    return sorted(line for line in changed.splitlines() if line.strip())
+
+
 def ledger_path(run_dir_or_file: str | Path) -> Path:
     """The ledger of a run folder (`<run_dir>/test_ledger.jsonl`); a path to a .jsonl file is taken as it is."""
     path = Path(run_dir_or_file)
@@ -83,7 +96,8 @@ def record_test_access(run_dir: str | Path, task: str, config: Any, summary: dic
                        split: str = "test", repo: str | Path | None = None) -> dict[str, Any]:
     """Append one line to `<run_dir>/test_ledger.jsonl` for one scoring of `task` on the test labels, and return it.
 
-    The line holds: time (UTC, ISO 8601), commit (`git_commit(repo)`, None outside git), config_hash
+    The line holds: time (UTC, ISO 8601), commit (`git_commit(repo)`, None outside git), dirty_paths (the
+    tracked files with uncommitted changes, `dirty_paths(repo)`), config_hash
     (`config_hash(config)`), task, split, summary (a few numbers, e.g. `metric_summary(report)`) and note.
     The line is written with one call on a file opened for appending, then flushed and fsynced. When an earlier
     crash left the last line without its newline, a newline is written first, so the torn line stays alone
@@ -92,6 +106,7 @@ def record_test_access(run_dir: str | Path, task: str, config: Any, summary: dic
     entry = {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "commit": git_commit(repo),
+        "dirty_paths": dirty_paths(repo),
         "config_hash": config_hash(config),
         "task": str(task),
         "split": str(split),

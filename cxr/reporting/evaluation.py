@@ -87,8 +87,8 @@ def _slope_intercept_reading(block: dict[str, Any], when: str) -> str:
             verdict = below if hi < ideal else above if lo > ideal else f"consistent with {ideal:g}"
         else:
             verdict = below if value < ideal else above
-        parts.append(f"{key} {verdict}")
-    return ", ".join(parts)
+        parts.append(f"{key}: {verdict}")
+    return "; ".join(parts)
 
 
 def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str:
@@ -117,7 +117,7 @@ def describe_calibration(block: dict[str, Any], tolerance: float = 0.002) -> str
                  f"{_with_ci(test, 'after', 'intercept')} (ideal 0); ")
     text += f"expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}."
     if "slope" in after:
-        text += f" After calibration: {_slope_intercept_reading(test, 'after')}."
+        text += f" After calibration, {_slope_intercept_reading(test, 'after')}."
     if block["method"] == "temperature":
         text += (" Temperature scaling keeps the ranking and the 0.5 point, so it cannot remove a shift in "
                  "prevalence or acquisition between the training children and the test split; what remains is that shift.")
@@ -278,7 +278,12 @@ def describe_errors(analysis: dict[str, pd.DataFrame], min_n: int = 10) -> str:
 def describe_baseline(oof_auroc: float, per_statistic: pd.Series, test_auroc: float | None = None,
                       task: str | None = None) -> str:
     """Two sentences: how far the trivial baseline gets, and which statistic carries it (`task`: the task the
-    baseline was fitted on; None: the primary task)."""
+    baseline was fitted on; None: the primary task). With `test_auroc`, the reading of its test score only (the
+    out-of-fold one said before), one sentence."""
+    if test_auroc is not None:
+        return (f"The trivial baseline reaches AUROC {test_auroc:.3f} on the official test split "
+                f"(scored once in this run), against {oof_auroc:.3f} out of fold: much of the task is easy without "
+                "reading a finding, so a high AUROC alone does not show that a network reads the lungs.")
     negative, positive = get_task(primary_task() if task is None else task).class_names
     top = per_statistic.sort_values(ascending=False)
     text = (f"Six whole-image statistics, none of them a radiologist's reading, separate {positive.lower()} from "
@@ -287,8 +292,6 @@ def describe_baseline(oof_auroc: float, per_statistic: pd.Series, test_auroc: fl
             f"alone, "
             f"{STATISTIC_LABELS[top.index[0]]} reaches {top.iloc[0]:.3f} and {STATISTIC_LABELS[top.index[1]]} "
             f"{top.iloc[1]:.3f}.")
-    if test_auroc is not None:
-        text += f" On the official test split (scored once in this run) the baseline reaches AUROC {test_auroc:.3f}."
     return text + (" They are not free of anatomy (the mean gradient reads edge contrast, which is strongest in the "
                    "lung fields and which opacification lowers), but they read no finding: much of the task is easy "
                    "without one, so a high AUROC alone does not show that the network reads the lungs.")
@@ -316,6 +319,13 @@ def describe_ledger(path: str | Path, task: str | None = None, config_hash: str 
                 f"{frame['config_hash'].nunique()} configuration(s) and {commits.nunique()} git commit(s)")
         if dirty:
             text += f"; {dirty} of the scorings ran on a work tree with uncommitted changes"
+            listed = [p for p in frame.loc[commits.index[commits.str.endswith("-dirty")], "dirty_paths"]
+                      if isinstance(p, list)] if "dirty_paths" in frame else []
+            if len(listed) == dirty:  # every dirty scoring says which files differed
+                paths = sorted({q for p in listed for q in p})
+                text += (" to notebook.ipynb only (the notebook being executed in place)" if paths == ["notebook.ipynb"]
+                         else f" to {', '.join(paths[:5])}" + (f" and {len(paths) - 5} more file(s)"
+                                                               if len(paths) > 5 else ""))
         if len(commits) < n:
             text += f"; {n - len(commits)} outside a git checkout"
         text += "."
@@ -328,9 +338,20 @@ def describe_ledger(path: str | Path, task: str | None = None, config_hash: str 
 # A task's test report and the comparison (`cxr.evaluate.document`)
 
 
-def describe_report(task: dict[str, Any]) -> str:
+GAP_WHY = {  # why the out-of-fold AUROC did not foresee the test's, per fold scheme (`Config.fold_scheme`)
+    "random": ("The official test is made of blocks of file ids (periods of acquisition) that the random folds mix, "
+               "and the acquisition stamp is spread differently there, so neither figure foresees the other"),
+    "blocks": ("The block folds hold out periods of acquisition, as the official test does, and still did not "
+               "foresee the gap: the test's periods differ from every training period in more than time (the "
+               "acquisition stamp, for one, is spread differently there)"),
+    None: "The out-of-fold figure did not foresee the test's",
+}
+
+
+def describe_report(task: dict[str, Any], fold_scheme: str | None = None) -> str:
     """What a task's test results say, from its report: the headline, the operating point's own uncertainty, the
-    per-child view and where the errors are."""
+    per-child view and where the errors are. `fold_scheme` ("random", "blocks"; None: unsaid) is how the
+    out-of-fold predictions were made, which decides the sentence on why they did not foresee the test."""
     at = task["at_threshold"]
     parts = [f"At threshold {task['threshold']:.3f}: sensitivity {fmt(at['sensitivity'])}, specificity "
              f"{fmt(at['specificity'])}, AUROC {fmt(at['auroc'])}."]
@@ -355,31 +376,24 @@ def describe_report(task: dict[str, Any]) -> str:
         parts.append(f"Out of fold, on the training children, the AUROC was {oof['auroc']:.3f}; on test it is "
                      f"{at['auroc']['value']:.3f}"
                      + ("." if abs(gap) < 0.02 else
-                        f" ({gap:+.3f}). The official test is made of blocks of file ids (periods of acquisition) that "
-                        "the random folds mix, and the acquisition stamp is spread differently there, so neither "
-                        "figure foresees the other; neither is an estimate for another hospital."))
+                        f" ({gap:+.3f}). {GAP_WHY[fold_scheme]}; neither is an estimate for another hospital."))
     return " ".join(parts)
 
 
 def describe_comparison(doc: dict[str, Any], task: str = PRIMARY_TASK) -> str:
-    """How this run compares with the previous committed run, in words, and why the rows are not a leaderboard."""
-    t = doc["tasks"].get(task)
-    if t is None:
+    """Why the comparison table's rows are not a leaderboard, and how this run is compared with the previous
+    committed one (paired, on the same images; not by overlapping intervals)."""
+    if doc["tasks"].get(task) is None:
         return ""
     runs = earlier_runs(doc)
-    if not runs:
-        return ""
-    now, run = t["at_threshold"], runs[0]
-    before = run["metrics"]
-    parts = [f"{METRIC_LABELS[m]} {fmt(now[m])} (previous run {fmt(before[m])})"
-             for m in ("auroc", "accuracy", "sensitivity", "specificity")]
-    paired = ("the next paragraph, from both runs' per-image predictions" if doc.get("previous_run") else
-              "it needs both runs' per-image predictions, and only runs from protocol v2 on keep them")
-    return (f"Against the previous committed run of this study (protocol v{run['protocol_version']}), point estimates "
-            "on the same test images: " + ", ".join(parts) + ". These are not a test of a difference: the two runs "
-            "scored the same images, so the comparison that counts is paired (McNemar's test on the normals' calls, "
-            f"a patient-clustered paired AUROC test: {paired}); overlapping or separate intervals decide nothing "
-            "either way. The protocols differ (see the "
-            "last columns), so the rows are not a leaderboard: the operating points differ (this study's threshold "
-            "comes from its out-of-fold predictions, most papers use 0.5), Kermany et al. describe no validation "
-            "set apart from the test partition, and the MedMNIST rows are benchmark bests (one of many models).")
+    text = ("The rows are not a leaderboard: their protocols and operating points differ (this study's threshold "
+            "comes from its out-of-fold predictions, the others use 0.5 or do not say; Kermany et al. describe no "
+            "validation set apart from the test partition; the MedMNIST rows are one benchmark model each, on "
+            "PneumoniaMNIST at 224 px center-cropped and at 28 px).")
+    if runs:
+        paired = ("the next paragraph, from both runs' per-image predictions" if doc.get("previous_run") else
+                  "it needs both runs' per-image predictions, and only runs from protocol v2 on keep them")
+        text += (f" The previous run (protocol v{runs[0]['protocol_version']}) scored the same test images, so the "
+                 "comparison that counts is paired (McNemar's test on the calls, a patient-clustered paired AUROC "
+                 f"difference: {paired}); overlapping or separate intervals decide nothing either way.")
+    return text

@@ -253,16 +253,31 @@ def describe_counterfactual(result: dict) -> str:
 def heat_summary(groups: list[dict[str, Any]]) -> str:
     """The short sentence of the metrics document's `explanation` block, from its `groups` (the `shortcut_audit`
     table as records): where the heat of the false positives, the correct normals and all maps lies, beside the
-    image's areas, and that a shortcut is measured, not ruled out.
+    image's areas, and what that says (`_heat_reading`).
     Keras-free, so `headline_findings` can write it from a committed document."""
     rows = {str(r["cell"]): r for r in groups}
     parts = [f"{words} ({int(row['n'])}) {_slashed(row)}"
-             for cell, words in (("FP", "false positives"), ("TN", "correct normals"), ("all", "all test maps"))
+             for cell, words in (("FP", "false positives"), ("TN", "correct normals"), ("all", "all maps"))
              if (row := rows.get(cell)) is not None and int(row["n"]) > int(row["n_empty"])]
     if not parts:
         return ""
-    return (f"mean heat on {SLASHED} (image area {_areas(groups[0])}): " + ", ".join(parts)
-            + "; a shortcut is measured, not ruled out.")
+    return (f"mean heat on the lungs/marker corners/border band (image area {_areas(groups[0])}): " + ", ".join(parts)
+            + "; " + _heat_reading(rows) + ".")
+
+
+def _heat_reading(rows: dict[str, Any]) -> str:
+    """Where the false positives' heat lies (all maps' where there is no false positive), against an even spread,
+    in words, and what such a share cannot show."""
+    has_fp = "FP" in rows and int(rows["FP"]["n"]) > int(rows["FP"]["n_empty"])
+    cell, whose = ("FP", "the false positives'") if has_fp else ("all", "the maps'")
+    r = rows[cell]
+    lungs, lungs_area = float(r["lungs_share_mean"]), float(r["lungs_area"])
+    marker, marker_area = float(r["markers_share_mean"]), float(r["markers_area"])
+    where = ("mostly on the lungs" if lungs > 0.5 else "on the lungs above an even spread"
+             if lungs > lungs_area else "on the lungs no more than an even spread")
+    stamp = ("below an even spread on the marker corners" if marker < marker_area else
+             "above an even spread on the marker corners (a sign of the stamp shortcut)")
+    return f"{whose} heat lies {where}, {stamp}: where, not why (a shortcut inside the lungs is not ruled out)"
 
 
 def where_summary(audit: pd.DataFrame) -> dict[str, Any]:

@@ -199,8 +199,8 @@ def read_out(text: str) -> None:
 
 
 def table(frame: pd.DataFrame | pd.Series, digits: int = 3) -> None:
-    """Show a table in the notebook, in the order of the cell's other outputs: floats at `digits` decimals, every
-    column in full, NaN as an empty cell (printed outside IPython)."""
+    """Show a table in the notebook, in the order of the cell's other outputs: floats at `digits` decimals (no
+    negative zero), every column in full, NaN as an empty cell (printed outside IPython)."""
     frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
     if frame.empty:  # nothing to show (the reading above says why)
         return
@@ -210,6 +210,8 @@ def table(frame: pd.DataFrame | pd.Series, digits: int = 3) -> None:
 
         if get_ipython() is not None:
             shown = frame.round(digits)
+            numeric = shown.select_dtypes(include="floating").columns
+            shown[numeric] = shown[numeric] + 0.0  # -0.0004 rounds to -0.0: shown as 0.0
             with pd.option_context("display.max_colwidth", None):  # the HTML shows every cell in full too
                 display(shown.astype(object).where(shown.notna(), ""))
             return
@@ -377,8 +379,13 @@ def describe_training(outcome: Any) -> str:
     sens = float((outcome.oof.p[outcome.oof.y == 1] >= outcome.threshold).mean())
     spec = float((outcome.oof.p[outcome.oof.y == 0] < outcome.threshold).mean())
     seconds = ", ".join(f"{k} {v / 60:.1f} min" for k, v in r.seconds.items())
-    return text + (f"Kept: {kept}. Threshold {outcome.threshold:.3f} ({outcome.report['operating_point']['policy']}"
-                   f"), where the OOF sensitivity is {sens:.3f} and specificity {spec:.3f}. Time: {seconds}.")
+    op = outcome.report["operating_point"]
+    if op.get("fits", True):
+        point = f"Threshold {outcome.threshold:.3f} ({op['policy']}), where the OOF"
+    else:  # the rule did not fit out of fold: the task is reported at 0.5, with no operating point
+        point = (f"No operating point: the {op['policy']} rule does not fit out of fold, so the task is reported at "
+                 f"{outcome.threshold:.3f}, where the OOF")
+    return text + f"Kept: {kept}. {point} sensitivity is {sens:.3f} and specificity {spec:.3f}. Time: {seconds}."
 
 
 def conclusions(doc: dict[str, Any], sanity: pd.DataFrame | None = None, faith: Any = None,

@@ -10,8 +10,9 @@ from cxr.evaluate.shift import AGREEMENT_TARGET, SENSITIVITY_GAP_TARGET, resize_
 
 
 def describe_shift(blocks: pd.DataFrame, changes: pd.DataFrame, reliance: pd.DataFrame,
-                   class_names: tuple[str, str] | None = None) -> str:
-    """Three sentences from the three checks (`class_names`: of the task checked; None: the primary task's)."""
+                   class_names: tuple[str, str] | None = None, fold_scheme: str | None = None) -> str:
+    """Three sentences from the three checks (`class_names`: of the task checked; None: the primary task's;
+    `fold_scheme`: how the out-of-fold predictions were made, "random" or "blocks", None: unsaid)."""
     class_names = TASKS[primary_task()].class_names if class_names is None else class_names
     first = blocks[blocks["part"].str.startswith("1 ")]
     rest = blocks[~blocks["part"].str.startswith("1 ")]
@@ -19,8 +20,11 @@ def describe_shift(blocks: pd.DataFrame, changes: pd.DataFrame, reliance: pd.Dat
     text = (f"Training normals whose numbers lie nearest the test's blocks (the lowest third of each family) are "
             f"called pneumonia out of fold {', '.join(parts)} times, against {int(rest['called pneumonia'].sum())} "
             f"of {int(rest['normals'].sum())} for the rest")
-    text += ("; these normals were scored by fold models trained on their neighbours in time (random folds), so "
-             "the check cannot tell what a validation on held-out id blocks would show. ")
+    text += {"random": "; these normals were scored by fold models trained on their neighbours in time (random "
+                       "folds), so the check cannot tell what a validation on held-out id blocks would show. ",
+             "blocks": "; each was scored by a fold model that never saw its block of ids (block folds), so this is "
+                       "the drift in time that the training periods show, with no test label. ",
+             None: ". "}[fold_scheme]
     text += "; ".join(f"{r.change} changes a normal image's probability by {r['mean delta p']:+.3f} on average "
                       f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r['to positive']} of {r.images} decisions flip to "
                       f"pneumonia)" for _, r in changes.iterrows())
