@@ -66,8 +66,8 @@ def git_commit(repo: str | Path | None = None) -> str | None:
 
 def dirty_paths(repo: str | Path | None = None) -> list[str] | None:
     """The tracked files of `repo` that differ from its commit (`git diff --name-only HEAD`, untracked files
-    left out), sorted, relative to the repository's top; [] for a clean work tree, None outside a git work tree or without git. A notebook executed in
-    place (`make notebook`) makes its own file one of them while it runs."""
+    left out), sorted, relative to the repository's top; [] for a clean work tree, None outside a git work tree or
+    without git. A notebook executed in place (`make notebook`) makes its own file one of them while it runs."""
     repo = Path(repo) if repo is not None else REPO_ROOT
     if not repo.is_dir() or _git(repo, "rev-parse", "--is-inside-work-tree") != "true":
         return None
